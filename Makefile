@@ -1,0 +1,17 @@
+# The two commands of the README: `make run` (the whole pipeline on the default dataset)
+# and `make test` (the test suite). Both install what they need first.
+PY := .venv/bin/python
+
+.PHONY: setup run test lint clean
+
+setup:
+	bash scripts/setup.sh
+
+run: setup
+	.venv/bin/diffurec pipeline run
+
+test: setup
+	bash scripts/test.sh
+
+clean:
+	rm -rf runs .pytest_cache

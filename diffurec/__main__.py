@@ -1,0 +1,5 @@
+import sys
+
+from diffurec.cli import main
+
+sys.exit(main())

@@ -1,0 +1,69 @@
+"""The `diffurec` command: parses arguments and calls the library, nothing more.
+
+Each group of subcommands lives in its own module with a `register(subparsers)` function.
+A subcommand's handler takes the parsed arguments and may return a dict
+{"gauges": {name: value}, "labels": {name: value}} that is pushed to Prometheus with the
+step's duration and outcome. A DiffuRecError becomes one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+import time
+
+from diffurec import __version__
+from diffurec.errors import DiffuRecError
+
+COMMAND_MODULES = (
+    "diffurec.cli.data_commands",
+    "diffurec.cli.model_commands",
+    "diffurec.cli.promotion_commands",
+    "diffurec.cli.pipeline_commands",
+)
+
+EXIT_ERROR = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="diffurec",
+        description="Train, evaluate and promote DiffuRec sequential recommenders.",
+    )
+    parser.add_argument("--version", action="version", version=f"diffurec {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    started = time.perf_counter()
+    result, succeeded, status = None, False, EXIT_ERROR
+    try:
+        result = args.func(args) or {}
+        succeeded, status = True, 0
+    except DiffuRecError as error:
+        print(f"diffurec {args.command}: error: {error}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"diffurec {args.command}: interrupted", file=sys.stderr)
+        status = 130
+    finally:
+        from diffurec import telemetry
+
+        result = result or {}
+        telemetry.report_step(args.command, time.perf_counter() - started, succeeded,
+                              gauges=result.get("gauges", {}), labels=result.get("labels", {}))
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

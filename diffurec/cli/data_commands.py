@@ -1,0 +1,5 @@
+"""`diffurec` subcommands for the data layer (see diffurec/cli/__init__.py for the contract)."""
+
+
+def register(subparsers) -> None:
+    """Add this group's subcommands to the `diffurec` parser."""

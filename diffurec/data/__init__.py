@@ -1,0 +1,1 @@
+"""Data layer: readers, validation, preprocessing and the on-disk splits format."""
