@@ -1,0 +1,352 @@
+"""Readers: every supported interaction-log format -> one pandas DataFrame.
+
+One entry point, `read_interactions`, detects the format from the file name (or takes an
+explicit `format=`) and returns columns `user`, `item` (strings), `rating` and `timestamp`
+(float64, when the source has them) and `row`: where the interaction sits in the file, so
+later steps can name it in messages. For text files `row` is the line number (the header is
+line 1); for Parquet it is the 1-based record number; for sequence files every interaction of
+a line carries that line's number.
+
+Every structural problem (missing file, empty file, header only, missing column, wrong
+delimiter, null id, non-numeric or negative timestamp, undecodable bytes, truncated gzip)
+raises a DiffuRecError naming the file, and the row and column where known.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import logging
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from diffurec.errors import DiffuRecError, located
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FormatSpec:
+    """How one format is laid out: delimiter, header, and the default source column names."""
+
+    name: str
+    description: str
+    sep: str | None  # None: not a delimited table (parquet, sequences)
+    header: bool
+    user: tuple[str, ...] = ()
+    item: tuple[str, ...] = ()
+    time: tuple[str, ...] = ()
+    rating: tuple[str, ...] = ()
+    positional: tuple[str, ...] = ()  # column names for headerless files
+
+
+# Candidate source names for generic tables, tried in order when no --*-col is given.
+GENERIC_USER = ("user_id", "user", "userId", "userid", "UserID", "reviewerID", "visitorid")
+GENERIC_ITEM = ("item_id", "item", "itemId", "itemid", "movieId", "MovieID", "movie_id", "asin",
+                "product_id")
+GENERIC_TIME = ("timestamp", "time", "Timestamp", "unixReviewTime", "ts", "datetime", "date")
+GENERIC_RATING = ("rating", "Rating", "score", "overall")
+
+FORMATS = {
+    spec.name: spec for spec in (
+        FormatSpec("inter", "RecBole atomic .inter file (tab-separated, 'name:type' header)",
+                   "\t", True, ("user_id",), ("item_id",), ("timestamp",), ("rating",)),
+        FormatSpec("ml-100k", "MovieLens 100K u.data (tab-separated: user item rating timestamp)",
+                   "\t", False, positional=("user", "item", "rating", "timestamp")),
+        FormatSpec("ml-1m", "MovieLens 1M ratings.dat (UserID::MovieID::Rating::Timestamp)",
+                   "::", False, positional=("user", "item", "rating", "timestamp")),
+        FormatSpec("movielens-csv", "MovieLens ratings.csv (userId,movieId,rating,timestamp)",
+                   ",", True, ("userId",), ("movieId",), ("timestamp",), ("rating",)),
+        FormatSpec("csv", "comma-separated table with a header", ",", True,
+                   GENERIC_USER, GENERIC_ITEM, GENERIC_TIME, GENERIC_RATING),
+        FormatSpec("tsv", "tab-separated table with a header", "\t", True,
+                   GENERIC_USER, GENERIC_ITEM, GENERIC_TIME, GENERIC_RATING),
+        FormatSpec("parquet", "Parquet table", None, True,
+                   GENERIC_USER, GENERIC_ITEM, GENERIC_TIME, GENERIC_RATING),
+        FormatSpec("sequences", "one user per line: 'user item1 item2 ...' in time order",
+                   None, False),
+    )
+}
+FORMAT_NAMES = tuple(FORMATS)
+
+_DELIMITER_NAMES = {",": "comma", "\t": "tab", ";": "semicolon", "|": "pipe", "::": "'::'",
+                    " ": "space"}
+
+
+def detect_format(path: str | Path) -> str:
+    """The format implied by a file's name (a trailing .gz is ignored)."""
+    path = Path(path)
+    name = path.name[:-3] if path.name.endswith(".gz") else path.name
+    lower = name.lower()
+    if lower == "u.data":
+        return "ml-100k"
+    if lower == "ratings.dat" or lower.endswith(".dat"):
+        return "ml-1m"
+    if lower.endswith(".inter"):
+        return "inter"
+    if lower.endswith(".csv"):
+        return "movielens-csv" if lower == "ratings.csv" else "csv"
+    if lower.endswith((".tsv", ".tab")):
+        return "tsv"
+    if lower.endswith((".parquet", ".pq")):
+        return "parquet"
+    if lower.endswith(".txt"):
+        return "sequences"
+    raise DiffuRecError(f"{path}: cannot tell the format from the file name; "
+                        f"give --format ({', '.join(FORMAT_NAMES)})")
+
+
+def _read_bytes(path: Path) -> bytes:
+    """The file's bytes, gunzipped when it is gzip (by magic number, not only by name)."""
+    if not path.exists():
+        raise DiffuRecError(f"{path}: no such file")
+    if path.is_dir():
+        raise DiffuRecError(f"{path}: is a folder, expected a file")
+    raw = path.read_bytes()
+    if raw[:2] == b"\x1f\x8b":
+        try:
+            raw = gzip.decompress(raw)
+        except (EOFError, OSError, zlib.error) as error:
+            raise DiffuRecError(f"{path}: corrupt or truncated gzip file ({error})") from None
+    elif path.name.endswith(".gz") and raw:
+        raise DiffuRecError(f"{path}: name ends in .gz but the file is not gzip-compressed")
+    return raw
+
+
+def _decode(path: Path, raw: bytes) -> str:
+    if not raw.strip():
+        raise DiffuRecError(f"{path}: file is empty")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        row = raw[:error.start].count(b"\n") + 1
+        bad = raw[error.start:error.start + 4]
+        raise located(path, f"bytes {bad!r} are not valid UTF-8 (re-encode the file as UTF-8)",
+                      row=row) from None
+    return text[1:] if text.startswith("\ufeff") else text
+
+
+def _pick(path: Path, columns: list[str], explicit: str | None, candidates: tuple[str, ...],
+          role: str, required: bool, sep: str | None) -> str | None:
+    """The source column for one role: the explicit name, else the first candidate present."""
+    if explicit is not None:
+        if explicit in columns:
+            return explicit
+        raise located(path, f"{role} column not found; the header has {_describe(columns, sep)}",
+                      row=1, column=explicit)
+    for name in candidates:
+        if name in columns:
+            return name
+    if required:
+        wanted = f"{candidates[0]!r}" if len(candidates) == 1 else \
+            "one of " + ", ".join(repr(c) for c in candidates[:4]) + ", ..."
+        raise located(path, f"no {role} column ({wanted}); the header has "
+                      f"{_describe(columns, sep)}; name it with --{role}-col", row=1)
+    return None
+
+
+def _describe(columns: list[str], sep: str | None) -> str:
+    """The header as found, with a hint when it looks split on the wrong delimiter."""
+    shown = ", ".join(repr(c) for c in columns[:8]) + (", ..." if len(columns) > 8 else "")
+    text = f"{len(columns)} column(s): {shown}"
+    if len(columns) == 1 and sep is not None:
+        for other, name in _DELIMITER_NAMES.items():
+            if other != sep and other in columns[0]:
+                text += (f" (wrong delimiter? the file seems {name}-separated, this format "
+                         f"expects {_DELIMITER_NAMES.get(sep, repr(sep))}; use --format or --sep)")
+                break
+    return text
+
+
+def _parse_table(path: Path, text: str, spec: FormatSpec, sep: str) -> pd.DataFrame:
+    """Every field as a string (ids stay as written); missing fields become NaN."""
+    if sep == "::":  # pandas' C parser takes one-character delimiters only
+        text = text.replace("::", "\x1f")
+        sep = "\x1f"
+    tab_like = sep in ("\t", "\x1f")
+    try:
+        frame = pd.read_csv(
+            io.StringIO(text), sep=sep, header=0 if spec.header else None, dtype=str,
+            names=list(spec.positional) if not spec.header else None,
+            # Tab files (RecBole, MovieLens) never quote; titles may contain '"'.
+            quoting=csv.QUOTE_NONE if tab_like else csv.QUOTE_MINIMAL,
+            skip_blank_lines=True, engine="c", na_values=[""], keep_default_na=False)
+    except pd.errors.ParserError as error:
+        message = str(error).strip()
+        row = None
+        if "line " in message:
+            try:
+                row = int(message.split("line ")[1].split(",")[0])
+            except ValueError:
+                row = None
+        raise located(path, f"malformed row ({message}); wrong delimiter or stray field?",
+                      row=row) from None
+    except pd.errors.EmptyDataError:
+        raise DiffuRecError(f"{path}: file is empty") from None
+    return frame
+
+
+def _line_numbers(text: str, spec: FormatSpec, count: int) -> np.ndarray:
+    """Line number of each parsed row (blank lines are skipped by the parser)."""
+    lines = text.split("\n")
+    nonblank = np.flatnonzero(np.fromiter((bool(line.strip()) for line in lines), bool,
+                                          count=len(lines))) + 1
+    if spec.header:
+        nonblank = nonblank[1:]
+    return nonblank[:count].astype(np.int64)
+
+
+def _table_from_parquet(path: Path) -> pd.DataFrame:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if not path.exists():
+        raise DiffuRecError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise DiffuRecError(f"{path}: file is empty")
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowInvalid, OSError) as error:
+        raise DiffuRecError(f"{path}: not a readable Parquet file ({error})") from None
+    return table.to_pandas()
+
+
+def _read_sequences(path: Path, text: str) -> pd.DataFrame:
+    """'user item1 item2 ...' lines -> one row per interaction, in file order."""
+    users, items, rows = [], [], []
+    for number, line in enumerate(text.split("\n"), start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) == 1:
+            raise located(path, f"line has a user id ({fields[0]!r}) but no items; expected "
+                          f"'user item1 item2 ...' separated by spaces", row=number)
+        users.append(np.full(len(fields) - 1, fields[0], dtype=object))
+        items.append(np.asarray(fields[1:], dtype=object))
+        rows.append(np.full(len(fields) - 1, number, dtype=np.int64))
+    if not users:
+        raise DiffuRecError(f"{path}: file is empty")
+    return pd.DataFrame({"user": np.concatenate(users), "item": np.concatenate(items),
+                         "row": np.concatenate(rows)})
+
+
+def _check_ids(path: Path, frame: pd.DataFrame, source: dict[str, str]) -> None:
+    for role in ("user", "item"):
+        values = frame[role]
+        missing = values.isna().to_numpy()
+        if values.dtype == object:
+            missing |= values.astype(str).str.strip().eq("").to_numpy() & ~missing
+        if missing.any():
+            first = int(np.flatnonzero(missing)[0])
+            raise located(path, f"{role} id is empty ({int(missing.sum())} row(s) with no "
+                          f"{role} id)", row=int(frame["row"].iat[first]), column=source[role])
+
+
+def _numeric(path: Path, frame: pd.DataFrame, role: str, source: str,
+             allow_negative: bool) -> pd.Series:
+    values = frame[role]
+    if not pd.api.types.is_numeric_dtype(values):
+        parsed = pd.to_numeric(values, errors="coerce")
+        bad = parsed.isna().to_numpy()
+        if bad.any():
+            first = int(np.flatnonzero(bad)[0])
+            shown = values.iat[first]
+            what = "empty" if pd.isna(shown) else f"{shown!r} is not a number"
+            unit = " (unix seconds)" if role == "timestamp" else ""
+            raise located(path, f"{role} {what}{unit}; {int(bad.sum())} such row(s)",
+                          row=int(frame["row"].iat[first]), column=source)
+        values = parsed
+    values = values.astype(np.float64)
+    if values.isna().any():
+        first = int(np.flatnonzero(values.isna().to_numpy())[0])
+        raise located(path, f"{role} is empty", row=int(frame["row"].iat[first]), column=source)
+    if not allow_negative and (values < 0).any():
+        first = int(np.flatnonzero((values < 0).to_numpy())[0])
+        raise located(path, f"{role} {values.iat[first]:g} is negative", row=int(frame["row"].iat[first]),
+                      column=source)
+    return values
+
+
+def read_interactions(path, format: str | None = None, user_col: str | None = None,
+                      item_col: str | None = None, time_col: str | None = None,
+                      rating_col: str | None = None, sep: str | None = None) -> pd.DataFrame:
+    """Read an interaction log into DataFrame[user, item, (rating), (timestamp), row].
+
+    format: one of FORMAT_NAMES, or None to detect it from the file name. *_col: the source
+    column for each role (defaults per format; generic tables try common names). sep overrides
+    the delimiter of a delimited format. Without a timestamp the file order is taken as
+    chronological.
+    """
+    path = Path(path)
+    name = format or detect_format(path)
+    if name not in FORMATS:
+        raise DiffuRecError(f"unknown format {name!r}: use one of {', '.join(FORMAT_NAMES)}")
+    spec = FORMATS[name]
+
+    if name == "sequences":
+        frame = _read_sequences(path, _decode(path, _read_bytes(path)))
+        _check_ids(path, frame, {"user": "user", "item": "item"})
+        log.info("read %s: %d interactions of %d users (sequences)", path, len(frame),
+                 frame["user"].nunique())
+        return frame
+
+    if name == "parquet":
+        table = _table_from_parquet(path)
+        table["__row__"] = np.arange(1, len(table) + 1, dtype=np.int64)
+        delimiter = None
+    else:
+        text = _decode(path, _read_bytes(path))
+        delimiter = sep or spec.sep
+        table = _parse_table(path, text, spec, delimiter)
+        if spec.header:
+            # RecBole headers are 'name:type'; the name alone is the column.
+            if name == "inter":
+                table.columns = [str(c).split(":")[0] for c in table.columns]
+            table.columns = [str(c).strip() for c in table.columns]
+        elif table.shape[1] != len(spec.positional) or table.iloc[:, -1].isna().all():
+            found = len(text.split("\n", 1)[0].split(delimiter))
+            raise located(path, f"expected {len(spec.positional)} fields separated by "
+                          f"{_DELIMITER_NAMES.get(delimiter, repr(delimiter))}, found {found} "
+                          f"(wrong delimiter or wrong --format?)", row=1)
+        table["__row__"] = _line_numbers(text, spec, len(table))
+
+    columns = [c for c in table.columns if c != "__row__"]
+    if len(table) == 0:
+        raise DiffuRecError(f"{path}: has a header ({', '.join(map(str, columns))}) but no data rows")
+    if spec.header:
+        source = {
+            "user": _pick(path, columns, user_col, spec.user, "user", True, delimiter),
+            "item": _pick(path, columns, item_col, spec.item, "item", True, delimiter),
+            "timestamp": _pick(path, columns, time_col, spec.time, "time", False, delimiter),
+            "rating": _pick(path, columns, rating_col, spec.rating, "rating", False, delimiter),
+        }
+    else:
+        source = {role: role for role in ("user", "item", "timestamp", "rating")}
+        for role, given in (("user", user_col), ("item", item_col), ("time", time_col),
+                            ("rating", rating_col)):
+            if given is not None:
+                raise DiffuRecError(f"--{role}-col does not apply to format {name!r} "
+                                    f"(it has no header; its columns are {', '.join(spec.positional)})")
+    frame = pd.DataFrame({"row": table["__row__"].to_numpy()})
+    for role in ("user", "item", "rating", "timestamp"):
+        if source[role] is not None:
+            values = table[source[role]]
+            if role in ("user", "item") and not values.dtype == object:
+                values = values.astype("string").astype(object)
+            frame[role] = values.to_numpy()
+    frame = frame[[c for c in ("user", "item", "rating", "timestamp", "row") if c in frame]]
+    _check_ids(path, frame, source)
+    if "timestamp" in frame:
+        frame["timestamp"] = _numeric(path, frame, "timestamp", source["timestamp"], False)
+    if "rating" in frame:
+        frame["rating"] = _numeric(path, frame, "rating", source["rating"], True)
+    frame["user"] = frame["user"].astype(str).str.strip()
+    frame["item"] = frame["item"].astype(str).str.strip()
+    frame.attrs.update(format=name, source_columns={k: v for k, v in source.items() if v})
+    log.info("read %s (%s): %d interactions", path, name, len(frame))
+    return frame
