@@ -1,0 +1,154 @@
+"""The one evaluator: full ranking over items 1..N for every user of a split, for every model.
+
+HR@K and NDCG@K (K = 5, 10, 20) are averaged per user and reported in percent (docs/formats.md).
+The padding row is never ranked; ties count against the target (rank = 1 + number of other
+items scoring >= the target), so a model with constant scores gets zero; history masking is an
+option written into the result. Users are scored in batches, so memory is O(batch x N).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+
+import numpy as np
+import torch
+
+logger = logging.getLogger(__name__)
+
+KS = (5, 10, 20)
+METRIC_KEYS = tuple(f"HR@{k}" for k in KS) + tuple(f"NDCG@{k}" for k in KS)
+DEFAULT_BATCH_SIZE = 1024
+DEFAULT_SEED = 1997
+
+
+def target_ranks(scores: torch.Tensor, targets: torch.Tensor, masked: torch.Tensor | None = None) -> torch.Tensor:
+    """1-based rank of each target among items 1..N, ties counted against the target.
+
+    scores: [B, N+1] (column 0, padding, is ignored); targets: [B] in 1..N; masked: optional
+    bool [B, N+1] of items removed from the ranking (never the target itself). A NaN target
+    score ranks last.
+    """
+    scores = scores[:, 1:].float()
+    target_index = targets.long() - 1
+    rows = torch.arange(scores.size(0), device=scores.device)
+    target_score = scores[rows, target_index]
+    beats = scores >= target_score[:, None]
+    beats[rows, target_index] = False
+    if masked is not None:
+        beats &= ~masked[:, 1:]
+    ranks = 1 + beats.sum(dim=1)
+    return torch.where(torch.isnan(target_score), torch.full_like(ranks, scores.size(1)), ranks)
+
+
+def ranking_metrics(ranks: torch.Tensor | np.ndarray, ks=KS) -> dict[str, float]:
+    """Per-user mean HR@K and NDCG@K in percent from 1-based ranks (one target per user)."""
+    ranks = torch.as_tensor(ranks, dtype=torch.float64)
+    totals = ranking_totals(ranks, ks)
+    return {key: 100.0 * value / max(len(ranks), 1) for key, value in totals.items()}
+
+
+def ranking_totals(ranks: torch.Tensor, ks=KS) -> dict[str, float]:
+    """Sums over users of HR@K and NDCG@K (fractions), to be divided by the user count."""
+    ranks = ranks.double()
+    gains = 1.0 / torch.log2(ranks + 1.0)
+    totals = {f"HR@{k}": float((ranks <= k).sum()) for k in ks}
+    totals.update({f"NDCG@{k}": float(torch.where(ranks <= k, gains, 0.0).sum()) for k in ks})
+    return totals
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    for tensor in list(model.parameters()) + list(model.buffers()):
+        return tensor.device
+    return torch.device("cpu")
+
+
+def _history_mask(history: tuple[np.ndarray, np.ndarray], users: np.ndarray, targets: np.ndarray,
+                  num_columns: int, device) -> torch.Tensor:
+    """Bool [B, N+1]: True at the items each user's input history holds, except the target."""
+    items, offsets = history
+    starts, ends = offsets[users], offsets[users + 1]
+    lengths = ends - starts
+    row = np.repeat(np.arange(len(users)), lengths)
+    position = np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(lengths.sum())
+    column = np.asarray(items)[position].astype(np.int64)
+    keep = column != targets[row]
+    mask = torch.zeros(len(users), num_columns, dtype=torch.bool, device=device)
+    mask[torch.from_numpy(row[keep]).to(device), torch.from_numpy(column[keep]).to(device)] = True
+    return mask
+
+
+def evaluate(model, splits, split: str = "test", mask_history: bool = False,
+             reverse_steps: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
+             seed: int = DEFAULT_SEED, device: str | torch.device | None = None,
+             progress: bool | None = None) -> dict:
+    """Full-ranking metrics of `model` on `split` ('valid' or 'test') in the metrics-JSON shape.
+
+    `reverse_steps` (DiffuRec) defaults to the model's preset; `device` defaults to where the
+    model is; CUDA runs under bf16 autocast (the final scores stay fp32). When the model's
+    output ignores padding, users are sorted by history length and each batch is cut to its
+    longest history. The model's training mode is restored afterwards.
+    """
+    from tqdm import tqdm
+
+    inputs, targets = splits.eval_arrays(split)
+    inputs, targets = np.asarray(inputs), np.asarray(targets).astype(np.int64)
+    num_users, num_columns = len(targets), splits.num_items + 1
+    if device is not None:
+        model.to(device)
+    device = model_device(model)
+    history = splits.history(split) if mask_history else None
+    steps = reverse_steps if reverse_steps is not None else model.config.get("reverse_steps")
+
+    lengths = (inputs > 0).sum(axis=1)
+    trims = bool(getattr(model, "trims_padding", False))
+    order = np.argsort(lengths, kind="stable") if trims else np.arange(num_users)
+
+    torch.manual_seed(seed)
+    if device.type == "cuda":
+        torch.cuda.manual_seed_all(seed)
+    was_training = model.training
+    model.eval()
+    totals = dict.fromkeys(METRIC_KEYS, 0.0)
+    started = time.perf_counter()
+    try:
+        batches = range(0, num_users, batch_size)
+        disable = None if progress is None else not progress  # None: bar only on a terminal
+        for lo in tqdm(batches, desc=f"evaluate {split}", unit="batch", disable=disable, leave=False):
+            users = order[lo:lo + batch_size]
+            batch = torch.from_numpy(inputs[users].astype(np.int64))
+            if trims:
+                batch = batch[:, -max(int(lengths[users].max()), 1):]
+            batch = batch.to(device, non_blocking=True)
+            batch_targets = torch.from_numpy(targets[users]).to(device)
+            with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16,
+                                                 enabled=device.type == "cuda"):
+                scores = model.score(batch, reverse_steps=reverse_steps)
+            masked = (_history_mask(history, users, targets[users], num_columns, device)
+                      if mask_history else None)
+            for key, value in ranking_totals(target_ranks(scores, batch_targets, masked)).items():
+                totals[key] += value
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    finally:
+        model.train(was_training)
+    seconds = time.perf_counter() - started
+    metrics = {key: 100.0 * totals[key] / num_users for key in METRIC_KEYS}
+    logger.info("%s on %s (%d users): HR@10 %.4f NDCG@10 %.4f in %.1f s", model.config["name"],
+                split, num_users, metrics["HR@10"], metrics["NDCG@10"], seconds)
+    return {
+        "metrics": metrics,
+        "unit": "percent",
+        "split": split,
+        "users": int(num_users),
+        "model": {"name": model.config["name"], "preset": model.config.get("preset")},
+        "settings": {"mask_history": bool(mask_history), "exclude_padding": True,
+                     "ties": "pessimistic", "reverse_steps": steps, "batch_size": int(batch_size),
+                     "seed": int(seed), "device": str(device),
+                     "autocast": "bf16" if device.type == "cuda" else None,
+                     "sorted_by_length": trims},
+        "seconds": round(seconds, 4),
+        "users_per_second": round(num_users / seconds, 2) if seconds > 0 else math.inf,
+        "lineage": {},
+    }

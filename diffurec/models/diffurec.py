@@ -1,0 +1,261 @@
+"""DiffuRec (Li, Sun, Li, TOIS 2023): a diffusion model over item embeddings for next-item
+prediction, as the authors' code WHUIR/DiffuRec@f6f70c9 behaves (shared/docs/diffurec-reference.md).
+
+Presets (every other hyperparameter is the same: d=128, 4 blocks x 4 heads, FFN 512, GELU-tanh,
+dropout 0.1 in blocks / 0.3 on history, T=32 `trunc_lin`, lambda ~ N(0.001, std 0.001)):
+
+| preset  | attention mask                    | attention kernel  | reverse steps | trims_padding |
+| ------- | --------------------------------- | ----------------- | ------------- | ------------- |
+| `paper` | padded *query* rows only (quirk)  | explicit softmax  | 32            | False         |
+| `fast`  | padded *keys* (exact padding-independence) | F.scaled_dot_product_attention | 1 | True |
+
+`paper` is the reference, quirks included: no position embeddings, bidirectional attention, a
+learned padding row (no padding_idx), N(0,1) item init, LayerNorm eps 1e-12 everywhere, x0 read
+from the last position after Dropout -> LayerNorm, full-softmax CE over N+1 rows, 32-step
+ancestral reverse with sigma_t^2 = beta_t (t >= 1) and no noise at t = 0.
+`fast` differs only where the table says. Masking padded keys makes the output independent of
+left padding, so the trainer and evaluator cut batches to their longest real history; one reverse
+step is the default because lambda ~ 1e-3 makes the noisy target nearly irrelevant (measured:
+see benchmarks/ and the model helper's report). Any preset accepts `reverse_steps=` at score time.
+
+Fewer reverse steps than T use evenly spaced timesteps with the respaced posterior (as in
+improved DDPM's `space_timesteps`); with all T steps this is exactly the reference process.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+PRESETS = {
+    "paper": dict(
+        hidden_size=128, num_blocks=4, num_heads=4, ffn_size=512,
+        dropout=0.1, emb_dropout=0.3, layer_norm_eps=1e-12,
+        diffusion_steps=32, schedule="trunc_lin", lambda_uncertainty=0.001,
+        reverse_steps=32, mask="query", attention="explicit",
+    ),
+}
+PRESETS["fast"] = dict(PRESETS["paper"], reverse_steps=1, mask="key", attention="sdpa")
+
+
+def trunc_lin_betas(steps: int) -> torch.Tensor:
+    """The reference's `trunc_lin` schedule, float64: linspace(s*1e-4 + 0.01, s*0.02 + 0.01)."""
+    scale = 1000.0 / steps
+    return torch.linspace(scale * 1e-4 + 0.01, scale * 0.02 + 0.01, steps, dtype=torch.float64)
+
+
+def reverse_timesteps(total_steps: int, reverse_steps: int) -> list[int]:
+    """Evenly spaced timesteps visited by a reverse process of `reverse_steps` steps, descending.
+
+    One step visits only t = T-1; all T steps visit T-1 .. 0 like the reference.
+    """
+    if not 1 <= reverse_steps <= total_steps:
+        raise ValueError(f"reverse_steps must be in 1..{total_steps}, got {reverse_steps}")
+    if reverse_steps == 1:
+        return [total_steps - 1]
+    spaced = torch.linspace(0, total_steps - 1, reverse_steps, dtype=torch.float64).round().long()
+    return sorted(set(spaced.tolist()), reverse=True)
+
+
+def posterior_coefficients(alpha_bar: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(c1, c2, beta) of q(x_{t-1} | x_t, x0) for the steps whose cumulative products are alpha_bar.
+
+    mu_t = c1_t x0 + c2_t x_t with alpha_bar_{-1} = 1; beta_t is also the reverse variance
+    ("fixed large") used for t >= 1.
+    """
+    alpha_bar_prev = torch.cat([alpha_bar.new_ones(1), alpha_bar[:-1]])
+    beta = 1.0 - alpha_bar / alpha_bar_prev
+    c1 = beta * alpha_bar_prev.sqrt() / (1.0 - alpha_bar)
+    c2 = (1.0 - alpha_bar_prev) * (1.0 - beta).sqrt() / (1.0 - alpha_bar)
+    return c1, c2, beta
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, scale: float, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal embedding of t * scale, laid out [cos | sin] like the reference."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    args = (t.float() * scale)[:, None] * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+def dot_scores(representation: torch.Tensor, item_weight: torch.Tensor) -> torch.Tensor:
+    """representation @ item_weight^T in fp32 even under autocast: bf16 scores would tie many
+    items, and the evaluator counts ties against the target."""
+    with torch.autocast(representation.device.type, enabled=False):
+        return representation.float() @ item_weight.float().t()
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention; the mask is built by the caller (bool, True = may attend)."""
+
+    def __init__(self, hidden_size: int, num_heads: int, dropout: float, use_sdpa: bool):
+        super().__init__()
+        self.num_heads = num_heads
+        self.query = nn.Linear(hidden_size, hidden_size)
+        self.key = nn.Linear(hidden_size, hidden_size)
+        self.value = nn.Linear(hidden_size, hidden_size)
+        self.out = nn.Linear(hidden_size, hidden_size)
+        nn.init.xavier_normal_(self.out.weight)  # the reference inits only the output projection
+        self.dropout = dropout
+        self.use_sdpa = use_sdpa
+
+    def forward(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        batch, length, hidden = h.shape
+        q, k, v = (proj(h).view(batch, length, self.num_heads, -1).transpose(1, 2)
+                   for proj in (self.query, self.key, self.value))
+        dropout = self.dropout if self.training else 0.0
+        if self.use_sdpa:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+        else:
+            scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))
+            # -1e9, not -inf: a fully masked row (the reference's padded queries) becomes uniform.
+            probs = F.dropout(scores.masked_fill(~mask, -1e9).softmax(dim=-1), dropout, self.training)
+            out = probs @ v
+        return self.out(out.transpose(1, 2).reshape(batch, length, hidden))
+
+
+class Block(nn.Module):
+    """Pre-LN Transformer block; `output_dropout` is the reference's extra dropout on its output."""
+
+    def __init__(self, cfg: dict, use_sdpa: bool, output_dropout: bool = True):
+        super().__init__()
+        d = cfg["hidden_size"]
+        self.norm_attention = nn.LayerNorm(d, eps=cfg["layer_norm_eps"])
+        self.attention = SelfAttention(d, cfg["num_heads"], cfg["dropout"], use_sdpa)
+        self.norm_ffn = nn.LayerNorm(d, eps=cfg["layer_norm_eps"])
+        self.ffn_in = nn.Linear(d, cfg["ffn_size"])
+        self.ffn_out = nn.Linear(cfg["ffn_size"], d)
+        nn.init.xavier_normal_(self.ffn_in.weight)
+        nn.init.xavier_normal_(self.ffn_out.weight)
+        self.dropout = nn.Dropout(cfg["dropout"])
+        self.output_dropout = output_dropout
+
+    def forward(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        h = h + self.dropout(self.attention(self.norm_attention(h), mask))
+        ffn = self.ffn_out(self.dropout(F.gelu(self.ffn_in(self.norm_ffn(h)), approximate="tanh")))
+        h = h + self.dropout(ffn)
+        return self.dropout(h) if self.output_dropout else h
+
+
+class DiffuRec(nn.Module):
+    """DiffuRec: a Transformer approximator f(history, x_t, t) -> x0 inside a DDPM over items."""
+
+    requires_training = True
+
+    def __init__(self, num_items: int, max_len: int, preset: str = "paper", **overrides):
+        super().__init__()
+        if preset not in PRESETS:
+            raise ValueError(f"unknown DiffuRec preset {preset!r}; choose from {sorted(PRESETS)}")
+        unknown = set(overrides) - set(PRESETS[preset])
+        if unknown:
+            raise ValueError(f"unknown DiffuRec hyperparameters: {sorted(unknown)}")
+        cfg = dict(PRESETS[preset], **overrides)
+        if cfg["mask"] not in ("query", "key") or cfg["attention"] not in ("explicit", "sdpa"):
+            raise ValueError(f"mask must be 'query' or 'key', attention 'explicit' or 'sdpa': {cfg}")
+        if cfg["schedule"] != "trunc_lin":
+            raise ValueError(f"only the 'trunc_lin' schedule is implemented, got {cfg['schedule']!r}")
+        self.config = dict(name="diffurec", preset=preset, num_items=num_items, max_len=max_len, **cfg)
+        self.num_items, self.max_len = num_items, max_len
+        # Exact padding-independence needs padded keys masked (and lambda drawn per position
+        # from the right end, see _lambda).
+        self.trims_padding = cfg["mask"] == "key"
+
+        d = cfg["hidden_size"]
+        self.item_embedding = nn.Embedding(num_items + 1, d)  # N(0,1); row 0 is learned padding
+        self.history_dropout = nn.Dropout(cfg["emb_dropout"])
+        self.history_norm = nn.LayerNorm(d, eps=cfg["layer_norm_eps"])
+        self.time_mlp = nn.Sequential(nn.Linear(d, 4 * d), nn.SiLU(), nn.Linear(4 * d, d))
+        self.blocks = nn.ModuleList(Block(cfg, cfg["attention"] == "sdpa") for _ in range(cfg["num_blocks"]))
+        self.output_dropout = nn.Dropout(cfg["dropout"])
+        self.output_norm = nn.LayerNorm(d, eps=cfg["layer_norm_eps"])
+
+        steps = cfg["diffusion_steps"]
+        alpha_bar = torch.cumprod(1.0 - trunc_lin_betas(steps), dim=0)
+        # Buffers, not parameters: derived from the config, so not saved in the state dict.
+        self.register_buffer("sqrt_alpha_bar", alpha_bar.sqrt().float(), persistent=False)
+        self.register_buffer("sqrt_one_minus_alpha_bar", (1.0 - alpha_bar).sqrt().float(), persistent=False)
+        self._alpha_bar64 = alpha_bar
+
+    # ---- the approximator -------------------------------------------------------------------
+
+    def history(self, inputs: torch.Tensor) -> torch.Tensor:
+        """H = LayerNorm(Dropout(E[inputs])) (the reference's order), [B, L, d]."""
+        return self.history_norm(self.history_dropout(self.item_embedding(inputs)))
+
+    def attention_mask(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Bool [B, 1, L, L] or [B, 1, 1, L], True where a query may attend to a key."""
+        real = inputs > 0
+        if self.config["mask"] == "query":
+            # Reference quirk: padded query rows are masked (their softmax becomes uniform),
+            # real queries still see padded keys.
+            return real[:, None, :, None].expand(-1, 1, -1, inputs.size(1))
+        # The last position always counts as real so a row never has every key masked.
+        real = real.clone()
+        real[:, -1] = True
+        return real[:, None, None, :]
+
+    def _lambda(self, batch: int, length: int, device) -> torch.Tensor:
+        """lambda ~ N(delta, std delta), elementwise [B, L, d], fresh on every call.
+
+        Drawn for the full max_len window and cut from the right, so a batch cut to its real
+        length sees exactly the values it would have seen fully padded (same RNG consumption).
+        """
+        if length > self.max_len:
+            raise ValueError(f"inputs have {length} positions, more than max_len={self.max_len}")
+        delta = self.config["lambda_uncertainty"]
+        full = torch.randn(batch, self.max_len, self.config["hidden_size"], device=device)
+        return full[:, self.max_len - length:] * delta + delta
+
+    def approximate(self, history: torch.Tensor, mask: torch.Tensor, x_t: torch.Tensor,
+                    t: torch.Tensor, lam: torch.Tensor | None = None) -> torch.Tensor:
+        """x0_hat = f(H, x_t, t), [B, d]: H + lambda * (x_t + time_emb(t)) through the blocks,
+        then Dropout -> LayerNorm, read at the last position. `lam` fixes lambda (tests)."""
+        batch, length, _ = history.shape
+        steps = self.config["diffusion_steps"]
+        z = x_t + self.time_mlp(timestep_embedding(t, self.config["hidden_size"], 1000.0 / steps))
+        if lam is None:
+            lam = self._lambda(batch, length, history.device)
+        h = history + lam * z[:, None, :]
+        for block in self.blocks:
+            h = block(h, mask)
+        return self.output_norm(self.output_dropout(h))[:, -1, :]
+
+    # ---- the interface the trainer and evaluator use ----------------------------------------
+
+    def loss(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Full-softmax cross-entropy of x0_hat against all N+1 rows, at a uniform random t."""
+        batch = inputs.size(0)
+        x0 = self.item_embedding(targets)
+        t = torch.randint(0, self.config["diffusion_steps"], (batch,), device=inputs.device)
+        noise = torch.randn_like(x0)
+        x_t = self.sqrt_alpha_bar[t, None] * x0 + self.sqrt_one_minus_alpha_bar[t, None] * noise
+        x0_hat = self.approximate(self.history(inputs), self.attention_mask(inputs), x_t, t)
+        logits = x0_hat @ self.item_embedding.weight.t()
+        return F.cross_entropy(logits.float(), targets)
+
+    @torch.no_grad()
+    def represent(self, inputs: torch.Tensor, reverse_steps: int | None = None) -> torch.Tensor:
+        """x0_hat after the ancestral reverse process from x_T ~ N(0, I), [B, d]."""
+        steps = reverse_steps or self.config["reverse_steps"]
+        timesteps = reverse_timesteps(self.config["diffusion_steps"], steps)
+        alpha_bar = self._alpha_bar64[list(reversed(timesteps))]
+        c1, c2, beta = (c.float().flip(0).tolist() for c in posterior_coefficients(alpha_bar))
+        history = self.history(inputs)
+        mask = self.attention_mask(inputs)
+        x_t = torch.randn(inputs.size(0), self.config["hidden_size"], device=inputs.device)
+        for i, t in enumerate(timesteps):  # descending; c1/c2/beta are aligned with it
+            t_batch = torch.full((inputs.size(0),), t, device=inputs.device, dtype=torch.long)
+            x0_hat = self.approximate(history, mask, x_t, t_batch)
+            if i + 1 < len(timesteps):  # the last step (t = 0 in the full process) adds no noise
+                mean = c1[i] * x0_hat + c2[i] * x_t
+                x_t = mean + math.sqrt(beta[i]) * torch.randn_like(x_t)
+        # On the last step c1 = 1 and c2 = 0, so the posterior mean is x0_hat itself.
+        return x0_hat
+
+    @torch.no_grad()
+    def score(self, inputs: torch.Tensor, reverse_steps: int | None = None) -> torch.Tensor:
+        """Dot-product scores of the reverse-process output against every row, [B, N+1]."""
+        return dot_scores(self.represent(inputs, reverse_steps), self.item_embedding.weight)
