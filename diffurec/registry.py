@@ -1,0 +1,229 @@
+"""The MLflow model registry: model folders in, registered model versions out.
+
+Each trained model folder (docs/formats.md) becomes one MLflow run (parameters, metrics, the
+folder as artifacts under `model/`) and one version of a registered model, tagged with its
+metrics, preset, data version and git commit. Versions are addressed by aliases only
+(`champion`, `previous`, `challenger`), never by the deprecated stages.
+
+The tracking URI is `--tracking-uri`, else $MLFLOW_TRACKING_URI, else a local sqlite store
+(`sqlite:///runs/mlflow/mlflow.db`); with sqlite the artifacts go to `artifacts/` beside the
+database, so one folder holds the whole registry.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+from pathlib import Path
+
+from diffurec.errors import DiffuRecError, located
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TRACKING_URI = "sqlite:///runs/mlflow/mlflow.db"
+EXPERIMENT = "diffurec"
+ARTIFACT_PATH = "model"
+ALIASES = ("champion", "previous", "challenger")
+
+
+def resolve_tracking_uri(tracking_uri: str | None = None) -> str:
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    db = sqlite_path(uri)
+    if db is not None:
+        db.parent.mkdir(parents=True, exist_ok=True)
+    return uri
+
+
+def sqlite_path(tracking_uri: str) -> Path | None:
+    """The database file of a sqlite tracking URI, None for any other store."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    return Path(tracking_uri[len("sqlite:///"):])
+
+
+def client(tracking_uri: str | None = None):
+    """An MlflowClient on the resolved tracking URI (imports mlflow: about 2 s)."""
+    os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
+    from mlflow import MlflowClient
+
+    uri = resolve_tracking_uri(tracking_uri)
+    try:
+        return MlflowClient(tracking_uri=uri, registry_uri=uri)
+    except Exception as error:  # mlflow raises many types for a bad URI
+        raise DiffuRecError(f"cannot open the MLflow store {uri}: {_first_line(error)}") from error
+
+
+def _experiment_id(mlflow_client, tracking_uri: str) -> str:
+    experiment = mlflow_client.get_experiment_by_name(EXPERIMENT)
+    if experiment is not None:
+        return experiment.experiment_id
+    db = sqlite_path(tracking_uri)
+    location = (db.parent / "artifacts").resolve().as_uri() if db is not None else None
+    return mlflow_client.create_experiment(EXPERIMENT, artifact_location=location)
+
+
+def read_model_folder(model_dir: str | Path) -> tuple[dict, dict]:
+    """(config.json, train_summary.json or {}) of a model folder, checked."""
+    folder = Path(model_dir)
+    config_path = folder / "config.json"
+    if not folder.is_dir():
+        raise located(folder, "model folder not found")
+    if not config_path.is_file():
+        raise located(config_path, "missing: not a model folder written by `diffurec train`")
+    try:
+        config = json.loads(config_path.read_text())
+    except json.JSONDecodeError as error:
+        raise located(config_path, f"not valid JSON ({error.msg})", row=error.lineno)
+    if config.get("format") != "diffurec-model":
+        raise located(config_path, f"format is {config.get('format')!r}, expected 'diffurec-model'")
+    summary_path = folder / "train_summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    return config, summary
+
+
+def metric_name(key: str) -> str:
+    """MLflow names cannot hold '@': HR@10 -> HR_at_10."""
+    return key.replace("@", "_at_")
+
+
+def register_model_folder(model_dir: str | Path, metrics_path: str | Path, name: str,
+                          tracking_uri: str | None = None) -> dict:
+    """Log the folder and its metrics as a run, register it as a new version of `name`.
+
+    Returns {"name", "version", "run_id", "source", "tracking_uri"}. The new version gets the
+    `challenger` alias until it is promoted.
+    """
+    from diffurec.gate import METRIC_KEYS, data_version, read_metrics
+
+    config, summary = read_model_folder(model_dir)
+    metrics_json = read_metrics(metrics_path)
+    lineage = {**(summary.get("lineage") or {}), **(metrics_json.get("lineage") or {})}
+    if not lineage.get("git_commit"):
+        lineage["git_commit"] = _git_commit()
+    preset = config.get("preset") or lineage.get("preset") or ""
+    tags = {
+        "model": str(config.get("model", "")),
+        "preset": str(preset),
+        "data_version": str(data_version({"lineage": lineage}) or "unknown"),
+        "raw_data_md5": str(lineage.get("raw_data_md5") or "unknown"),
+        "git_commit": str(lineage.get("git_commit") or "unknown"),
+        "metrics_split": str(metrics_json.get("split", "")),
+        "metrics_users": str(metrics_json.get("users", "")),
+        "metrics": json.dumps(metrics_json["metrics"], sort_keys=True),
+        "eval_settings": json.dumps(metrics_json.get("settings") or {}, sort_keys=True),
+        "lineage": json.dumps(lineage, sort_keys=True, default=str)[:5000],
+    }
+    for key in METRIC_KEYS:
+        tags[metric_name(key)] = repr(float(metrics_json["metrics"][key]))
+
+    uri = resolve_tracking_uri(tracking_uri)
+    mlflow_client = client(uri)
+    run = mlflow_client.create_run(_experiment_id(mlflow_client, uri),
+                                   run_name=f"{name}-{config.get('model')}-{preset}",
+                                   tags={"diffurec.registered_model": name, **tags})
+    run_id = run.info.run_id
+    try:
+        from mlflow.entities import Metric, Param
+
+        params = [Param(key, str(value)[:6000]) for key, value in sorted(config.items())
+                  if key not in ("format", "version") and not isinstance(value, (dict, list))]
+        metrics = [Metric(metric_name(key), float(metrics_json["metrics"][key]), 0, 0)
+                   for key in METRIC_KEYS]
+        mlflow_client.log_batch(run_id, metrics=metrics, params=params)
+        mlflow_client.log_artifacts(run_id, str(model_dir), ARTIFACT_PATH)
+        mlflow_client.log_dict(run_id, metrics_json, "metrics.json")
+        mlflow_client.set_terminated(run_id)
+    except Exception:
+        mlflow_client.set_terminated(run_id, status="FAILED")
+        raise
+    _ensure_registered_model(mlflow_client, name)
+    source = f"{run.info.artifact_uri}/{ARTIFACT_PATH}"
+    version = mlflow_client.create_model_version(name, source=source, run_id=run_id, tags=tags)
+    mlflow_client.set_registered_model_alias(name, "challenger", version.version)
+    log.info("registered %s version %s (run %s)", name, version.version, run_id)
+    return {"name": name, "version": str(version.version), "run_id": run_id, "source": source,
+            "tracking_uri": uri}
+
+
+def _ensure_registered_model(mlflow_client, name: str) -> None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        mlflow_client.create_registered_model(
+            name, description="DiffuRec recommender; aliases champion/previous/challenger")
+    except MlflowException as error:
+        if error.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+
+
+def get_version(name: str, version: str | None = None, alias: str | None = None,
+                tracking_uri: str | None = None, mlflow_client=None) -> dict | None:
+    """A model version as a plain dict, by number or alias; None if the alias is not set."""
+    from mlflow.exceptions import MlflowException
+
+    mlflow_client = mlflow_client or client(tracking_uri)
+    try:
+        if alias is not None:
+            found = mlflow_client.get_model_version_by_alias(name, alias)
+        elif version is not None:
+            found = mlflow_client.get_model_version(name, str(version))
+        else:
+            versions = mlflow_client.search_model_versions(f"name = '{name}'")
+            if not versions:
+                raise DiffuRecError(f"registered model {name!r} has no versions")
+            found = max(versions, key=lambda v: int(v.version))
+    except MlflowException as error:
+        if alias is not None and "not found" in str(error).lower():
+            return None
+        raise DiffuRecError(f"registered model {name!r} version {version or alias}: "
+                            f"{_first_line(error)}") from error
+    tags = dict(found.tags or {})
+    metrics = json.loads(tags["metrics"]) if "metrics" in tags else {}
+    return {"name": name, "version": str(found.version), "run_id": found.run_id,
+            "source": found.source, "tags": tags, "metrics": metrics,
+            "data_version": tags.get("data_version"), "split": tags.get("metrics_split"),
+            "users": int(tags["metrics_users"]) if tags.get("metrics_users", "").isdigit() else None,
+            "aliases": list(getattr(found, "aliases", []) or [])}
+
+
+def load_model_folder(model_uri: str, tracking_uri: str | None = None,
+                      dst: str | Path | None = None) -> Path:
+    """Download a registered model folder, e.g. `models:/diffurec@champion`; return its path."""
+    import tempfile
+
+    import mlflow
+
+    uri = resolve_tracking_uri(tracking_uri)
+    client(uri)  # fails with one clear line on a bad store
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    target = Path(dst) if dst is not None else Path(tempfile.mkdtemp(prefix="diffurec-model-"))
+    target.mkdir(parents=True, exist_ok=True)
+    try:
+        path = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(target))
+    except Exception as error:
+        raise DiffuRecError(f"cannot load {model_uri}: {_first_line(error)}") from error
+    return Path(path)
+
+
+def set_version_tags(name: str, version: str, tags: dict, mlflow_client=None,
+                     tracking_uri: str | None = None) -> None:
+    mlflow_client = mlflow_client or client(tracking_uri)
+    for key, value in tags.items():
+        mlflow_client.set_model_version_tag(name, str(version), key, str(value))
+
+
+def _git_commit() -> str | None:
+    try:
+        result = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=5, check=True)
+        return result.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
