@@ -274,13 +274,18 @@ def _numeric(path: Path, frame: pd.DataFrame, role: str, source: str,
 
 def read_interactions(path, format: str | None = None, user_col: str | None = None,
                       item_col: str | None = None, time_col: str | None = None,
-                      rating_col: str | None = None, sep: str | None = None) -> pd.DataFrame:
+                      rating_col: str | None = None, sep: str | None = None,
+                      strict: bool = True) -> pd.DataFrame:
     """Read an interaction log into DataFrame[user, item, (rating), (timestamp), row].
 
     format: one of FORMAT_NAMES, or None to detect it from the file name. *_col: the source
     column for each role (defaults per format; generic tables try common names). sep overrides
     the delimiter of a delimited format. Without a timestamp the file order is taken as
     chronological.
+
+    strict=False is for validation: problems in values (a missing user/item column, null ids,
+    non-numeric or negative timestamps and ratings) are left in the frame as found, for the
+    Great Expectations suite to report; problems that stop any reading still raise.
     """
     path = Path(path)
     name = format or detect_format(path)
@@ -290,7 +295,8 @@ def read_interactions(path, format: str | None = None, user_col: str | None = No
 
     if name == "sequences":
         frame = _read_sequences(path, _decode(path, _read_bytes(path)))
-        _check_ids(path, frame, {"user": "user", "item": "item"})
+        if strict:
+            _check_ids(path, frame, {"user": "user", "item": "item"})
         log.info("read %s: %d interactions of %d users (sequences)", path, len(frame),
                  frame["user"].nunique())
         return frame
@@ -320,8 +326,8 @@ def read_interactions(path, format: str | None = None, user_col: str | None = No
         raise DiffuRecError(f"{path}: has a header ({', '.join(map(str, columns))}) but no data rows")
     if spec.header:
         source = {
-            "user": _pick(path, columns, user_col, spec.user, "user", True, delimiter),
-            "item": _pick(path, columns, item_col, spec.item, "item", True, delimiter),
+            "user": _pick(path, columns, user_col, spec.user, "user", strict, delimiter),
+            "item": _pick(path, columns, item_col, spec.item, "item", strict, delimiter),
             "timestamp": _pick(path, columns, time_col, spec.time, "time", False, delimiter),
             "rating": _pick(path, columns, rating_col, spec.rating, "rating", False, delimiter),
         }
@@ -340,13 +346,15 @@ def read_interactions(path, format: str | None = None, user_col: str | None = No
                 values = values.astype("string").astype(object)
             frame[role] = values.to_numpy()
     frame = frame[[c for c in ("user", "item", "rating", "timestamp", "row") if c in frame]]
-    _check_ids(path, frame, source)
-    if "timestamp" in frame:
-        frame["timestamp"] = _numeric(path, frame, "timestamp", source["timestamp"], False)
-    if "rating" in frame:
-        frame["rating"] = _numeric(path, frame, "rating", source["rating"], True)
-    frame["user"] = frame["user"].astype(str).str.strip()
-    frame["item"] = frame["item"].astype(str).str.strip()
+    if strict:
+        _check_ids(path, frame, source)
+        if "timestamp" in frame:
+            frame["timestamp"] = _numeric(path, frame, "timestamp", source["timestamp"], False)
+        if "rating" in frame:
+            frame["rating"] = _numeric(path, frame, "rating", source["rating"], True)
+    for role in ("user", "item"):
+        if role in frame:
+            frame[role] = frame[role].str.strip()
     frame.attrs.update(format=name, source_columns={k: v for k, v in source.items() if v})
     log.info("read %s (%s): %d interactions", path, name, len(frame))
     return frame

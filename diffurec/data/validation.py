@@ -1,0 +1,336 @@
+"""Great Expectations suites for raw interaction logs and for processed splits folders.
+
+Each run builds an ephemeral GX context, validates, and writes to an output folder:
+`report.json` (every expectation, its result, a few offending file rows) and `data_docs/`
+(GX's HTML Data Docs). A run that evaluated a different number of expectations than the suite
+holds fails: a suite that silently ran nothing must not pass.
+
+Severity: "critical" expectations decide success; "warning" ones (exact duplicate rows, users
+too short for leave-one-out) describe dirty but usable data that `diffurec preprocess` cleans
+and counts, so they are reported without failing the run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from diffurec.data.splits import MIN_SEQUENCE_LENGTH, leave_one_out, load_splits
+from diffurec.errors import DiffuRecError
+
+log = logging.getLogger(__name__)
+
+REPORT_FORMAT = "diffurec-validation"
+REPORT_VERSION = 1
+# Plausible unix-second timestamps: 1990-01-01 .. 2100-01-01. Milliseconds fall outside.
+TIMESTAMP_MIN = 631_152_000
+TIMESTAMP_MAX = 4_102_444_800
+EXAMPLE_ROWS = 5
+
+
+def _gx():
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    # GX logs its own set-up at INFO (hundreds of lines); keep its warnings only.
+    logging.getLogger("great_expectations").setLevel(logging.WARNING)
+    import great_expectations as gx
+    import great_expectations.expectations as gxe
+
+    logging.getLogger("great_expectations").setLevel(logging.WARNING)
+    return gx, gxe
+
+
+# --------------------------------------------------------------------------------------------
+# Suites: each is a list of (table, expectation) so the count is known before anything runs.
+# --------------------------------------------------------------------------------------------
+
+def raw_expectations(columns: set[str]) -> list[tuple[str, object]]:
+    """The raw-interactions suite for a frame from read_interactions(strict=False)."""
+    _, gxe = _gx()
+    has_time = "timestamp" in columns or "timestamp_numeric" in columns
+    has_rating = "rating" in columns
+    table = "interactions"
+    items = [
+        gxe.ExpectTableRowCountToBeBetween(min_value=1),
+        gxe.ExpectColumnToExist(column="user"),
+        gxe.ExpectColumnToExist(column="item"),
+        gxe.ExpectColumnValuesToNotBeNull(column="user"),
+        gxe.ExpectColumnValuesToNotBeNull(column="item"),
+        # At least one user can be split leave-one-out (train, validation, test).
+        gxe.ExpectColumnMaxToBeBetween(column="user_interactions", min_value=MIN_SEQUENCE_LENGTH),
+        # Users below that are dropped (and counted) by preprocess: a warning, not a failure.
+        gxe.ExpectColumnValuesToBeBetween(column="user_interactions",
+                                          min_value=MIN_SEQUENCE_LENGTH, severity="warning"),
+    ]
+    if has_time:
+        items += [
+            gxe.ExpectColumnValuesToNotBeNull(column="timestamp"),
+            # A timestamp that is present but does not parse as a number is null here.
+            gxe.ExpectColumnValuesToNotBeNull(column="timestamp_numeric"),
+            gxe.ExpectColumnValuesToBeBetween(column="timestamp_numeric", min_value=TIMESTAMP_MIN,
+                                              max_value=TIMESTAMP_MAX),
+            gxe.ExpectCompoundColumnsToBeUnique(
+                column_list=["user", "item", "timestamp_numeric"] + (["rating"] if has_rating else []),
+                severity="warning"),
+        ]
+    if has_rating:
+        items += [gxe.ExpectColumnValuesToNotBeNull(column="rating_numeric")]
+    return [(table, e) for e in items]
+
+
+def splits_expectations(num_users: int, num_items: int, num_samples: int) -> list[tuple[str, object]]:
+    """The processed-splits suite over four tables derived from a splits folder."""
+    _, gxe = _gx()
+    one = {"value_set": [True]}
+    return [
+        ("item_map", gxe.ExpectTableRowCountToEqual(value=num_items)),
+        ("item_map", gxe.ExpectColumnValuesToBeUnique(column="index")),
+        ("item_map", gxe.ExpectColumnValuesToBeBetween(column="index", min_value=1, max_value=num_items)),
+        # With the range above: every index 1..N occurs, so ids are contiguous; 0 stays padding.
+        ("sequence_items", gxe.ExpectColumnValuesToBeBetween(column="item", min_value=1,
+                                                             max_value=num_items)),
+        ("sequence_items", gxe.ExpectColumnUniqueValueCountToBeBetween(
+            column="item", min_value=num_items, max_value=num_items)),
+        ("users", gxe.ExpectTableRowCountToEqual(value=num_users)),
+        ("users", gxe.ExpectColumnValuesToBeBetween(column="length", min_value=MIN_SEQUENCE_LENGTH)),
+        ("users", gxe.ExpectColumnValuesToBeBetween(column="valid_target", min_value=1,
+                                                    max_value=num_items)),
+        ("users", gxe.ExpectColumnValuesToBeBetween(column="test_target", min_value=1,
+                                                    max_value=num_items)),
+        ("users", gxe.ExpectColumnValuesToBeInSet(column="valid_row_consistent", **one)),
+        ("users", gxe.ExpectColumnValuesToBeInSet(column="test_row_consistent", **one)),
+        ("users", gxe.ExpectColumnValuesToBeInSet(column="train_sample_count_consistent", **one)),
+        ("train_samples", gxe.ExpectTableRowCountToEqual(value=num_samples)),
+        ("train_samples", gxe.ExpectColumnValuesToBeBetween(column="target", min_value=1,
+                                                            max_value=num_items)),
+        ("train_samples", gxe.ExpectColumnValuesToBeInSet(column="prefix_consistent", **one)),
+    ]
+
+
+# --------------------------------------------------------------------------------------------
+# Tables the suites run on
+# --------------------------------------------------------------------------------------------
+
+def raw_tables(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """The read frame plus derived columns: numeric parses and interactions per user."""
+    table = frame.reset_index(drop=True).copy()
+    if "timestamp" in table:
+        table["timestamp_numeric"] = pd.to_numeric(table["timestamp"], errors="coerce")
+    if "rating" in table:
+        table["rating_numeric"] = pd.to_numeric(table["rating"], errors="coerce")
+    if "user" in table:
+        table["user_interactions"] = table.groupby("user", sort=False, dropna=False)["user"] \
+            .transform("size").astype(np.int64)
+    else:
+        table["user_interactions"] = np.zeros(len(table), dtype=np.int64)
+    return {"interactions": table}
+
+
+def _rows_equal(stored: np.ndarray, expected: np.ndarray, chunk: int = 65536) -> np.ndarray:
+    out = np.empty(len(expected), dtype=bool)
+    for lo in range(0, len(expected), chunk):
+        out[lo:lo + chunk] = (np.asarray(stored[lo:lo + chunk]) == expected[lo:lo + chunk]).all(axis=1)
+    return out
+
+
+def splits_tables(splits) -> dict[str, pd.DataFrame]:
+    """Per-item, per-user and per-sample tables with consistency flags computed in NumPy."""
+    seq_items = np.asarray(splits.seq_items)
+    offsets = np.asarray(splits.seq_offsets)
+    lengths = np.diff(offsets)
+    users = pd.DataFrame({"length": lengths})
+    n_users = len(lengths)
+    valid_targets = np.asarray(splits.valid_targets)
+    test_targets = np.asarray(splits.test_targets)
+    users["valid_target"] = valid_targets if len(valid_targets) == n_users else -1
+    users["test_target"] = test_targets if len(test_targets) == n_users else -1
+
+    # Recompute what the sequences imply and compare with what is stored.
+    long_enough = bool(n_users) and int(lengths.min()) >= MIN_SEQUENCE_LENGTH
+    train_targets = np.asarray(splits.train_targets)
+    samples = pd.DataFrame({"target": train_targets})
+    if long_enough:
+        expected = leave_one_out(seq_items, offsets, splits.max_len)
+        same_shape = lambda name: np.shape(getattr(splits, name)) == expected[name].shape
+        users["valid_row_consistent"] = (
+            _rows_equal(splits.valid_inputs, expected["valid_inputs"])
+            & (valid_targets == expected["valid_targets"])
+            if same_shape("valid_inputs") and same_shape("valid_targets") else False)
+        users["test_row_consistent"] = (
+            _rows_equal(splits.test_inputs, expected["test_inputs"])
+            & (test_targets == expected["test_targets"])
+            if same_shape("test_inputs") and same_shape("test_targets") else False)
+        stored_counts = np.bincount(np.asarray(splits.train_users), minlength=n_users)[:n_users]
+        users["train_sample_count_consistent"] = stored_counts == lengths - 3
+        if all(same_shape(n) for n in ("train_inputs", "train_targets", "train_users")):
+            samples["prefix_consistent"] = (
+                _rows_equal(splits.train_inputs, expected["train_inputs"])
+                & (train_targets == expected["train_targets"])
+                & (np.asarray(splits.train_users) == expected["train_users"]))
+        else:
+            samples["prefix_consistent"] = False
+    else:
+        for name in ("valid_row_consistent", "test_row_consistent", "train_sample_count_consistent"):
+            users[name] = False
+        samples["prefix_consistent"] = False
+    item_map = pd.DataFrame({"index": np.arange(1, len(splits.item_ids) + 1) if splits.path is None
+                             else _map_indices(Path(splits.path) / "item_map.tsv")})
+    return {"item_map": item_map, "sequence_items": pd.DataFrame({"item": seq_items}),
+            "users": users, "train_samples": samples}
+
+
+def _map_indices(path: Path) -> np.ndarray:
+    table = pd.read_csv(path, sep="\t", dtype={"index": "int64", "original_id": str},
+                        keep_default_na=False)
+    return table["index"].to_numpy()
+
+
+# --------------------------------------------------------------------------------------------
+# Running a suite and writing the report
+# --------------------------------------------------------------------------------------------
+
+def run_suite(suite_name: str, expectations, tables: dict[str, pd.DataFrame], out,
+              source: dict) -> dict:
+    """Validate `tables` against `expectations`; write report.json and data_docs/ to out."""
+    gx, _ = _gx()
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    started = time.perf_counter()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        context = gx.get_context(mode="ephemeral")
+        context.variables.progress_bars = ProgressBarsConfig(globally=False)
+        context.add_data_docs_site("local", {
+            "class_name": "SiteBuilder",
+            "store_backend": {"class_name": "TupleFilesystemStoreBackend",
+                              "base_directory": str(tmp / "data_docs")},
+            "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+        })
+        datasource = context.data_sources.add_pandas("diffurec")
+        results, evaluated = [], 0
+        for table_name in dict.fromkeys(t for t, _ in expectations):
+            asset = datasource.add_dataframe_asset(table_name)
+            batch = asset.add_batch_definition_whole_dataframe("all")
+            suite = context.suites.add(gx.ExpectationSuite(name=f"{suite_name}.{table_name}"))
+            for t, expectation in expectations:
+                if t == table_name:
+                    suite.add_expectation(expectation)
+            definition = context.validation_definitions.add(
+                gx.ValidationDefinition(name=f"{suite_name}.{table_name}", data=batch, suite=suite))
+            frame = tables[table_name]
+            run = definition.run(batch_parameters={"dataframe": frame},
+                                 result_format={"result_format": "SUMMARY",
+                                                "partial_unexpected_count": EXAMPLE_ROWS})
+            evaluated += run.statistics["evaluated_expectations"]
+            for result in run.results:
+                results.append(_describe_result(table_name, result, frame))
+        context.build_data_docs()
+
+        expected = len(expectations)
+        failed = [r for r in results if not r["success"] and r["severity"] == "critical"]
+        warnings = [r for r in results if not r["success"] and r["severity"] != "critical"]
+        ran_all = evaluated == expected and expected > 0
+        report = {
+            "format": REPORT_FORMAT, "version": REPORT_VERSION, "suite": suite_name,
+            "success": ran_all and not failed,
+            "expectations_expected": expected, "expectations_evaluated": evaluated,
+            "failed": len(failed), "warnings": len(warnings),
+            "rows": {name: int(len(frame)) for name, frame in tables.items()},
+            "source": source, "seconds": round(time.perf_counter() - started, 3),
+            "data_docs": "data_docs/index.html", "results": results,
+        }
+        (tmp / "report.json").write_text(json.dumps(report, indent=2, default=_json_default) + "\n")
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("%s: %d/%d expectations evaluated, %d failed, %d warnings (report %s)", suite_name,
+             evaluated, expected, len(failed), len(warnings), out / "report.json")
+    return report
+
+
+def _json_default(value):
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating,)):
+        return float(value)
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return str(value)
+
+
+def _describe_result(table: str, result, frame: pd.DataFrame) -> dict:
+    config = result.expectation_config
+    kwargs = {k: v for k, v in config.kwargs.items() if k not in ("batch_id",)}
+    details = result.result or {}
+    entry = {"table": table, "expectation": config.type, "kwargs": kwargs,
+             "severity": str(getattr(config, "severity", "critical") or "critical").split(".")[-1].lower(),
+             "success": bool(result.success)}
+    for key in ("observed_value", "unexpected_count", "unexpected_percent", "element_count"):
+        if key in details and details[key] is not None:
+            entry[key] = details[key]
+    indices = details.get("partial_unexpected_index_list")
+    if indices and "row" in frame:
+        entry["example_file_rows"] = [int(frame["row"].iat[int(i)]) for i in indices[:EXAMPLE_ROWS]
+                                      if isinstance(i, (int, np.integer))]
+    elif details.get("partial_unexpected_list"):
+        entry["example_values"] = details["partial_unexpected_list"][:EXAMPLE_ROWS]
+    if result.exception_info and result.exception_info.get("raised_exception"):
+        entry["error"] = str(result.exception_info.get("exception_message", "")).splitlines()[0][:300]
+    return entry
+
+
+def summarize_failures(report: dict, limit: int = 3) -> str:
+    """One line naming the first failed expectations (for the CLI's error message)."""
+    parts = []
+    if report["expectations_evaluated"] != report["expectations_expected"]:
+        parts.append(f"{report['expectations_evaluated']} of {report['expectations_expected']} "
+                     f"expectations ran")
+    for r in [r for r in report["results"] if not r["success"] and r["severity"] == "critical"][:limit]:
+        what = r["kwargs"].get("column") or r["kwargs"].get("column_list") or ""
+        text = f"{r['expectation']}({what})" if what else r["expectation"]
+        if r.get("unexpected_count"):
+            text += f": {r['unexpected_count']} bad row(s)"
+        if r.get("example_file_rows"):
+            text += f", e.g. file row {r['example_file_rows'][0]}"
+        elif "observed_value" in r:
+            text += f": observed {r['observed_value']}"
+        parts.append(text)
+    more = report["failed"] - min(report["failed"], limit)
+    return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
+
+
+def validate_file(path, out, format=None, user_col=None, item_col=None, time_col=None,
+                  rating_col=None, sep=None) -> dict:
+    """Validate a raw interaction log with the raw suite; returns the report dict."""
+    from diffurec.data.readers import read_interactions
+
+    frame = read_interactions(path, format=format, user_col=user_col, item_col=item_col,
+                              time_col=time_col, rating_col=rating_col, sep=sep, strict=False)
+    tables = raw_tables(frame)
+    source = {"path": str(path), "format": frame.attrs.get("format"),
+              "columns": frame.attrs.get("source_columns", {})}
+    return run_suite("raw_interactions", raw_expectations(set(tables["interactions"].columns)),
+                     tables, out, source)
+
+
+def validate_splits_folder(folder, out) -> dict:
+    """Validate a splits folder with the processed-splits suite; returns the report dict."""
+    splits = load_splits(folder)
+    tables = splits_tables(splits)
+    # Sizes as declared in format.json, so arrays that disagree with the header fail.
+    header = json.loads((Path(folder) / "format.json").read_text())
+    expectations = splits_expectations(int(header["num_users"]), int(header["num_items"]),
+                                       int(header["num_train_samples"]))
+    return run_suite("processed_splits", expectations, tables, out, {"path": str(folder)})
