@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -26,10 +25,8 @@ TRACKING_HELP = ("MLflow tracking/registry URI (default: $MLFLOW_TRACKING_URI, e
 
 def register(subparsers) -> None:
     """Add this group's subcommands to the `diffurec` parser."""
-    formatter = argparse.RawDescriptionHelpFormatter
-
     parser = subparsers.add_parser(
-        "register", formatter_class=formatter,
+        "register",
         help="register a trained model folder and its metrics in the MLflow registry",
         description="Log a model folder (artifacts), its parameters and metrics as an MLflow run "
                     "and register it as a new version of MODEL_NAME, tagged with metrics, preset, "
@@ -41,7 +38,7 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run_register)
 
     parser = subparsers.add_parser(
-        "gate", formatter_class=formatter,
+        "gate",
         help="decide whether a candidate may be promoted (floors, popularity margin, champion)",
         description="Check a candidate's metrics against the thresholds in params.yaml (`gate:`): "
                     "absolute floors, a margin over the popularity baseline and, when a champion "
@@ -69,7 +66,7 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run_gate)
 
     parser = subparsers.add_parser(
-        "promote", formatter_class=formatter,
+        "promote",
         help="move the `champion` alias to a version that passed its gate",
         description="Make VERSION the champion (the old champion becomes `previous`), under a "
                     "file lock. Refused unless the decision JSON is for this version, passed, is "
@@ -81,6 +78,9 @@ def register(subparsers) -> None:
     parser.add_argument("--override", action="store_true",
                         help="promote without a passing decision (needs --reason)")
     parser.add_argument("--reason", help="why the override (recorded on the version)")
+    parser.add_argument("--if-passed", action="store_true",
+                        help="when the decision did not pass, say so and exit 0 without "
+                             "promoting (for pipelines that always run this step)")
     parser.add_argument("--out", metavar="JSON", help="write what was done here")
     parser.set_defaults(func=run_promote)
 
@@ -204,6 +204,7 @@ def champion_for(name: str, candidate: dict, splits_dir: str | None, mlflow_clie
 
 def reevaluate(model_dir: Path, splits_dir: str, candidate: dict) -> dict:
     """Evaluate a model folder on a splits folder with the candidate's evaluation settings."""
+    from diffurec import gate
     from diffurec.data.splits import load_splits
     from diffurec.evaluate import evaluate
     from diffurec.model_folder import load_model_folder
@@ -212,6 +213,14 @@ def reevaluate(model_dir: Path, splits_dir: str, candidate: dict) -> dict:
     if candidate.get("users") is not None and splits.num_users != candidate["users"]:
         raise DiffuRecError(f"{splits_dir}: {splits.num_users} users, but the candidate was "
                             f"evaluated on {candidate['users']}: not the candidate's splits")
+    expected = gate.data_version(candidate)
+    if expected:
+        from diffurec.lineage import data_md5
+
+        found = data_md5(splits_dir)
+        if found != expected:
+            raise DiffuRecError(f"{splits_dir}: data version {found}, but the candidate was "
+                                f"evaluated on {expected}: not the candidate's splits")
     model = load_model_folder(model_dir)
     model = model[0] if isinstance(model, tuple) else model
     settings = candidate.get("settings") or {}
@@ -232,6 +241,18 @@ def run_promote(args) -> dict:
         version = promote.read_decision(args.decision).get("version")
     if version is None:
         raise DiffuRecError("which version? pass --version (or --decision with a registered version)")
+    if args.if_passed and not args.override:
+        if not args.decision:
+            raise DiffuRecError("--if-passed needs --decision JSON")
+        decision = promote.read_decision(args.decision)
+        if not decision["passed"]:
+            message = (f"not promoted: gate rejected {args.name} v{version} "
+                       f"({decision.get('reason', 'see the decision')})")
+            if args.out:
+                write_json_atomic(args.out, {"name": args.name, "version": str(version),
+                                             "promoted": False, "message": message})
+            print(message)
+            return {"gauges": {"promoted": 0.0}, "labels": {"model": args.name, "version": str(version)}}
     result = promote.promote(args.name, str(version), args.decision, args.tracking_uri,
                              override=args.override, reason=args.reason)
     if args.out:
