@@ -297,6 +297,7 @@ def read_interactions(path, format: str | None = None, user_col: str | None = No
         frame = _read_sequences(path, _decode(path, _read_bytes(path)))
         if strict:
             _check_ids(path, frame, {"user": "user", "item": "item"})
+        frame.attrs.update(format=name, source_columns={})
         log.info("read %s: %d interactions of %d users (sequences)", path, len(frame),
                  frame["user"].nunique())
         return frame
