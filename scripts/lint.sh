@@ -45,7 +45,7 @@ done
 
 check hadolint "$bin/hadolint" Dockerfile
 # actionlint runs shellcheck on the workflows' run: scripts when it is installed (Debian).
-check actionlint "$bin/actionlint" -no-color
+check actionlint "$bin/actionlint" -no-color .github/workflows/*.yml
 if command -v shellcheck >/dev/null; then
   check shellcheck shellcheck scripts/lint.sh scripts/build_image.sh
 else
