@@ -163,16 +163,19 @@ def _describe(columns: list[str], sep: str | None) -> str:
     return text
 
 
-def _parse_table(path: Path, text: str, spec: FormatSpec, sep: str) -> pd.DataFrame:
-    """Every field as a string (ids stay as written); missing fields become NaN."""
+def _parse_table(path: Path, text: str, spec: FormatSpec, sep: str, nrows: int | None = None,
+                 as_text: tuple = ()) -> pd.DataFrame:
+    """Parse a delimited table; columns in `as_text` stay strings (ids as written, '007' keeps
+    its zeros), the others get pandas' inferred types. Missing fields become NaN."""
     if sep == "::":  # pandas' C parser takes one-character delimiters only
         text = text.replace("::", "\x1f")
         sep = "\x1f"
     tab_like = sep in ("\t", "\x1f")
     try:
         frame = pd.read_csv(
-            io.StringIO(text), sep=sep, header=0 if spec.header else None, dtype=str,
+            io.StringIO(text), sep=sep, header=0 if spec.header else None, nrows=nrows,
             names=list(spec.positional) if not spec.header else None,
+            dtype={c: str for c in as_text} or None,
             # Tab files (RecBole, MovieLens) never quote; titles may contain '"'.
             quoting=csv.QUOTE_NONE if tab_like else csv.QUOTE_MINIMAL,
             skip_blank_lines=True, engine="c", na_values=[""], keep_default_na=False)
@@ -188,11 +191,17 @@ def _parse_table(path: Path, text: str, spec: FormatSpec, sep: str) -> pd.DataFr
                       row=row) from None
     except pd.errors.EmptyDataError:
         raise DiffuRecError(f"{path}: file is empty") from None
+    except ValueError as error:  # e.g. a column declared text that the parser cannot convert
+        raise DiffuRecError(f"{path}: cannot parse the table ({error})") from None
     return frame
 
 
 def _line_numbers(text: str, spec: FormatSpec, count: int) -> np.ndarray:
     """Line number of each parsed row (blank lines are skipped by the parser)."""
+    first = 2 if spec.header else 1
+    body = text.rstrip()
+    if "\n\n" not in body and "\n\r\n" not in body and not body.startswith(("\n", "\r\n")):  # the common case: row i is line first + i
+        return np.arange(first, first + count, dtype=np.int64)
     lines = text.split("\n")
     nonblank = np.flatnonzero(np.fromiter((bool(line.strip()) for line in lines), bool,
                                           count=len(lines))) + 1
@@ -306,25 +315,18 @@ def read_interactions(path, format: str | None = None, user_col: str | None = No
         table = _table_from_parquet(path)
         table["__row__"] = np.arange(1, len(table) + 1, dtype=np.int64)
         delimiter = None
+        columns = [str(c) for c in table.columns if c != "__row__"]
     else:
         text = _decode(path, _read_bytes(path))
         delimiter = sep or spec.sep
-        table = _parse_table(path, text, spec, delimiter)
         if spec.header:
+            head = text[:text.find("\n") + 1] if "\n" in text else text
+            raw = [str(c) for c in _parse_table(path, head, spec, delimiter, nrows=0).columns]
             # RecBole headers are 'name:type'; the name alone is the column.
-            if name == "inter":
-                table.columns = [str(c).split(":")[0] for c in table.columns]
-            table.columns = [str(c).strip() for c in table.columns]
-        elif table.shape[1] != len(spec.positional) or table.iloc[:, -1].isna().all():
-            found = len(text.split("\n", 1)[0].split(delimiter))
-            raise located(path, f"expected {len(spec.positional)} fields separated by "
-                          f"{_DELIMITER_NAMES.get(delimiter, repr(delimiter))}, found {found} "
-                          f"(wrong delimiter or wrong --format?)", row=1)
-        table["__row__"] = _line_numbers(text, spec, len(table))
-
-    columns = [c for c in table.columns if c != "__row__"]
-    if len(table) == 0:
-        raise DiffuRecError(f"{path}: has a header ({', '.join(map(str, columns))}) but no data rows")
+            columns = [(c.split(":")[0] if name == "inter" else c).strip() for c in raw]
+            raw_of = dict(zip(columns, raw))
+        else:
+            columns = list(spec.positional)
     if spec.header:
         source = {
             "user": _pick(path, columns, user_col, spec.user, "user", strict, delimiter),
@@ -339,13 +341,27 @@ def read_interactions(path, format: str | None = None, user_col: str | None = No
             if given is not None:
                 raise DiffuRecError(f"--{role}-col does not apply to format {name!r} "
                                     f"(it has no header; its columns are {', '.join(spec.positional)})")
+    if name != "parquet":
+        ids = [source[r] for r in ("user", "item") if source[r] is not None]
+        table = _parse_table(path, text, spec, delimiter,
+                             as_text=tuple(raw_of[c] for c in ids) if spec.header else tuple(ids))
+        if spec.header:
+            table.columns = columns
+        elif table.shape[1] != len(spec.positional) or table.iloc[:, -1].isna().all():
+            found = len(text.split("\n", 1)[0].split(delimiter))
+            raise located(path, f"expected {len(spec.positional)} fields separated by "
+                          f"{_DELIMITER_NAMES.get(delimiter, repr(delimiter))}, found {found} "
+                          f"(wrong delimiter or wrong --format?)", row=1)
+        table["__row__"] = _line_numbers(text, spec, len(table))
+    if len(table) == 0:
+        raise DiffuRecError(f"{path}: has a header ({', '.join(map(str, columns))}) but no data rows")
     frame = pd.DataFrame({"row": table["__row__"].to_numpy()})
     for role in ("user", "item", "rating", "timestamp"):
         if source[role] is not None:
             values = table[source[role]]
-            if role in ("user", "item") and not values.dtype == object:
-                values = values.astype("string").astype(object)
-            frame[role] = values.to_numpy()
+            if role in ("user", "item") and not pd.api.types.is_string_dtype(values):
+                values = values.astype("string")
+            frame[role] = values.array
     frame = frame[[c for c in ("user", "item", "rating", "timestamp", "row") if c in frame]]
     if strict:
         _check_ids(path, frame, source)

@@ -89,14 +89,22 @@ class Splits:
 
 def left_padded_windows(items: np.ndarray, starts: np.ndarray, ends: np.ndarray,
                         max_len: int, chunk: int = 65536) -> np.ndarray:
-    """Rows items[max(start, end - max_len):end], left-padded with 0 to max_len, vectorised."""
-    out = np.zeros((len(ends), max_len), dtype=np.int32)
-    offsets = np.arange(-max_len, 0, dtype=np.int64)
+    """Rows items[max(start, end - max_len):end], left-padded with 0 to max_len, vectorised.
+
+    Row i is a copy of the length-max_len window of [0]*max_len + items that ends at ends[i],
+    with the positions before starts[i] (another user's items, or the padding) zeroed.
+    """
+    padded = np.concatenate([np.zeros(max_len, dtype=np.int32), np.asarray(items, dtype=np.int32)])
+    windows = np.lib.stride_tricks.sliding_window_view(padded, max_len)
+    ends = np.asarray(ends, dtype=np.int64)
+    keep = np.minimum(ends - np.asarray(starts, dtype=np.int64), max_len)
+    out = np.empty((len(ends), max_len), dtype=np.int32)
+    columns = np.arange(max_len)
     for lo in range(0, len(ends), chunk):
         hi = min(lo + chunk, len(ends))
-        index = ends[lo:hi, None] + offsets[None, :]
-        inside = index >= starts[lo:hi, None]
-        out[lo:hi] = np.where(inside, items[np.maximum(index, 0)], 0)
+        block = windows[ends[lo:hi]]
+        block[columns[None, :] < (max_len - keep[lo:hi])[:, None]] = 0
+        out[lo:hi] = block
     return out
 
 
