@@ -105,6 +105,8 @@ def test_gpu_overlay_schedules_training_on_gpus_and_cpu_overlay_does_not(rendere
         (job,) = by_kind(objects, "PyTorchJob")
         replicas = job["spec"]["pytorchReplicaSpecs"]
         assert set(replicas) == {"Master", "Worker"}
+        # Applying the manifests must not start a training run.
+        assert job["spec"]["runPolicy"]["suspend"] is True
         for replica in replicas.values():
             spec = replica["template"]["spec"]
             (container,) = spec["containers"]
