@@ -1,0 +1,221 @@
+"""DiffuRec against the reference document (shared/docs/diffurec-reference.md)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from diffurec.models import build_model, model_from_config
+from diffurec.models.diffurec import (
+    PRESETS,
+    posterior_coefficients,
+    reverse_timesteps,
+    trunc_lin_betas,
+)
+
+NUM_ITEMS, MAX_LEN, D = 300, 50, 128
+
+
+def reference_schedule(steps=32):
+    """The schedule from the document's formulas, in NumPy (independent of the model code)."""
+    scale = 1000 / steps
+    beta = np.linspace(scale * 1e-4 + 0.01, scale * 0.02 + 0.01, steps)
+    alpha_bar = np.cumprod(1 - beta)
+    alpha_bar_prev = np.append(1.0, alpha_bar[:-1])
+    c1 = beta * np.sqrt(alpha_bar_prev) / (1 - alpha_bar)
+    c2 = (1 - alpha_bar_prev) * np.sqrt(1 - beta) / (1 - alpha_bar)
+    return beta, alpha_bar, c1, c2
+
+
+def real_inputs(splits, users=64):
+    return torch.from_numpy(np.asarray(splits.test_inputs[:users]).astype(np.int64))
+
+
+def test_trunc_lin_constants():
+    beta = trunc_lin_betas(32).numpy()
+    assert beta[0] == pytest.approx(0.013125, abs=1e-12)
+    assert beta[31] == pytest.approx(0.635, abs=1e-12)
+    sqrt_alpha_bar = np.sqrt(np.cumprod(1 - beta))
+    assert sqrt_alpha_bar[0] == pytest.approx(0.9934, abs=5e-5)
+    assert sqrt_alpha_bar[15] == pytest.approx(0.228, abs=5e-4)
+    assert sqrt_alpha_bar[31] == pytest.approx(0.0010, abs=5e-5)
+    model = build_model("diffurec", NUM_ITEMS, MAX_LEN)
+    assert torch.allclose(model.sqrt_alpha_bar.double(), torch.from_numpy(sqrt_alpha_bar), atol=1e-7)
+
+
+def test_posterior_coefficients_match_the_formulas():
+    beta, alpha_bar, c1_ref, c2_ref = reference_schedule()
+    c1, c2, beta_out = posterior_coefficients(torch.from_numpy(alpha_bar))
+    np.testing.assert_allclose(c1.numpy(), c1_ref, rtol=1e-10)
+    np.testing.assert_allclose(c2.numpy(), c2_ref, rtol=1e-10, atol=1e-15)
+    np.testing.assert_allclose(beta_out.numpy(), beta, rtol=1e-10)  # sigma_t^2 = beta_t
+    # At t = 0 the posterior mean is x0_hat itself; spot values from the formulas by hand.
+    assert c1[0] == pytest.approx(1.0) and c2[0] == pytest.approx(0.0, abs=1e-15)
+    t = 15
+    assert c1[t].item() == pytest.approx(beta[t] * math.sqrt(alpha_bar[t - 1]) / (1 - alpha_bar[t]))
+    assert c2[t].item() == pytest.approx((1 - alpha_bar[t - 1]) * math.sqrt(1 - beta[t]) / (1 - alpha_bar[t]))
+
+
+def test_reverse_timesteps():
+    assert reverse_timesteps(32, 32) == list(range(31, -1, -1))
+    assert reverse_timesteps(32, 1) == [31]
+    assert reverse_timesteps(32, 2) == [31, 0]
+    assert len(reverse_timesteps(32, 4)) == 4
+    with pytest.raises(ValueError):
+        reverse_timesteps(32, 33)
+
+
+def test_paper_config_and_architecture():
+    model = build_model("diffurec", NUM_ITEMS, MAX_LEN, "paper")
+    cfg = model.config
+    assert (cfg["hidden_size"], cfg["num_blocks"], cfg["num_heads"], cfg["ffn_size"]) == (128, 4, 4, 512)
+    assert (cfg["dropout"], cfg["emb_dropout"], cfg["diffusion_steps"], cfg["reverse_steps"]) == (0.1, 0.3, 32, 32)
+    assert cfg["lambda_uncertainty"] == 0.001 and not model.trims_padding
+    assert model.item_embedding.padding_idx is None  # learned padding row
+    assert not any("position" in name for name, _ in model.named_parameters())  # no positions
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.LayerNorm)]
+    assert len(norms) == 2 + 2 * 4 and all(m.eps == 1e-12 for m in norms)
+    # N(0, 1) item init, as nn.Embedding's default
+    weight = model.item_embedding.weight.detach()
+    assert weight.std().item() == pytest.approx(1.0, abs=0.02) and weight.mean().abs() < 0.02
+    # Config round trip rebuilds the same architecture
+    rebuilt = model_from_config(model.config)
+    assert rebuilt.config == model.config
+    assert [p.shape for p in rebuilt.parameters()] == [p.shape for p in model.parameters()]
+
+
+def test_parameter_count_matches_reference():
+    model = build_model("diffurec", NUM_ITEMS, MAX_LEN, "paper")
+    non_embedding = sum(p.numel() for n, p in model.named_parameters() if not n.startswith("item_embedding"))
+    d, ffn = 128, 512
+    block = 4 * (d * d + d) + (d * ffn + ffn) + (ffn * d + d) + 2 * 2 * d
+    expected = 4 * block + (d * 4 * d + 4 * d) + (4 * d * d + d) + 2 * 2 * d
+    assert non_embedding == expected == 925_312
+    # The document's "about 1.0 M" counts the reference's four unused layers (~0.1 M) too.
+    assert 0.9e6 < non_embedding < 1.1e6
+    beauty = build_model("diffurec", 12101, MAX_LEN, "paper")
+    assert sum(p.numel() for p in beauty.parameters()) == pytest.approx(2.6e6, rel=0.06)
+
+
+def test_lambda_distribution_fresh_and_elementwise():
+    model = build_model("diffurec", NUM_ITEMS, MAX_LEN, "paper").eval()
+    seen = []
+    original = model._lambda
+    model._lambda = lambda *a: seen.append(original(*a)) or seen[-1]
+    inputs = torch.randint(1, NUM_ITEMS + 1, (64, MAX_LEN))
+    torch.manual_seed(0)
+    model.score(inputs, reverse_steps=2)  # inference draws lambda too, once per step
+    model.train()
+    model.loss(inputs, torch.randint(1, NUM_ITEMS + 1, (64,)))
+    assert len(seen) == 3
+    for lam in seen:  # 409,600 draws each: the mean's standard error is 1.6e-6
+        assert lam.shape == (64, MAX_LEN, D)
+        assert lam.mean().item() == pytest.approx(0.001, abs=1e-5)
+        assert lam.std().item() == pytest.approx(0.001, abs=1e-5)
+    assert not torch.equal(seen[0], seen[1]) and not torch.equal(seen[1], seen[2])
+
+
+def test_paper_ignores_order_of_earlier_items_while_sasrec_does_not(ml100k_splits):
+    inputs = real_inputs(ml100k_splits)
+    inputs = inputs[(inputs > 0).sum(1) >= 10][:16]  # users with >= 10 items in the window
+    torch.manual_seed(1)
+    permutation = torch.cat([torch.randperm(MAX_LEN - 1), torch.tensor([MAX_LEN - 1])])
+    assert not torch.equal(inputs[:, permutation], inputs)
+
+    paper = build_model("diffurec", ml100k_splits.num_items, MAX_LEN, "paper").eval()
+    x_t = torch.randn(len(inputs), D)
+    t = torch.full((len(inputs),), 7)
+    lam = paper._lambda(len(inputs), MAX_LEN, "cpu")
+    with torch.no_grad():
+        out = paper.approximate(paper.history(inputs), paper.attention_mask(inputs), x_t, t, lam)
+        permuted = inputs[:, permutation]
+        out_permuted = paper.approximate(paper.history(permuted), paper.attention_mask(permuted), x_t,
+                                         t, lam[:, permutation])
+    torch.testing.assert_close(out_permuted, out, atol=2e-5, rtol=1e-5)
+
+    sasrec = build_model("sasrec", ml100k_splits.num_items, MAX_LEN).eval()
+    changed = (sasrec.score(inputs) - sasrec.score(inputs[:, permutation])).abs().amax(dim=1)
+    assert (changed > 1e-3).all()
+
+
+@pytest.mark.parametrize("name, preset", [("diffurec", "fast"), ("sasrec", "default")])
+def test_trimming_left_padding_changes_nothing(ml100k_splits, name, preset):
+    model = build_model(name, ml100k_splits.num_items, MAX_LEN, preset).eval()
+    assert model.trims_padding
+    inputs = real_inputs(ml100k_splits)
+    inputs = inputs[(inputs > 0).sum(1) <= 30][:32]
+    longest = int((inputs > 0).sum(1).max())
+    assert longest < MAX_LEN
+    torch.manual_seed(3)
+    full = model.score(inputs, reverse_steps=2)
+    torch.manual_seed(3)
+    trimmed = model.score(inputs[:, -longest:], reverse_steps=2)
+    torch.testing.assert_close(trimmed, full, atol=1e-4, rtol=1e-5)
+
+
+def test_paper_output_depends_on_padding(ml100k_splits):
+    """The reference quirk: real positions attend to padded keys, so trimming is not exact."""
+    model = build_model("diffurec", ml100k_splits.num_items, MAX_LEN, "paper").eval()
+    inputs = real_inputs(ml100k_splits)
+    inputs = inputs[(inputs > 0).sum(1) <= 30][:32]
+    longest = int((inputs > 0).sum(1).max())
+    torch.manual_seed(3)
+    full = model.score(inputs, reverse_steps=1)
+    torch.manual_seed(3)
+    trimmed = model.score(inputs[:, -longest:], reverse_steps=1)
+    assert (full - trimmed).abs().max() > 1e-2
+
+
+def test_full_reverse_process_is_the_reference_loop():
+    """32 respaced steps are exactly the reference's p_sample loop over t = 31..0."""
+    torch.manual_seed(5)
+    model = build_model("diffurec", NUM_ITEMS, MAX_LEN, "paper").eval()
+    inputs = torch.randint(0, NUM_ITEMS + 1, (4, 12))  # shorter than max_len: any window works
+    inputs[:, -1] = torch.randint(1, NUM_ITEMS + 1, (4,))
+    beta, _, c1, c2 = reference_schedule()
+    torch.manual_seed(11)
+    got = model.represent(inputs, reverse_steps=32)
+
+    torch.manual_seed(11)
+    with torch.no_grad():
+        history, mask = model.history(inputs), model.attention_mask(inputs)
+        x_t = torch.randn(4, D)
+        for t in range(31, -1, -1):
+            x0_hat = model.approximate(history, mask, x_t, torch.full((4,), t))
+            mean = float(c1[t]) * x0_hat + float(c2[t]) * x_t
+            x_t = mean + math.sqrt(beta[t]) * torch.randn_like(x_t) if t > 0 else mean
+    torch.testing.assert_close(got, x_t, atol=1e-5, rtol=1e-5)
+    scores = model.score(inputs)
+    assert scores.shape == (4, NUM_ITEMS + 1) and scores.dtype == torch.float32
+
+
+def test_paper_loss_learns_on_real_prefixes(ml100k_splits):
+    """Full-softmax CE over N+1 rows goes down within a few Adam steps on real samples."""
+    torch.manual_seed(1997)
+    model = build_model("diffurec", ml100k_splits.num_items, MAX_LEN, "paper")
+    # 64 real samples, their last 20 positions: small enough for the CI budget on 2 cores.
+    inputs = torch.from_numpy(np.asarray(ml100k_splits.train_inputs[-64:, -20:]).astype(np.int64))
+    targets = torch.from_numpy(np.asarray(ml100k_splits.train_targets[-64:]).astype(np.int64))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(10):
+        loss = model.loss(inputs, targets)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert all(math.isfinite(x) for x in losses)
+    assert np.mean(losses[-3:]) < 0.9 * np.mean(losses[:3])
+    # The padding row is a class like any other: its gradient is not forced to zero.
+    assert model.item_embedding.weight.grad[0].abs().sum() > 0
+
+
+def test_unknown_preset_and_hyperparameter_are_rejected():
+    with pytest.raises(ValueError, match="preset"):
+        build_model("diffurec", NUM_ITEMS, MAX_LEN, "nope")
+    with pytest.raises(ValueError, match="hyperparameter"):
+        build_model("diffurec", NUM_ITEMS, MAX_LEN, "paper", hiden_size=3)
+    assert set(PRESETS) >= {"paper", "fast"}
