@@ -40,7 +40,12 @@ wheels="$work/wheels"
 if [ ! -f "$wheels/.complete" ]; then
   log "downloading the pinned wheels into $wheels"
   mkdir -p "$wheels"
-  .venv/bin/pip download -q -d "$wheels" -r requirements.txt psycopg2-binary==2.9.11 setuptools==80.9.0 wheel
+  .venv/bin/pip download -q -d "$wheels" -r requirements.txt psycopg2-binary==2.9.11 setuptools==80.9.0
+  # Source-only packages become wheels here, so nothing is compiled inside the image build.
+  for sdist in "$wheels"/*.tar.gz; do
+    [ -e "$sdist" ] || continue
+    .venv/bin/pip wheel -q --no-deps -w "$wheels" "$sdist" && rm "$sdist"
+  done
   touch "$wheels/.complete"
 fi
 
@@ -53,13 +58,14 @@ if ! podman image exists "$base_image"; then
     rm -rf "$rootfs"
     debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates bookworm "$rootfs" "$mirror" >"$work/debootstrap.log"
     chroot "$rootfs" python3 -m venv /opt/conda
+    # The stand-in for the CUDA base's own torch (env -i: none of this machine's pip settings).
     mkdir -p "$rootfs/wheels"
-    cp "$wheels"/*.whl "$rootfs/wheels/"
-    # The stand-in for the CUDA base's own torch.
-    chroot "$rootfs" /opt/conda/bin/pip install -q --no-index --find-links=/wheels torch==2.13.0 setuptools
+    cp "$wheels"/torch-*.whl "$rootfs/wheels/"
+    env -i PATH=/usr/bin:/bin chroot "$rootfs" /opt/conda/bin/pip install -q --no-index --find-links=/wheels torch==2.13.0
     rm -rf "$rootfs/var/cache/apt/archives"/*.deb "$rootfs/var/lib/apt/lists"/*
     touch "$rootfs/.complete"
   fi
+  rm -rf "$rootfs/wheels" && mkdir -p "$rootfs/wheels" && cp "$wheels"/*.whl "$rootfs/wheels/"
   log "importing $base_image"
   tar --exclude=./.complete -C "$rootfs" -c . | podman import \
     --change 'ENV PATH=/opt/conda/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
@@ -67,9 +73,11 @@ if ! podman image exists "$base_image"; then
     - "$base_image" >/dev/null
 fi
 
-# 3. The project image from the unchanged Dockerfile, with no network at all.
+# 3. The project image from the unchanged Dockerfile (chroot isolation shares the host network,
+#    but pip inside uses only the wheelhouse: PIP_NO_INDEX in the base).
 log "building $image"
-podman build --isolation=chroot --network=none \
+# --format docker: the OCI format drops the Dockerfile's SHELL instruction (pipefail).
+podman build --isolation=chroot --format docker \
   --build-arg "BASE_IMAGE=$base_image" --build-arg "VERSION=$version" \
   -t "$image" -f Dockerfile . >"$work/build.log" 2>&1 || { tail -n 30 "$work/build.log" >&2; exit 1; }
 

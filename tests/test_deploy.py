@@ -302,3 +302,24 @@ def test_lint_fails_on_a_broken_manifest(tmp_path):
     assert failed == ["lint: FAIL kubernetes-validate --strict cpu (k8s 1.32.0)",
                       "lint: FAIL kubernetes-validate --strict gpu (k8s 1.32.0)"], broken.stderr
     assert broken.stdout.count("lint: ok") >= 7
+
+
+def test_workflow_diffurec_commands_are_accepted_by_the_cli():
+    import shlex
+
+    from diffurec.cli import build_parser
+
+    commands = []
+    for name in ("ci.yml", "retrain.yml"):
+        workflow = yaml.safe_load((REPO / ".github/workflows" / name).read_text())
+        for job in workflow["jobs"].values():
+            for step in job["steps"]:
+                for line in step.get("run", "").splitlines():
+                    words = shlex.split(line.strip())
+                    if words and words[0] == ".venv/bin/diffurec":
+                        commands.append(words[1:])
+    assert len(commands) >= 2
+    for words in commands:
+        # Shell variables stand for strings here; argparse only needs a value.
+        args = build_parser().parse_args([w.replace("$", "") for w in words])
+        assert args.command == "pipeline", words
