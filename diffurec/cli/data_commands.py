@@ -121,7 +121,9 @@ def run_validate(args) -> dict:
     if not report["success"]:
         raise DiffuRecError(f"{subject}: validation failed: {validation.summarize_failures(report)} "
                             f"(details in {args.out}/report.json)")
-    return {"gauges": {"expectations_evaluated": report["expectations_evaluated"],
+    return {"gauges": {"rows_validated": report["rows_validated"],
+                       "rows_rejected": report["rows_rejected"],
+                       "expectations_evaluated": report["expectations_evaluated"],
                        "expectations_failed": report["failed"],
                        "expectations_warnings": report["warnings"]},
             "labels": {"suite": report["suite"]}}

@@ -203,7 +203,7 @@ def run_suite(suite_name: str, expectations, tables: dict[str, pd.DataFrame], ou
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
     started = time.perf_counter()
-    out = Path(out)
+    out = Path(out).resolve()  # GX's site store wants an absolute base directory
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
@@ -245,6 +245,10 @@ def run_suite(suite_name: str, expectations, tables: dict[str, pd.DataFrame], ou
             "expectations_expected": expected, "expectations_evaluated": evaluated,
             "failed": len(failed), "warnings": len(warnings),
             "rows": {name: int(len(frame)) for name, frame in tables.items()},
+            "rows_validated": int(sum(len(frame) for frame in tables.values())),
+            # Offending values of every unmet expectation, warnings included (a row that breaks
+            # two expectations counts twice).
+            "rows_rejected": int(sum(r.get("unexpected_count") or 0 for r in failed + warnings)),
             "source": source, "seconds": round(time.perf_counter() - started, 3),
             "data_docs": "data_docs/index.html", "results": results,
         }
