@@ -11,6 +11,7 @@ import torch
 from diffurec.models import build_model, model_from_config
 from diffurec.models.diffurec import (
     PRESETS,
+    timestep_embedding,
     posterior_coefficients,
     reverse_timesteps,
     trunc_lin_betas,
@@ -219,3 +220,35 @@ def test_unknown_preset_and_hyperparameter_are_rejected():
     with pytest.raises(ValueError, match="hyperparameter"):
         build_model("diffurec", NUM_ITEMS, MAX_LEN, "paper", hiden_size=3)
     assert set(PRESETS) >= {"paper", "fast"}
+
+
+@pytest.mark.parametrize("preset", ["paper", "fast"])
+def test_last_block_computing_only_the_last_query_is_exact(preset):
+    """The models read only the last position, so skipping the other queries of the final
+    block must give exactly what the full computation gives."""
+    torch.manual_seed(2)
+    model = build_model("diffurec", NUM_ITEMS, MAX_LEN, preset).eval()
+    inputs = torch.randint(0, NUM_ITEMS + 1, (6, MAX_LEN))
+    inputs[:, -1] = 1
+    x_t, t = torch.randn(6, D), torch.tensor([0, 3, 9, 17, 25, 31])
+    lam = model._lambda(6, MAX_LEN, "cpu")
+    with torch.no_grad():
+        history, mask = model.history(inputs), model.attention_mask(inputs)
+        got = model.approximate(history, mask, x_t, t, lam)
+        z = x_t + model.time_mlp(timestep_embedding(t, D, 1000.0 / 32))
+        h = history + lam * z[:, None, :]
+        for block in model.blocks:
+            h = block(h, mask)
+        full = model.output_norm(model.output_dropout(h))[:, -1, :]
+    torch.testing.assert_close(got, full, atol=1e-5, rtol=1e-5)
+
+
+def test_flops_count():
+    model = build_model("diffurec", NUM_ITEMS, MAX_LEN, "paper")
+    d, f, L = 128, 512, 10
+    full_block = 2 * (4 * L * d * d + 2 * L * L * d + 2 * L * d * f)
+    last_block = 2 * (2 * L * d * d + 2 * d * d + 2 * L * d + 2 * d * f)
+    one_pass = 3 * full_block + last_block + 2 * 2 * d * 4 * d
+    assert model.flops(4, L, training=True) == 3 * 4 * (one_pass + 2 * d * (NUM_ITEMS + 1))
+    assert model.flops(4, L, training=False) == 4 * (32 * one_pass + 2 * d * (NUM_ITEMS + 1))
+    assert model.flops(4, L, training=False, reverse_steps=1) == 4 * (one_pass + 2 * d * (NUM_ITEMS + 1))

@@ -7,7 +7,9 @@ Every model is a torch.nn.Module with
 - `score(inputs [B, L] long, reverse_steps=None) -> [B, num_items + 1]` (column 0 is padding);
 - `trims_padding`: True when the output is exactly independent of left padding, so a batch may
   be cut to its longest real history (`inputs[:, -longest:]`);
-- `requires_training`: False for popularity, which is fitted with `fit(train_targets)`.
+- `requires_training`: False for popularity, which is fitted with `fit(train_targets)`;
+- `flops(batch, length, training, reverse_steps=None)`: matmul FLOPs one `loss` (fwd + bwd)
+  or `score` call performs, for throughput and MFU.
 Models know tensors, not files: saving and loading folders is the trainer's job.
 """
 

@@ -102,10 +102,15 @@ class SelfAttention(nn.Module):
         self.dropout = dropout
         self.use_sdpa = use_sdpa
 
-    def forward(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, mask: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+        """Attend from every position, or (last_only) from the last position only, [B, L or 1, d]."""
         batch, length, hidden = h.shape
-        q, k, v = (proj(h).view(batch, length, self.num_heads, -1).transpose(1, 2)
-                   for proj in (self.query, self.key, self.value))
+        queries = h[:, -1:] if last_only else h
+        q = self.query(queries).view(batch, queries.size(1), self.num_heads, -1).transpose(1, 2)
+        k, v = (proj(h).view(batch, length, self.num_heads, -1).transpose(1, 2)
+                for proj in (self.key, self.value))
+        if last_only:
+            mask = mask[:, :, -1:, :]
         dropout = self.dropout if self.training else 0.0
         if self.use_sdpa:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
@@ -114,7 +119,7 @@ class SelfAttention(nn.Module):
             # -1e9, not -inf: a fully masked row (the reference's padded queries) becomes uniform.
             probs = F.dropout(scores.masked_fill(~mask, -1e9).softmax(dim=-1), dropout, self.training)
             out = probs @ v
-        return self.out(out.transpose(1, 2).reshape(batch, length, hidden))
+        return self.out(out.transpose(1, 2).reshape(batch, queries.size(1), hidden))
 
 
 class Block(nn.Module):
@@ -133,11 +138,22 @@ class Block(nn.Module):
         self.dropout = nn.Dropout(cfg["dropout"])
         self.output_dropout = output_dropout
 
-    def forward(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        h = h + self.dropout(self.attention(self.norm_attention(h), mask))
+    def forward(self, h: torch.Tensor, mask: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+        """[B, L, d] -> [B, L, d], or [B, 1, d] for the last position only (last_only): the
+        models read only the last position, so their final block skips the other queries."""
+        attention = self.attention(self.norm_attention(h), mask, last_only)
+        h = (h[:, -1:] if last_only else h) + self.dropout(attention)
         ffn = self.ffn_out(self.dropout(F.gelu(self.ffn_in(self.norm_ffn(h)), approximate="tanh")))
         h = h + self.dropout(ffn)
         return self.dropout(h) if self.output_dropout else h
+
+
+def transformer_flops(length: int, d: int, ffn: int, blocks: int) -> float:
+    """Forward matmul FLOPs of one sequence through `blocks` blocks whose last block computes
+    only the last query (projections, attention scores and values, FFN)."""
+    full = 2 * (4 * length * d * d + 2 * length * length * d + 2 * length * d * ffn)
+    last = 2 * (2 * length * d * d + 2 * d * d + 2 * length * d + 2 * d * ffn)
+    return float((blocks - 1) * full + last)
 
 
 class DiffuRec(nn.Module):
@@ -219,9 +235,22 @@ class DiffuRec(nn.Module):
         if lam is None:
             lam = self._lambda(batch, length, history.device)
         h = history + lam * z[:, None, :]
-        for block in self.blocks:
-            h = block(h, mask)
-        return self.output_norm(self.output_dropout(h))[:, -1, :]
+        for i, block in enumerate(self.blocks):
+            h = block(h, mask, last_only=i == len(self.blocks) - 1)
+        return self.output_norm(self.output_dropout(h[:, -1, :]))
+
+    def flops(self, batch: int, length: int, training: bool, reverse_steps: int | None = None) -> float:
+        """Matmul FLOPs this model performs for one `loss` (forward + backward = 3x forward) or
+        one `score` call on a [batch, length] input (2 per multiply-add; the final block
+        computes only the last query)."""
+        cfg = self.config
+        per_pass = transformer_flops(length, cfg["hidden_size"], cfg["ffn_size"], cfg["num_blocks"])
+        per_pass += 2 * 2 * cfg["hidden_size"] * 4 * cfg["hidden_size"]  # time MLP
+        scoring = 2 * cfg["hidden_size"] * (self.num_items + 1)
+        if training:
+            return 3.0 * batch * (per_pass + scoring)
+        steps = len(reverse_timesteps(cfg["diffusion_steps"], reverse_steps or cfg["reverse_steps"]))
+        return float(batch * (steps * per_pass + scoring))
 
     # ---- the interface the trainer and evaluator use ----------------------------------------
 

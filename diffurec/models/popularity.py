@@ -41,6 +41,9 @@ class Popularity(nn.Module):
     def loss(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         raise TypeError("popularity is fitted with fit(train_targets), not trained on a loss")
 
+    def flops(self, batch: int, length: int, training: bool, reverse_steps: int | None = None) -> float:
+        return 0.0
+
     @torch.no_grad()
     def score(self, inputs: torch.Tensor, reverse_steps: int | None = None) -> torch.Tensor:
         return self.counts.to(inputs.device).expand(inputs.size(0), -1).clone()

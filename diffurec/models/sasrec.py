@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from diffurec.models.diffurec import Block, dot_scores
+from diffurec.models.diffurec import Block, dot_scores, transformer_flops
 
 PRESETS = {
     "default": dict(hidden_size=64, num_blocks=2, num_heads=1, ffn_size=256,
@@ -71,9 +71,16 @@ class SASRec(nn.Module):
         h = self.item_embedding(inputs) * self.config["hidden_size"] ** 0.5 + self.position_embedding(positions)
         h = self.input_dropout(h) * (inputs > 0)[..., None]
         mask = self.attention_mask(inputs)
-        for block in self.blocks:
-            h = block(h, mask)
+        for i, block in enumerate(self.blocks):
+            h = block(h, mask, last_only=i == len(self.blocks) - 1)
         return self.output_norm(h[:, -1, :])
+
+    def flops(self, batch: int, length: int, training: bool, reverse_steps: int | None = None) -> float:
+        """Matmul FLOPs of one `loss` (3x forward) or `score` call on a [batch, length] input."""
+        cfg = self.config
+        per_sample = transformer_flops(length, cfg["hidden_size"], cfg["ffn_size"], cfg["num_blocks"])
+        per_sample += 2 * cfg["hidden_size"] * (self.num_items + 1)
+        return (3.0 if training else 1.0) * batch * per_sample
 
     def loss(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         logits = self.represent(inputs) @ self.item_embedding.weight.t()
