@@ -1,0 +1,164 @@
+"""Great Expectations suites: pass on real data with the exact expectation count, fail on
+each matching corruption, write report.json and Data Docs, and exit 2 through the CLI."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from diffurec.cli import main
+from diffurec.data import validation
+
+RAW_FULL = 12  # user, item, timestamp and rating columns
+RAW_NO_RATING = 11
+RAW_SEQUENCES = 7  # no timestamp, no rating
+SPLITS = 15
+HEADER = "user_id,item_id,rating,timestamp\n"
+
+
+def _failed(report, severity="critical"):
+    return {(r["expectation"], str(r["kwargs"].get("column", r["kwargs"].get("column_list", ""))))
+            for r in report["results"] if not r["success"] and r["severity"] == severity}
+
+
+def _result(report, expectation, column):
+    return next(r for r in report["results"]
+                if r["expectation"] == expectation and r["kwargs"].get("column") == column)
+
+
+def test_raw_suite_passes_on_real_ml100k_slice_with_every_expectation(shared_data, tmp_path):
+    lines = (shared_data / "ml-100k" / "ml-100k.inter").read_text().splitlines()[:3001]
+    path = tmp_path / "slice.inter"
+    path.write_text("\n".join(lines) + "\n")
+    report = validation.validate_file(path, tmp_path / "report")
+    assert report["success"], _failed(report)
+    assert report["expectations_expected"] == report["expectations_evaluated"] == RAW_FULL
+    assert report["rows_validated"] == 3000 and report["failed"] == 0
+    saved = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert saved["expectations_evaluated"] == RAW_FULL and len(saved["results"]) == RAW_FULL
+    index = (tmp_path / "report" / "data_docs" / "index.html").read_text()
+    assert "raw_interactions.interactions" in index
+    assert list((tmp_path / "report" / "data_docs" / "validations").rglob("*.html"))
+
+
+def test_raw_suite_sizes_follow_the_columns(shared_data, tmp_path):
+    csv_lines = (shared_data / "amazon-beauty" / "interactions.csv").read_text().splitlines()[:501]
+    (tmp_path / "beauty.csv").write_text("\n".join(csv_lines) + "\n")
+    report = validation.validate_file(tmp_path / "beauty.csv", tmp_path / "r1")
+    assert report["success"] and report["expectations_evaluated"] == RAW_NO_RATING
+    seq_lines = (shared_data / "amazon-toys" / "Toys_and_Games.txt").read_text().splitlines()[:100]
+    (tmp_path / "toys.txt").write_text("\n".join(seq_lines) + "\n")
+    report = validation.validate_file(tmp_path / "toys.txt", tmp_path / "r2")
+    assert report["success"] and report["expectations_evaluated"] == RAW_SEQUENCES
+
+
+def test_raw_suite_fails_on_each_corruption_and_names_the_file_rows(tmp_path):
+    # row 3: null user; row 5: timestamp not a number; row 6: milliseconds (out of range);
+    # rows 7-8: an exact duplicate (warning only); user 9 has one interaction (warning only).
+    path = tmp_path / "corrupt.csv"
+    path.write_text(HEADER + "1,a,4,978300760\n,b,4,978300761\n1,c,4,978300762\n"
+                    "2,a,4,yesterday\n2,b,4,978300760000\n2,c,4,978300770\n2,c,4,978300770\n"
+                    "9,a,4,978300800\n")
+    report = validation.validate_file(path, tmp_path / "report")
+    assert not report["success"]
+    assert report["expectations_evaluated"] == RAW_FULL
+    assert _failed(report) == {("expect_column_values_to_not_be_null", "user"),
+                               ("expect_column_values_to_not_be_null", "timestamp_numeric"),
+                               ("expect_column_values_to_be_between", "timestamp_numeric")}
+    assert _failed(report, "warning") == {
+        ("expect_column_values_to_be_between", "user_interactions"),
+        ("expect_compound_columns_to_be_unique", "['user', 'item', 'timestamp_numeric', 'rating']")}
+    assert _result(report, "expect_column_values_to_not_be_null", "user")["example_file_rows"] == [3]
+    assert _result(report, "expect_column_values_to_not_be_null", "timestamp_numeric")["example_file_rows"] == [5]
+    assert _result(report, "expect_column_values_to_be_between", "timestamp_numeric")["example_file_rows"] == [6]
+    assert validation.summarize_failures(report).count("file row") == 3
+
+
+def test_raw_suite_fails_without_a_splittable_user_or_an_item_column(tmp_path):
+    short = tmp_path / "short.csv"
+    short.write_text(HEADER + "1,a,4,978300760\n1,b,4,978300761\n2,a,4,978300762\n")
+    report = validation.validate_file(short, tmp_path / "r1")
+    assert _failed(report) == {("expect_column_max_to_be_between", "user_interactions")}
+
+    noitem = tmp_path / "noitem.csv"
+    noitem.write_text("user_id,rating,timestamp\n1,4,978300760\n1,4,978300761\n1,4,978300762\n")
+    report = validation.validate_file(noitem, tmp_path / "r2")
+    assert ("expect_column_to_exist", "item") in _failed(report)
+    assert ("expect_column_values_to_not_be_null", "item") in _failed(report)
+    assert report["expectations_evaluated"] == RAW_FULL
+
+
+def test_a_suite_that_runs_nothing_fails(tmp_path):
+    report = validation.run_suite("empty", [], {}, tmp_path / "r", {})
+    assert report["expectations_evaluated"] == report["expectations_expected"] == 0
+    assert not report["success"]
+
+
+def test_splits_suite_passes_on_ml100k(ml100k_splits, tmp_path):
+    report = validation.validate_splits_folder(ml100k_splits.path, tmp_path / "r")
+    assert report["success"], _failed(report)
+    assert report["expectations_expected"] == report["expectations_evaluated"] == SPLITS
+    assert report["rows"] == {"item_map": 1682, "sequence_items": 100000, "users": 943,
+                              "train_samples": 97171}
+
+
+def _corrupt_copy(splits, tmp_path, name, change):
+    folder = tmp_path / name
+    shutil.copytree(splits.path, folder)
+    change(folder)
+    return folder
+
+
+def _edit(folder, array, edit):
+    values = np.load(folder / f"{array}.npy")
+    edit(values)
+    np.save(folder / f"{array}.npy", values)
+
+
+CORRUPTIONS = {
+    "test target past the item range": (
+        lambda f: _edit(f, "test_targets", lambda a: a.__setitem__(5, 1683)),
+        {("expect_column_values_to_be_between", "test_target"),
+         ("expect_column_values_to_be_in_set", "test_row_consistent")}),
+    "padding as a training target": (
+        lambda f: _edit(f, "train_targets", lambda a: a.__setitem__(10, 0)),
+        {("expect_column_values_to_be_between", "target"),
+         ("expect_column_values_to_be_in_set", "prefix_consistent")}),
+    "training prefix not from the sequence": (
+        lambda f: _edit(f, "train_inputs", lambda a: a.__setitem__((7, -1), a[7, -1] % 1682 + 1)),
+        {("expect_column_values_to_be_in_set", "prefix_consistent")}),
+    "validation input not the training sequence": (
+        lambda f: _edit(f, "valid_inputs", lambda a: a.__setitem__((3, -1), a[3, -1] % 1682 + 1)),
+        {("expect_column_values_to_be_in_set", "valid_row_consistent")}),
+    "ids not contiguous (an unused item index)": (
+        lambda f: (f / "format.json").write_text(json.dumps(
+            {**json.loads((f / "format.json").read_text()), "num_items": 1683})),
+        {("expect_table_row_count_to_equal", ""),
+         ("expect_column_unique_value_count_to_be_between", "item")}),
+}
+
+
+@pytest.mark.parametrize("case", list(CORRUPTIONS))
+def test_splits_suite_fails_on_the_matching_corruption(case, ml100k_splits, tmp_path):
+    change, expected = CORRUPTIONS[case]
+    folder = _corrupt_copy(ml100k_splits, tmp_path, "s", change)
+    report = validation.validate_splits_folder(folder, tmp_path / "r")
+    assert report["expectations_evaluated"] == SPLITS
+    assert not report["success"]
+    assert _failed(report) == expected
+
+
+def test_cli_validate_exit_codes_and_one_line(ml100k_splits, tmp_path, capsys):
+    assert main(["validate", "--splits", str(ml100k_splits.path), "--out", str(tmp_path / "ok")]) == 0
+    assert "15/15 expectations evaluated, 0 failed" in capsys.readouterr().out
+    bad = tmp_path / "bad.csv"
+    bad.write_text(HEADER + "1,a,4,978300760\n1,b,4,-1\n1,c,4,978300762\n")
+    assert main(["validate", "--input", str(bad), "--out", str(tmp_path / "bad")]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert len(err) == 1 and str(bad) in err[0] and "file row 3" in err[0]
+    assert json.loads((tmp_path / "bad" / "report.json").read_text())["failed"] == 1
+    assert main(["validate", "--out", str(tmp_path / "x")]) == 2
+    assert "exactly one of --input" in capsys.readouterr().err
