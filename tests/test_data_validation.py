@@ -26,7 +26,7 @@ def _failed(report, severity="critical"):
 
 def _result(report, expectation, column):
     return next(r for r in report["results"]
-                if r["expectation"] == expectation and r["kwargs"].get("column") == column)
+                if r["expectation"] == expectation and r["kwargs"].get("column", "") == column)
 
 
 def test_raw_suite_passes_on_real_ml100k_slice_with_every_expectation(shared_data, tmp_path):
@@ -118,37 +118,36 @@ def _edit(folder, array, edit):
     np.save(folder / f"{array}.npy", values)
 
 
-CORRUPTIONS = {
-    "test target past the item range": (
-        lambda f: _edit(f, "test_targets", lambda a: a.__setitem__(5, 1683)),
-        {("expect_column_values_to_be_between", "test_target"),
-         ("expect_column_values_to_be_in_set", "test_row_consistent")}),
-    "padding as a training target": (
-        lambda f: _edit(f, "train_targets", lambda a: a.__setitem__(10, 0)),
-        {("expect_column_values_to_be_between", "target"),
-         ("expect_column_values_to_be_in_set", "prefix_consistent")}),
-    "training prefix not from the sequence": (
-        lambda f: _edit(f, "train_inputs", lambda a: a.__setitem__((7, -1), a[7, -1] % 1682 + 1)),
-        {("expect_column_values_to_be_in_set", "prefix_consistent")}),
-    "validation input not the training sequence": (
-        lambda f: _edit(f, "valid_inputs", lambda a: a.__setitem__((3, -1), a[3, -1] % 1682 + 1)),
-        {("expect_column_values_to_be_in_set", "valid_row_consistent")}),
-    "ids not contiguous (an unused item index)": (
-        lambda f: (f / "format.json").write_text(json.dumps(
-            {**json.loads((f / "format.json").read_text()), "num_items": 1683})),
-        {("expect_table_row_count_to_equal", ""),
-         ("expect_column_unique_value_count_to_be_between", "item")}),
-}
+def test_splits_suite_fails_on_each_matching_corruption(ml100k_splits, tmp_path):
+    # One corruption per row, so each expectation's offending count is exactly known.
+    def corrupt(folder):
+        _edit(folder, "test_targets", lambda a: a.__setitem__(5, 1683))  # past the item range
+        _edit(folder, "train_targets", lambda a: a.__setitem__(10, 0))  # padding as a target
+        _edit(folder, "train_inputs", lambda a: a.__setitem__((7, -1), a[7, -1] % 1682 + 1))
+        _edit(folder, "valid_inputs", lambda a: a.__setitem__((3, -1), a[3, -1] % 1682 + 1))
+
+    folder = _corrupt_copy(ml100k_splits, tmp_path, "s", corrupt)
+    report = validation.validate_splits_folder(folder, tmp_path / "r")
+    assert report["expectations_evaluated"] == SPLITS and not report["success"]
+    assert {k: _result(report, *k)["unexpected_count"] for k in _failed(report)} == {
+        ("expect_column_values_to_be_between", "test_target"): 1,
+        ("expect_column_values_to_be_in_set", "test_row_consistent"): 1,
+        ("expect_column_values_to_be_between", "target"): 1,
+        ("expect_column_values_to_be_in_set", "prefix_consistent"): 2,
+        ("expect_column_values_to_be_in_set", "valid_row_consistent"): 1,
+    }
 
 
-@pytest.mark.parametrize("case", list(CORRUPTIONS))
-def test_splits_suite_fails_on_the_matching_corruption(case, ml100k_splits, tmp_path):
-    change, expected = CORRUPTIONS[case]
-    folder = _corrupt_copy(ml100k_splits, tmp_path, "s", change)
+def test_splits_suite_fails_when_ids_are_not_contiguous(ml100k_splits, tmp_path):
+    def declare_one_more_item(folder):
+        header = json.loads((folder / "format.json").read_text())
+        (folder / "format.json").write_text(json.dumps({**header, "num_items": 1683}))
+
+    folder = _corrupt_copy(ml100k_splits, tmp_path, "s", declare_one_more_item)
     report = validation.validate_splits_folder(folder, tmp_path / "r")
     assert report["expectations_evaluated"] == SPLITS
-    assert not report["success"]
-    assert _failed(report) == expected
+    assert _failed(report) == {("expect_table_row_count_to_equal", ""),
+                               ("expect_column_unique_value_count_to_be_between", "item")}
 
 
 def test_cli_validate_exit_codes_and_one_line(ml100k_splits, tmp_path, capsys):
