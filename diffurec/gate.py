@@ -205,7 +205,7 @@ def format_table(decision: dict) -> str:
     """The decision as a readable table (what `diffurec gate` prints)."""
     candidate = decision["candidate"]
     model = candidate.get("model") or {}
-    title = f"gate: candidate {decision.get('name', model.get('name', '?'))}"
+    title = f"gate: candidate {decision.get('name') or model.get('name', '?')}"
     if decision.get("version"):
         title += f" v{decision['version']}"
     title += f" ({model.get('name', '?')}/{model.get('preset') or '-'}, {candidate.get('split')} split, " \
