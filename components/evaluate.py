@@ -1,0 +1,21 @@
+"""Step 6: full-ranking HR@K / NDCG@K of a model folder on a split."""
+
+from kfp import dsl
+from kfp.dsl import Dataset, Input, Metrics, Model, Output
+
+from components import IMAGE
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def evaluate(model: Input[Model], splits: Input[Dataset], split: str, metrics: Output[Metrics]):
+    """Run `diffurec evaluate`; the Metrics artifact's file is the metrics JSON (docs/formats.md)
+    and its six values are logged as scalar metrics for the Kubeflow UI."""
+    import json
+
+    from diffurec.cli import main
+
+    if main(["evaluate", "--model", model.path, "--splits", splits.path, "--split", split,
+             "--out", metrics.path]) != 0:
+        raise RuntimeError("diffurec evaluate failed (the line above says why)")
+    for key, value in json.load(open(metrics.path))["metrics"].items():
+        metrics.log_metric(key, value)
