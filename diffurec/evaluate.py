@@ -34,11 +34,12 @@ def target_ranks(scores: torch.Tensor, targets: torch.Tensor, masked: torch.Tens
     target_index = targets.long() - 1
     rows = torch.arange(scores.size(0), device=scores.device)
     target_score = scores[rows, target_index]
-    beats = scores >= target_score[:, None]
-    beats[rows, target_index] = False
     if masked is not None:
-        beats &= ~masked[:, 1:]
-    ranks = 1 + beats.sum(dim=1)
+        masked = masked[:, 1:].clone()
+        masked[rows, target_index] = False
+        scores = scores.masked_fill(masked, -math.inf)
+    # Counting the target itself too gives 1 + (others scoring >= it) without a [B, N] int copy.
+    ranks = torch.count_nonzero(scores >= target_score[:, None], dim=1)
     return torch.where(torch.isnan(target_score), torch.full_like(ranks, scores.size(1)), ranks)
 
 

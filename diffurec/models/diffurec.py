@@ -175,8 +175,7 @@ class DiffuRec(nn.Module):
             raise ValueError(f"only the 'trunc_lin' schedule is implemented, got {cfg['schedule']!r}")
         self.config = dict(name="diffurec", preset=preset, num_items=num_items, max_len=max_len, **cfg)
         self.num_items, self.max_len = num_items, max_len
-        # Exact padding-independence needs padded keys masked (and lambda drawn per position
-        # from the right end, see _lambda).
+        # With padded keys masked, padded positions cannot reach the last position's output.
         self.trims_padding = cfg["mask"] == "key"
 
         d = cfg["hidden_size"]
@@ -214,16 +213,11 @@ class DiffuRec(nn.Module):
         return real[:, None, None, :]
 
     def _lambda(self, batch: int, length: int, device) -> torch.Tensor:
-        """lambda ~ N(delta, std delta), elementwise [B, L, d], fresh on every call.
-
-        Drawn for the full max_len window and cut from the right, so a batch cut to its real
-        length sees exactly the values it would have seen fully padded (same RNG consumption).
-        """
+        """lambda ~ N(delta, std delta), elementwise [B, L, d], fresh on every call."""
         if length > self.max_len:
             raise ValueError(f"inputs have {length} positions, more than max_len={self.max_len}")
         delta = self.config["lambda_uncertainty"]
-        full = torch.randn(batch, self.max_len, self.config["hidden_size"], device=device)
-        return full[:, self.max_len - length:] * delta + delta
+        return torch.randn(batch, length, self.config["hidden_size"], device=device) * delta + delta
 
     def approximate(self, history: torch.Tensor, mask: torch.Tensor, x_t: torch.Tensor,
                     t: torch.Tensor, lam: torch.Tensor | None = None) -> torch.Tensor:
