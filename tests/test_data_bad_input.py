@@ -37,7 +37,7 @@ CASES = {
     "null item id in a tsv": ("nullitem.tsv", b"user_id\titem_id\n1\t2\n1\t\n", [],
                               ["nullitem.tsv", "row 3", "column 'item_id'", "item id is empty"]),
     "undecodable bytes": ("latin1.csv", (HEADER + "1,2,100\n").encode() + b"1,caf\xe9,200\n", [],
-                          ["latin1.csv", "row 3", "not valid UTF-8"]),
+                          ["latin1.csv", "row 3", "column 'item_id'", "not valid UTF-8"]),
     "truncated gzip": ("cut.csv.gz", _truncated_gzip, [], ["cut.csv.gz", "truncated gzip"]),
     "wrong delimiter (header)": ("semi.csv", b"user_id;item_id;timestamp\n1;2;100\n", [],
                                  ["semi.csv", "row 1", "wrong delimiter", "semicolon"]),

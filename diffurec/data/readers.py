@@ -118,7 +118,10 @@ def _read_bytes(path: Path) -> bytes:
     return raw
 
 
-def _decode(path: Path, raw: bytes) -> str:
+def _decode(path: Path, raw: bytes, sep: str | None = None,
+            names: list[str] | None = None) -> str:
+    """UTF-8 text of the file; a bad byte is reported with its row and, given the delimiter
+    and the column names (None: the header line's), its column."""
     if not raw.strip():
         raise DiffuRecError(f"{path}: file is empty")
     try:
@@ -126,8 +129,17 @@ def _decode(path: Path, raw: bytes) -> str:
     except UnicodeDecodeError as error:
         row = raw[:error.start].count(b"\n") + 1
         bad = raw[error.start:error.start + 4]
+        column = None
+        if sep is not None:
+            line_start = raw.rfind(b"\n", 0, error.start) + 1
+            index = raw[line_start:error.start].count(sep.encode())
+            if names is None:  # the header names the columns
+                header = raw[:raw.find(b"\n")].decode("utf-8", "replace").rstrip("\r")
+                names = [c.split(":")[0].strip() for c in header.split(sep)]
+            if names:
+                column = names[min(index, len(names) - 1)]
         raise located(path, f"bytes {bad!r} are not valid UTF-8 (re-encode the file as UTF-8)",
-                      row=row) from None
+                      row=row, column=column) from None
     return text[1:] if text.startswith("\ufeff") else text
 
 
@@ -303,7 +315,7 @@ def read_interactions(path, format: str | None = None, user_col: str | None = No
     spec = FORMATS[name]
 
     if name == "sequences":
-        frame = _read_sequences(path, _decode(path, _read_bytes(path)))
+        frame = _read_sequences(path, _decode(path, _read_bytes(path), " ", ["user", "item"]))
         if strict:
             _check_ids(path, frame, {"user": "user", "item": "item"})
         frame.attrs.update(format=name, source_columns={})
@@ -317,8 +329,9 @@ def read_interactions(path, format: str | None = None, user_col: str | None = No
         delimiter = None
         columns = [str(c) for c in table.columns if c != "__row__"]
     else:
-        text = _decode(path, _read_bytes(path))
         delimiter = sep or spec.sep
+        text = _decode(path, _read_bytes(path), delimiter,
+                       None if spec.header else list(spec.positional))
         if spec.header:
             head = text[:text.find("\n") + 1] if "\n" in text else text
             raw = [str(c) for c in _parse_table(path, head, spec, delimiter, nrows=0).columns]
