@@ -82,7 +82,7 @@ def test_bad_input_in_a_subprocess_has_no_traceback(tmp_path):
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
         f"diffurec preprocess: error: {source}, row 3, column 'timestamp': timestamp 'oops' is "
-        f"not a number (unix seconds); 1 such row(s)"]
+        f"not a number (unix seconds or an ISO 8601 date); 1 such row(s)"]
     assert not out.exists()
 
 

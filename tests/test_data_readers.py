@@ -167,3 +167,18 @@ def test_recbole_titles_with_quotes_stay_whole(shared_data, tmp_path):
     frame = read_interactions(path)
     assert frame["item"].tolist() == titles + ['"Quoted" Title, The (1999)']
     assert frame["user"].iloc[0] == "1m_1"
+
+
+def test_timestamps_as_dates(tmp_path):
+    path = tmp_path / "dated.csv"
+    path.write_text("user,item,time\n1,a,2011-10-18\n1,b,2011-10-18T00:00:01Z\n")
+    frame = read_interactions(path)
+    assert frame["timestamp"].tolist() == [1318896000.0, 1318896001.0]
+    parquet = tmp_path / "dated.parquet"
+    pd.DataFrame({"user_id": [1, 1], "item_id": [5, 6],
+                  "timestamp": pd.to_datetime(["2011-10-18", "2011-10-19"])}).to_parquet(parquet)
+    assert read_interactions(parquet)["timestamp"].tolist() == [1318896000.0, 1318982400.0]
+    mixed = tmp_path / "mixed.csv"
+    mixed.write_text("user,item,time\n1,a,1318896000\n1,b,2011-10-18\n")
+    with pytest.raises(DiffuRecError, match=r"row 3, column 'time'.*'2011-10-18' is not a number"):
+        read_interactions(mixed)

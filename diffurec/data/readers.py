@@ -268,28 +268,42 @@ def _check_ids(path: Path, frame: pd.DataFrame, source: dict[str, str]) -> None:
                           f"{role} id)", row=int(frame["row"].iat[first]), column=source[role])
 
 
+def to_numbers(values: pd.Series, role: str) -> pd.Series:
+    """float64 values, NaN where a value is missing or not a number.
+
+    Timestamps may also be dates: a datetime column, or a text column in which no value is a
+    number and every value is an ISO 8601 date, becomes unix seconds (UTC).
+    """
+    if role == "timestamp" and pd.api.types.is_datetime64_any_dtype(values):
+        stamps = pd.to_datetime(values, utc=True)
+        # (stamp - epoch) / 1 s is exact whatever the column's resolution (s, ms, us, ns); NaT -> NaN
+        return ((stamps - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(seconds=1)).astype(np.float64)
+    if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
+        return values.astype(np.float64)
+    parsed = pd.to_numeric(values, errors="coerce").astype(np.float64)
+    present = values.notna().to_numpy()
+    if role == "timestamp" and present.any() and parsed[present].isna().all():
+        dates = pd.to_datetime(values, errors="coerce", utc=True, format="ISO8601")
+        if dates[present].notna().all():
+            return to_numbers(dates, role)
+    return parsed
+
+
 def _numeric(path: Path, frame: pd.DataFrame, role: str, source: str,
              allow_negative: bool) -> pd.Series:
-    values = frame[role]
-    if not pd.api.types.is_numeric_dtype(values):
-        parsed = pd.to_numeric(values, errors="coerce")
-        bad = parsed.isna().to_numpy()
-        if bad.any():
-            first = int(np.flatnonzero(bad)[0])
-            shown = values.iat[first]
-            what = "empty" if pd.isna(shown) else f"{shown!r} is not a number"
-            unit = " (unix seconds)" if role == "timestamp" else ""
-            raise located(path, f"{role} {what}{unit}; {int(bad.sum())} such row(s)",
-                          row=int(frame["row"].iat[first]), column=source)
-        values = parsed
-    values = values.astype(np.float64)
-    if values.isna().any():
-        first = int(np.flatnonzero(values.isna().to_numpy())[0])
-        raise located(path, f"{role} is empty", row=int(frame["row"].iat[first]), column=source)
+    values = to_numbers(frame[role], role)
+    bad = values.isna().to_numpy()
+    if bad.any():
+        first = int(np.flatnonzero(bad)[0])
+        shown = frame[role].iat[first]
+        what = "is empty" if pd.isna(shown) else f"{shown!r} is not a number"
+        unit = " (unix seconds or an ISO 8601 date)" if role == "timestamp" else ""
+        raise located(path, f"{role} {what}{unit}; {int(bad.sum())} such row(s)",
+                      row=int(frame["row"].iat[first]), column=source)
     if not allow_negative and (values < 0).any():
         first = int(np.flatnonzero((values < 0).to_numpy())[0])
-        raise located(path, f"{role} {values.iat[first]:g} is negative", row=int(frame["row"].iat[first]),
-                      column=source)
+        raise located(path, f"{role} {values.iat[first]:g} is negative",
+                      row=int(frame["row"].iat[first]), column=source)
     return values
 
 

@@ -43,7 +43,8 @@ def _gx():
     import great_expectations as gx
     import great_expectations.expectations as gxe
 
-    logging.getLogger("great_expectations").setLevel(logging.WARNING)
+    for name in ("great_expectations", "great_expectations.data_context.types.base"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     return gx, gxe
 
 
@@ -120,11 +121,13 @@ def splits_expectations(num_users: int, num_items: int, num_samples: int) -> lis
 
 def raw_tables(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
     """The read frame plus derived columns: numeric parses and interactions per user."""
+    from diffurec.data.readers import to_numbers
+
     table = frame.reset_index(drop=True).copy()
     if "timestamp" in table:
-        table["timestamp_numeric"] = pd.to_numeric(table["timestamp"], errors="coerce")
+        table["timestamp_numeric"] = to_numbers(table["timestamp"], "timestamp")
     if "rating" in table:
-        table["rating_numeric"] = pd.to_numeric(table["rating"], errors="coerce")
+        table["rating_numeric"] = to_numbers(table["rating"], "rating")
     if "user" in table:
         table["user_interactions"] = table.groupby("user", sort=False, dropna=False)["user"] \
             .transform("size").astype(np.int64)
@@ -209,6 +212,12 @@ def run_suite(suite_name: str, expectations, tables: dict[str, pd.DataFrame], ou
     try:
         context = gx.get_context(mode="ephemeral")
         context.variables.progress_bars = ProgressBarsConfig(globally=False)
+        # The ephemeral context makes a default docs site in a fresh /tmp folder; ours replaces it.
+        for name, site in dict(context.variables.data_docs_sites or {}).items():
+            context.delete_data_docs_site(name)
+            base = site.get("store_backend", {}).get("base_directory")
+            if base and Path(base).is_dir() and Path(base).name.startswith("tmp"):
+                shutil.rmtree(base, ignore_errors=True)
         context.add_data_docs_site("local", {
             "class_name": "SiteBuilder",
             "store_backend": {"class_name": "TupleFilesystemStoreBackend",
