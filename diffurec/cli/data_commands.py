@@ -23,8 +23,8 @@ def _add_reader_options(parser: argparse.ArgumentParser, required: bool = True) 
     parser.add_argument("--user-col", metavar="NAME", help="user id column (tables with a header)")
     parser.add_argument("--item-col", metavar="NAME", help="item id column (tables with a header)")
     parser.add_argument("--time-col", metavar="NAME",
-                        help="timestamp column, unix seconds; without one the file order is "
-                             "taken as chronological")
+                        help="timestamp column: unix seconds or ISO 8601 dates; without one the "
+                             "file order is taken as chronological")
     parser.add_argument("--rating-col", metavar="NAME", help="rating column (optional)")
     parser.add_argument("--sep", metavar="DELIM", help="override the format's delimiter")
 

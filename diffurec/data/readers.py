@@ -368,6 +368,9 @@ def read_interactions(path, format: str | None = None, user_col: str | None = No
             if given is not None:
                 raise DiffuRecError(f"--{role}-col does not apply to format {name!r} "
                                     f"(it has no header; its columns are {', '.join(spec.positional)})")
+    if spec.header and source["timestamp"] is None:
+        log.warning("%s: no time column (tried %s); the file order is taken as chronological "
+                    "(name one with --time-col)", path, ", ".join(spec.time))
     if name != "parquet":
         ids = [source[r] for r in ("user", "item") if source[r] is not None]
         table = _parse_table(path, text, spec, delimiter,
