@@ -1,0 +1,60 @@
+"""Where training and inference run: CUDA when present (bf16 autocast), the CPU otherwise.
+
+On the CPU the thread count is fixed explicitly and deterministic algorithms are requested, so
+the same run twice gives bit-identical metrics (float sums depend on how work is split across
+threads, so the thread count is part of the result; it is recorded in train_summary.json).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+
+import torch
+
+from diffurec.errors import DiffuRecError
+
+logger = logging.getLogger(__name__)
+
+
+def choose_device(name: str | None = "auto", local_rank: int = 0) -> torch.device:
+    """'auto' -> cuda:LOCAL_RANK when CUDA is available, else cpu; 'cpu'/'cuda'/'cuda:N' as given."""
+    name = name or "auto"
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise DiffuRecError(f"--device {name}: CUDA is not available on this machine")
+        if name == "cuda":
+            name = f"cuda:{local_rank}"
+    elif name != "cpu":
+        raise DiffuRecError(f"--device {name}: use auto, cpu, cuda or cuda:N")
+    return torch.device(name)
+
+
+def configure(device: torch.device, threads: int | None = None) -> int:
+    """Fix CPU threads (default: all cores) and, on the CPU, deterministic kernels; TF32 on CUDA.
+
+    Returns the thread count used.
+    """
+    threads = int(threads or os.cpu_count() or 1)
+    torch.set_num_threads(threads)
+    if device.type == "cpu":
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    else:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return threads
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on CUDA; a no-op context on the CPU (fp32 there is faster and exact)."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
