@@ -43,6 +43,8 @@ CASES = {
                                  ["semi.csv", "row 1", "wrong delimiter", "semicolon"]),
     "wrong delimiter (u.data)": ("u.data", b"196,242,3,881250949\n", [],
                                  ["u.data", "row 1", "expected 4 fields", "wrong delimiter"]),
+    "stray field (ratings.dat)": ("ratings.dat", b"1::2::5::978300760\n1::3::5::978300761::x\n", [],
+                                  ["ratings.dat", "row 2", "expected 4 fields", "found 5"]),
     "no user long enough": ("short.txt", b"u1 a b\nu2 c d\nu3 e\n", [],
                             ["short.txt", "no user has at least 3 interactions"]),
     "sequence line without items": ("seq.txt", b"u1 a b c\nu2\n", [],

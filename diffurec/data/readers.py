@@ -186,7 +186,6 @@ def _parse_table(path: Path, text: str, spec: FormatSpec, sep: str, nrows: int |
     try:
         frame = pd.read_csv(
             io.StringIO(text), sep=sep, header=0 if spec.header else None, nrows=nrows,
-            names=list(spec.positional) if not spec.header else None,
             dtype={c: str for c in as_text} or None,
             # Tab files (RecBole, MovieLens) never quote; titles may contain '"'.
             quoting=csv.QUOTE_NONE if tab_like else csv.QUOTE_MINIMAL,
@@ -206,6 +205,19 @@ def _parse_table(path: Path, text: str, spec: FormatSpec, sep: str, nrows: int |
     except ValueError as error:  # e.g. a column declared text that the parser cannot convert
         raise DiffuRecError(f"{path}: cannot parse the table ({error})") from None
     return frame
+
+
+def _check_field_count(path: Path, table: pd.DataFrame, expected: int, sep: str) -> None:
+    """A headerless file must have exactly `expected` fields on every row."""
+    fields = table.drop(columns="__row__")
+    counts = fields.notna().to_numpy()[:, ::-1].argmax(axis=1)  # trailing empty fields
+    counts = np.where(fields.notna().to_numpy().any(axis=1), fields.shape[1] - counts, 0)
+    wrong = np.flatnonzero(counts != expected)
+    if len(wrong):
+        first = int(wrong[0])
+        raise located(path, f"expected {expected} fields separated by "
+                      f"{_DELIMITER_NAMES.get(sep, repr(sep))}, found {int(counts[first])} "
+                      f"(wrong delimiter or wrong --format?)", row=int(table["__row__"].iat[first]))
 
 
 def _line_numbers(text: str, spec: FormatSpec, count: int) -> np.ndarray:
@@ -374,15 +386,14 @@ def read_interactions(path, format: str | None = None, user_col: str | None = No
     if name != "parquet":
         ids = [source[r] for r in ("user", "item") if source[r] is not None]
         table = _parse_table(path, text, spec, delimiter,
-                             as_text=tuple(raw_of[c] for c in ids) if spec.header else tuple(ids))
-        if spec.header:
-            table.columns = columns
-        elif table.shape[1] != len(spec.positional) or table.iloc[:, -1].isna().all():
-            found = len(text.split("\n", 1)[0].split(delimiter))
-            raise located(path, f"expected {len(spec.positional)} fields separated by "
-                          f"{_DELIMITER_NAMES.get(delimiter, repr(delimiter))}, found {found} "
-                          f"(wrong delimiter or wrong --format?)", row=1)
+                             as_text=tuple(raw_of[c] for c in ids) if spec.header
+                             else tuple(columns.index(c) for c in ids))
         table["__row__"] = _line_numbers(text, spec, len(table))
+        if spec.header:
+            table.columns = columns + ["__row__"]
+        else:
+            _check_field_count(path, table, len(columns), delimiter)
+            table.columns = columns + ["__row__"]
     if len(table) == 0:
         raise DiffuRecError(f"{path}: has a header ({', '.join(map(str, columns))}) but no data rows")
     frame = pd.DataFrame({"row": table["__row__"].to_numpy()})
