@@ -7,5 +7,8 @@ command line's entry point, so the DVC stages (dvc.yaml) and the pipeline run th
 Bodies are self-contained (Kubeflow ships each function's source alone): no module-level helpers.
 """
 
-# The image every step runs in on a cluster (the deployment's Dockerfile builds and tags it).
-IMAGE = "ghcr.io/diffurec/diffurec:0.1.0"
+import os
+
+# The image every step runs in on a cluster (the deployment's Dockerfile builds and tags it);
+# CI sets DIFFUREC_IMAGE to the image built for the commit when it compiles and submits.
+IMAGE = os.environ.get("DIFFUREC_IMAGE", "ghcr.io/diffurec/diffurec:0.1.0")

@@ -13,6 +13,7 @@ fails when it is stale). Run locally: `diffurec pipeline local`. Submit: `diffur
 """
 
 # No `from __future__ import annotations`: kfp reads the pipeline's annotations as types.
+import json
 from pathlib import Path
 
 from kfp import dsl, kubernetes
@@ -173,5 +174,19 @@ def compile_pipeline(out: str | Path = COMPILED, params: dict | None = None) -> 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     compiler.Compiler().compile(build_pipeline(cluster=True, params=params), str(out))
+    out.write_text(_sorted_header_defaults(out.read_text()))
     return out
+
+
+def _sorted_header_defaults(text: str) -> str:
+    """kfp's header comment prints dict defaults in protobuf map order, which varies between
+    runs; sort them so the same pipeline always compiles to the same bytes."""
+    import ast
+    import re
+
+    def sort(match):
+        value = ast.literal_eval(match.group(2))
+        return f"{match.group(1)}{json.dumps(value, sort_keys=True)}]"
+
+    return re.sub(r"^(#\s+\w+: dict \[Default: )(\{.*\})\]$", sort, text, flags=re.MULTILINE)
 

@@ -117,6 +117,8 @@ def register(subparsers) -> None:
     fetch.add_argument("--out", required=True, metavar="FILE", help="where to write the raw log")
     fetch.add_argument("--download-dir", default="runs/downloads", metavar="DIR",
                        help="where official archives are unpacked and kept (default: runs/downloads)")
+    fetch.add_argument("--url", help="a mirror of the official archive (default: the official URL)")
+    fetch.add_argument("--sha256", help="the mirror archive's sha256 (default: the published digest)")
     fetch.set_defaults(func=run_fetch_raw)
 
     lineage = commands.add_parser(
@@ -211,7 +213,13 @@ def read_json(path: Path) -> dict | None:
 # ---------------------------------------------------------------------------- handlers
 
 def run_pipeline(args) -> dict:
+    from diffurec.lineage import read_params
+
     root = repo_root(args.repo)
+    # Every step's Prometheus metrics carry the dataset and this run's id.
+    dataset = (read_params(root / "params.yaml").get("data") or {}).get("dataset", "")
+    os.environ.setdefault("DIFFUREC_DATASET", str(dataset))
+    os.environ.setdefault("DIFFUREC_RUN_ID", f"dvc-{time.strftime('%Y%m%d-%H%M%S')}")
     started = time.perf_counter()
     dvc(["repro", *(["--force"] if args.force else [])], cwd=root)
     if not args.no_push:
@@ -260,8 +268,14 @@ def local_arguments(root: Path, params_file: str, overrides: list[str],
 
 
 def run_local(args) -> dict:
+    import warnings
+
     import kfp.local
 
+    # Resource requests and the cluster image mean nothing to the local runner: say it once here.
+    warnings.filterwarnings("ignore", message=".*no effect in the current local runner.*")
+    warnings.filterwarnings("ignore", message=".*non-Python base image.*")
+    log.info("local run: resource requests, GPU and node settings apply on a cluster only")
     root = repo_root()
     module = import_pipeline(root)
     arguments, params = local_arguments(root, args.params, args.set, module)
@@ -273,6 +287,8 @@ def run_local(args) -> dict:
     for name, value in tool_env().items():
         if name == "PATH" or name not in os.environ:
             os.environ[name] = value
+    os.environ.setdefault("DIFFUREC_DATASET", str(arguments["dataset"]))
+    os.environ.setdefault("DIFFUREC_RUN_ID", f"kfp-local-{time.strftime('%Y%m%d-%H%M%S')}")
     started = time.perf_counter()
     cwd = os.getcwd()
     os.chdir(root)  # relative paths inside steps (runs/...) resolve in the repository
@@ -283,20 +299,27 @@ def run_local(args) -> dict:
     finally:
         os.chdir(cwd)
     seconds = time.perf_counter() - started
-    passed = _output(run, "gate", "passed")
-    print(f"\nkfp local run finished in {seconds:.0f} s; artifacts under {pipeline_root}")
-    print(f"  gate passed: {passed}; promote step {'ran' if passed else 'skipped'}")
-    return {"gauges": {"pipeline_seconds": seconds,
-                       **({"gate_passed": float(bool(passed))} if passed is not None else {})},
-            "labels": {"runner": "kfp-local"}}
+    run_dir, passed, promoted = _local_outcome(pipeline_root, module.PIPELINE_NAME)
+    print(f"\nkfp local run finished in {seconds:.0f} s; artifacts under {run_dir}")
+    for name, sub in (("metrics", "evaluate/metrics"), ("model", "train/model"),
+                      ("gate decision", "gate/decision")):
+        print(f"  {name.ljust(13)}  {run_dir / sub}")
+    print(f"  gate passed: {passed}; promote step {'ran' if promoted else 'skipped'}")
+    gauges = {"pipeline_seconds": seconds}
+    if passed is not None:
+        gauges["gate_passed"] = 1.0 if passed else 0.0
+    return {"gauges": gauges, "labels": {"runner": "kfp-local"}}
 
 
-def _output(run, task: str, name: str):
-    """An output of a local pipeline run's task, when kfp exposes it (else None)."""
-    outputs = getattr(run, "outputs", None)
-    if isinstance(outputs, dict):
-        return outputs.get(name)
-    return None
+def _local_outcome(pipeline_root: Path, name: str) -> tuple[Path, bool | None, bool]:
+    """(run folder, the gate's `passed`, whether promote ran) of the newest local run."""
+    runs = sorted(pipeline_root.glob(f"{name}-*"), key=lambda path: path.stat().st_mtime)
+    if not runs:
+        return pipeline_root, None, False
+    run_dir = runs[-1]
+    gate_output = read_json(run_dir / "gate" / "executor_output.json") or {}
+    passed = (gate_output.get("parameterValues") or {}).get("passed")
+    return run_dir, passed, (run_dir / "promote").is_dir()
 
 
 def run_compile(args) -> dict:
@@ -386,7 +409,7 @@ def run_fetch_raw(args) -> dict:
                                 f"({', '.join(OFFICIAL_DATASETS)} have): give --source FILE")
         if source is not None:
             log.warning("%s not found: using the official %s download", source, args.dataset)
-        origin = _official_ratings(args.dataset, Path(args.download_dir))
+        origin = _official_ratings(args.dataset, Path(args.download_dir), args.url, args.sha256)
         _write_inter(origin, tmp)
     tmp.replace(out)
     from diffurec.lineage import file_md5
@@ -396,7 +419,8 @@ def run_fetch_raw(args) -> dict:
     return {"gauges": {"raw_bytes": float(out.stat().st_size)}, "labels": {"dataset": args.dataset}}
 
 
-def _official_ratings(dataset: str, download_dir: Path) -> str:
+def _official_ratings(dataset: str, download_dir: Path, url: str | None = None,
+                      sha256: str | None = None) -> str:
     """The ratings file of an official archive, downloaded (and checksum-checked) once."""
     from diffurec.data.fetch import DATASETS, fetch_dataset
 
@@ -405,7 +429,7 @@ def _official_ratings(dataset: str, download_dir: Path) -> str:
     if ratings.is_file():
         log.info("using the earlier download %s", ratings)
         return str(ratings)
-    return fetch_dataset(dataset, download_dir)["ratings"]
+    return fetch_dataset(dataset, download_dir, url=url, sha256=sha256)["ratings"]
 
 
 def _write_inter(ratings: str, out: Path) -> None:
@@ -418,7 +442,9 @@ def _write_inter(ratings: str, out: Path) -> None:
         handle.write(INTER_HEADER)
         for user, item, rating, timestamp in zip(frame["user"], frame["item"], frame["rating"],
                                                  frame["timestamp"]):
-            handle.write(f"{user}\t{item}\t{rating:g}\t{timestamp:g}\n")
+            # Whole seconds stay whole: `:g` would round 881250949 to 8.8125e+08.
+            stamp = int(timestamp) if float(timestamp).is_integer() else repr(float(timestamp))
+            handle.write(f"{user}\t{item}\t{rating:g}\t{stamp}\n")
 
 
 def run_lineage(args) -> dict:

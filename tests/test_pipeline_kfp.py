@@ -1,0 +1,127 @@
+"""The Kubeflow pipeline: compiled spec up to date and well-formed, kfp's local runner end to
+end on a real ML-100K slice (the gate's branch taken or skipped as the thresholds say), and
+`submit` failing with one line when the endpoint does not answer."""
+
+from __future__ import annotations
+
+import json
+import socket
+
+import pytest
+import yaml
+
+from diffurec.cli import main
+
+from pipeline_clone import VENV_BIN, champion_version, registered_versions, run, tool_env, write_slice
+
+DIFFUREC = str(VENV_BIN / "diffurec")
+SLICE_USERS = 40
+NAME = "slice-kfp"
+
+
+def _spec(repo_root) -> tuple[dict, dict]:
+    documents = list(yaml.safe_load_all((repo_root / "pipelines" / "diffurec_pipeline.yaml").read_text()))
+    return documents[0], documents[1] if len(documents) > 1 else {}
+
+
+def test_compiled_spec_is_up_to_date(tmp_path, repo_root):
+    env = tool_env("sqlite:///unused.db")
+    env.pop("DIFFUREC_IMAGE", None)
+    out = tmp_path / "fresh.yaml"
+    result = run([DIFFUREC, "pipeline", "compile", "--out", str(out)], cwd=repo_root, env=env)
+    assert result.returncode == 0, result.stderr
+    committed = (repo_root / "pipelines" / "diffurec_pipeline.yaml").read_text()
+    assert out.read_text() == committed, \
+        "pipelines/diffurec_pipeline.yaml is stale: run `diffurec pipeline compile` and commit it"
+
+
+def test_spec_gpu_caching_condition_and_parameters(repo_root):
+    spec, platform = _spec(repo_root)
+    tasks = spec["root"]["dag"]["tasks"]
+    # Caching: off where the step reads or changes outside state, on for pure steps.
+    caching = {name: task.get("cachingOptions", {}).get("enableCache", False)
+               for name, task in tasks.items()}
+    assert caching["fetch-raw"] is False and caching["register"] is False
+    assert caching["gate"] is False
+    assert caching["train"] is True and caching["preprocess"] is True
+    assert caching["evaluate"] is True and caching["validate"] is True
+    # promote runs only inside the condition on the gate's scalar output.
+    condition = next(task for name, task in tasks.items() if name.startswith("condition"))
+    assert "gate" in condition["dependentTasks"]
+    assert "passed" in condition["triggerPolicy"]["condition"]
+    inner = spec["components"][condition["componentRef"]["name"]]["dag"]["tasks"]
+    assert list(inner) == ["promote"]
+    assert inner["promote"].get("cachingOptions", {}).get("enableCache", False) is False
+    # The train step asks for a GPU, CPU and memory, and lands on a GPU node.
+    executor = spec["deploymentSpec"]["executors"][tasks["train"]["componentRef"]["name"].replace(
+        "comp-", "exec-")]
+    resources = executor["container"]["resources"]
+    assert resources["accelerator"]["resourceType"] == "nvidia.com/gpu"
+    assert resources["accelerator"]["resourceCount"] == "1"
+    assert resources["cpuRequest"] > 0 and resources["memoryLimit"] > 0
+    assert executor["container"]["image"] == "ghcr.io/diffurec/diffurec:0.1.0"
+    train_platform = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"][
+        tasks["train"]["componentRef"]["name"].replace("comp-", "exec-")]
+    assert train_platform["nodeSelector"]["labels"] == {"nvidia.com/gpu.present": "true"}
+    assert train_platform["tolerations"][0]["key"] == "nvidia.com/gpu"
+    # Parameters cover data location, preset, budget and thresholds, defaults from params.yaml.
+    params = yaml.safe_load((repo_root / "params.yaml").read_text())
+    inputs = spec["root"]["inputDefinitions"]["parameters"]
+    assert {"dataset", "source", "preset", "epochs", "max_minutes",
+            "gate_thresholds"} <= set(inputs)
+    assert inputs["preset"]["defaultValue"] == params["train"]["preset"]
+    assert inputs["max_minutes"]["defaultValue"] == params["train"]["max_minutes"]
+    assert inputs["gate_thresholds"]["defaultValue"] == params["gate"]
+
+
+def _local_run(repo_root, root, uri, source, thresholds):
+    command = [DIFFUREC, "pipeline", "local", "--root", str(root),
+               "--set", f"source={source}", "--set", "epochs=1", "--set", "max_minutes=1",
+               "--set", "patience=1", "--set", f"registry_name={NAME}",
+               "--set", f"gate_thresholds={json.dumps(thresholds)}"]
+    return run(command, cwd=repo_root, env=tool_env(uri))
+
+
+@pytest.mark.slow
+def test_local_run_takes_or_skips_the_promote_branch(tmp_path, repo_root, shared_data):
+    source = write_slice(shared_data / "ml-100k" / "ml-100k.inter", tmp_path / "slice.inter",
+                         users=SLICE_USERS)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+
+    floors = {"min": {"HR@10": 0.0}, "min_margin_over_popularity": {}, "max_drop_vs_champion": {}}
+    first = _local_run(repo_root, tmp_path / "kfp", uri, source, floors)
+    output = first.stdout + first.stderr
+    assert first.returncode == 0, output[-4000:]
+    assert "Executing task \x1b[96m'promote'" in output or "Executing task 'promote'" in output
+    assert "promote step ran" in first.stdout
+    assert champion_version(uri, NAME) == "1"
+
+    unreachable = {"min": {"HR@10": 100.1}}  # above any possible HR@10 (percent)
+    second = _local_run(repo_root, tmp_path / "kfp", uri, source, unreachable)
+    output = second.stdout + second.stderr
+    assert second.returncode == 0, output[-4000:]
+    assert "'promote'" not in output.replace("'promote': ", "")  # never executed
+    assert "promote step skipped" in second.stdout
+    versions = {v.version: v.tags for v in registered_versions(uri, NAME)}
+    assert set(versions) == {"1", "2"}
+    assert versions["2"].get("gate_passed") == "false"
+    assert champion_version(uri, NAME) == "1"
+
+
+def test_submit_unreachable_endpoint_is_one_line(capsys):
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    status = main(["pipeline", "submit", "--host", f"http://127.0.0.1:{port}", "--timeout", "2"])
+    assert status == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert f"127.0.0.1:{port}" in err[0] and "unreachable" in err[0]
+
+
+def test_submit_needs_a_host_and_valid_overrides(monkeypatch, capsys):
+    monkeypatch.delenv("KFP_HOST", raising=False)
+    assert main(["pipeline", "submit"]) == 2
+    assert "--host" in capsys.readouterr().err
+    assert main(["pipeline", "submit", "--host", "http://127.0.0.1:1", "--set", "nope=1"]) == 2
+    assert "nope" in capsys.readouterr().err
