@@ -18,6 +18,7 @@ import csv
 import gzip
 import io
 import logging
+import re
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -192,14 +193,15 @@ def _parse_table(path: Path, text: str, spec: FormatSpec, sep: str, nrows: int |
             skip_blank_lines=True, engine="c", na_values=[""], keep_default_na=False)
     except pd.errors.ParserError as error:
         message = str(error).strip()
-        row = None
-        if "line " in message:
-            try:
-                row = int(message.split("line ")[1].split(",")[0])
-            except ValueError:
-                row = None
-        raise located(path, f"malformed row ({message}); wrong delimiter or stray field?",
-                      row=row) from None
+        found = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", message)
+        if found:
+            expected, line, saw = (int(g) for g in found.groups())
+            if sep == "\x1f":
+                sep = "::"
+            raise located(path, f"expected {expected} fields separated by "
+                          f"{_DELIMITER_NAMES.get(sep, repr(sep))}, found {saw} "
+                          f"(wrong delimiter or a stray field?)", row=line) from None
+        raise DiffuRecError(f"{path}: malformed table ({message})") from None
     except pd.errors.EmptyDataError:
         raise DiffuRecError(f"{path}: file is empty") from None
     except ValueError as error:  # e.g. a column declared text that the parser cannot convert
