@@ -161,3 +161,16 @@ def test_cli_preprocess_returns_gauges_and_writes_atomically(tmp_path, shared_da
     assert stats["rows_dropped"] == stats["dropped"]["kcore"] > 0
     assert load_splits(out).max_len == 20
     assert sorted(p.name for p in tmp_path.iterdir()) == ["splits"]  # no temporary left behind
+
+
+def test_preprocess_handler_returns_prometheus_gauges(tmp_path):
+    from diffurec.cli import build_parser
+
+    args = build_parser().parse_args([
+        "preprocess", "--input", str(FIXTURES / "clicks.csv"), "--format", "csv",
+        "--user-col", "visitor", "--item-col", "product", "--time-col", "when",
+        "--out", str(tmp_path / "s")])
+    result = args.func(args)
+    assert result["gauges"] == {"rows_read": 10, "rows_dropped": 2, "users": 2, "items": 4,
+                                "interactions": 8, "train_samples": 2}
+    assert result["labels"] == {"format": "csv"}
