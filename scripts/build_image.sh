@@ -6,10 +6,12 @@
 # images keep theirs) holding the CPU torch wheel, and a wheelhouse of every pinned
 # requirement so that pip inside the build needs no index. The Dockerfile itself is unchanged.
 #
-#   bash scripts/build_image.sh            # -> localhost/diffurec:<version>, then `diffurec --version` in it
+#   bash scripts/build_image.sh   # -> localhost/diffurec:<version>; then runs `diffurec --version`,
+#                                 # `id` and (with ../shared/data) `diffurec preprocess` on ML-100K in it
 #   KEEP_WORK=1 bash scripts/build_image.sh
 #
-# Needs root (debootstrap, chroot) and Debian's podman and debootstrap (installed when missing).
+# Needs root (debootstrap, chroot) and Debian's podman, buildah and debootstrap (installed when
+# missing). About 10 minutes the first time (debootstrap, wheels), then a few.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,6 +26,7 @@ if [ "$(id -u)" != 0 ]; then
 fi
 need=()
 command -v podman >/dev/null || need+=(podman)
+command -v buildah >/dev/null || need+=(buildah)
 command -v debootstrap >/dev/null || need+=(debootstrap)
 if [ ${#need[@]} -gt 0 ]; then
   log "installing ${need[*]}"
@@ -81,10 +84,23 @@ podman build --isolation=chroot --format docker \
   --build-arg "BASE_IMAGE=$base_image" --build-arg "VERSION=$version" \
   -t "$image" -f Dockerfile . >"$work/build.log" 2>&1 || { tail -n 30 "$work/build.log" >&2; exit 1; }
 
-# 4. One command in the image, as its non-root user.
-log "running: $image --version"
-podman run --rm --network=none "$image" --version
-podman run --rm --network=none --entrypoint id "$image"
+# 4. Commands in the image, as its non-root user. `podman run` cannot start containers on
+#    these machines (crun: setrlimit RLIMIT_NOFILE/RLIMIT_NPROC: Operation not permitted), so
+#    they run with buildah's chroot isolation, as the build's own RUN steps do.
+container=$(buildah from "$image")
+trap 'buildah rm "$container" >/dev/null 2>&1 || true' EXIT
+log "running in $image: diffurec --version; id"
+buildah run --isolation chroot "$container" -- diffurec --version
+buildah run --isolation chroot "$container" -- id
+raw=../shared/data/ml-100k/ml-100k.inter
+if [ -f "$raw" ]; then
+  out=$(mktemp -d) && chmod 777 "$out"
+  log "running in $image: diffurec preprocess on ML-100K"
+  buildah run --isolation chroot -v "$(realpath "$(dirname "$raw")")":/data:ro -v "$out":/out "$container" -- \
+    diffurec -q preprocess --input /data/ml-100k.inter --out /out/splits
+  test -f "$out/splits/format.json"
+  rm -rf "$out"
+fi
 podman image ls --format '{{.Repository}}:{{.Tag}} {{.Size}}' "$image"
 if [ -z "${KEEP_WORK:-}" ]; then rm -rf "$rootfs"; fi
 log "done: $image"
