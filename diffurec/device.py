@@ -34,11 +34,13 @@ def choose_device(name: str | None = "auto", local_rank: int = 0) -> torch.devic
 
 
 def configure(device: torch.device, threads: int | None = None) -> int:
-    """Fix CPU threads (default: all cores) and, on the CPU, deterministic kernels; TF32 on CUDA.
+    """Fix CPU threads and, on the CPU, deterministic kernels; TF32 on CUDA.
 
+    Threads default to $OMP_NUM_THREADS, else every core. On a machine shared with other jobs
+    set it to 1: two threads that have to wait for each other's core run far slower than one.
     Returns the thread count used.
     """
-    threads = int(threads or os.cpu_count() or 1)
+    threads = int(threads or default_threads())
     torch.set_num_threads(threads)
     if device.type == "cpu":
         torch.use_deterministic_algorithms(True, warn_only=True)
@@ -46,6 +48,13 @@ def configure(device: torch.device, threads: int | None = None) -> int:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     return threads
+
+
+def default_threads(processes: int = 1) -> int:
+    """$OMP_NUM_THREADS when set, else the cores divided among `processes` local processes."""
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit() and int(os.environ["OMP_NUM_THREADS"]) > 0:
+        return int(os.environ["OMP_NUM_THREADS"])
+    return max(1, (os.cpu_count() or 1) // max(processes, 1))
 
 
 def autocast(device: torch.device):

@@ -153,12 +153,15 @@ def train_batches(loss_module: nn.Module, optimizer: torch.optim.Optimizer, inpu
                   batches: list[np.ndarray], lengths: np.ndarray | None, device: torch.device,
                   rank: int = 0, world_size: int = 1, desc: str = "train",
                   progress: bool | None = None) -> tuple[float, int]:
-    """One pass of optimizer steps over `batches`; returns (sum of sample losses, samples) of this rank."""
+    """One pass of optimizer steps over `batches`.
+
+    Returns this rank's (sum of sample losses, samples trained, sample_fingerprint of them).
+    """
     from tqdm import tqdm
 
     loss_module.train()
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    seen, started = 0, time.perf_counter()
+    seen, fingerprint, started = 0, 0.0, time.perf_counter()
     # progress None: a bar only on a terminal (tqdm's disable=None); never on ranks other than 0
     disable = True if rank != 0 or progress is False else None if progress is None else False
     bar = tqdm(batches, desc=desc, unit="batch", disable=disable, leave=False, dynamic_ncols=True)
@@ -176,10 +179,22 @@ def train_batches(loss_module: nn.Module, optimizer: torch.optim.Optimizer, inpu
         count = len(index) if weight > 0 else 0
         loss_sum += loss.detach().double() * count
         seen += count
+        if count:
+            fingerprint += float(sample_fingerprint(index))
         if not bar.disable and (step % 20 == 0 or step + 1 == len(batches)):
             rate = seen * world_size / max(time.perf_counter() - started, 1e-9)
             bar.set_postfix(loss=f"{loss.item():.4f}", samples_per_s=f"{rate:.0f}")
-    return float(loss_sum), seen
+    return float(loss_sum), seen, fingerprint
+
+
+def sample_fingerprint(index: np.ndarray) -> int:
+    """Order-independent fingerprint of a set of sample indices: sum of a 32-bit hash of each.
+
+    Summed over ranks it shows that a distributed epoch saw exactly one process's samples
+    (exact in float64 up to about two million samples per epoch).
+    """
+    hashed = (index.astype(np.uint64) + np.uint64(1)) * np.uint64(2654435761) % np.uint64(1 << 32)
+    return int(hashed.sum())
 
 
 # ---- early stopping -----------------------------------------------------------------------
@@ -278,7 +293,7 @@ def train(splits, out, settings: TrainSettings, lineage: dict | None = None) -> 
     settings.check()
     rank, world_size, local_rank = distributed_context()
     device = devices.choose_device(settings.device, local_rank)
-    threads = settings.threads or max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", world_size)))
+    threads = settings.threads or devices.default_threads(int(os.environ.get("LOCAL_WORLD_SIZE", world_size)))
     devices.configure(device, threads)
     preset = settings.preset or DEFAULT_PRESETS.get(settings.model)
     settings = dataclasses.replace(settings, preset=preset)
@@ -409,16 +424,17 @@ def _train_loop(model, splits, out, settings: TrainSettings, device, rank, world
         run_started = time.perf_counter()
         torch.manual_seed(epoch_seed(settings.seed, epoch, rank))
         batches = epoch_batches(num_samples, settings.batch_size, settings.seed, epoch, lengths)
-        loss_sum, seen = train_batches(loss_module, optimizer, inputs, targets, batches, lengths, device,
+        loss_sum, seen, fingerprint = train_batches(loss_module, optimizer, inputs, targets, batches, lengths, device,
                                        rank, world_size, desc=f"epoch {epoch}", progress=settings.progress)
         scheduler.step()
         devices.synchronize(device)
-        loss_sum, seen = _all_sum([loss_sum, float(seen)], world_size, device)
+        loss_sum, seen, fingerprint = _all_sum([loss_sum, float(seen), fingerprint], world_size, device)
         epoch_train_seconds = time.perf_counter() - run_started
         train_seconds += epoch_train_seconds
         samples_trained += int(seen)
         epoch_loss = loss_sum / max(seen, 1)
-        curve["train"].append({"epoch": epoch, "loss": epoch_loss, "seconds": round(epoch_train_seconds, 3)})
+        curve["train"].append({"epoch": epoch, "loss": epoch_loss, "samples": int(seen),
+                               "sample_fingerprint": int(fingerprint), "seconds": round(epoch_train_seconds, 3)})
 
         decision = None
         if rank == 0:

@@ -1,0 +1,147 @@
+"""Quality with the project's one trainer and evaluator.
+
+`short`: a fixed-budget run on ML-100K (optionally a slice: first --users users, each one's last
+--last interactions) of DiffuRec `paper` and `fast`, SASRec+ and popularity; test metrics of
+each side by side (DiffuRec and SASRec+ should be well above popularity).
+
+`converge`: one preset on Beauty or Toys toward convergence (early stopping, a time budget,
+checkpoints so it can be resumed), then test metrics at the preset's and at 32 reverse steps.
+For a GPU or a long CPU run; rerunning with the same --checkpoint-dir resumes.
+
+    nice -n 10 .venv/bin/python benchmarks/bench_quality.py short --users 943 --last 30 --epochs 3
+    nice -n 10 .venv/bin/python benchmarks/bench_quality.py converge --dataset beauty --preset fast \
+        --max-minutes 45 --checkpoint-dir /tmp/beauty_fast_ck
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+from common import CACHE, PAPER_TEST, SHARED_DATA, dataset_splits, machine, write_result
+
+MODELS = (("popularity", "default"), ("sasrec", "dense"), ("diffurec", "fast"), ("diffurec", "paper"))
+
+
+def ml100k_slice(users: int | None, last: int | None):
+    from diffurec.data.preprocess import preprocess_frame
+    from diffurec.data.readers import read_interactions
+    from diffurec.data.splits import load_splits
+
+    if not users and not last:
+        return dataset_splits("ml-100k")
+    folder = CACHE / f"ml-100k-{users}x{last}"
+    if not (folder / "format.json").is_file():
+        frame = read_interactions(SHARED_DATA / "ml-100k" / "ml-100k.inter")
+        if users:
+            frame = frame[frame["user"].isin(set(frame["user"].drop_duplicates().iloc[:users]))]
+        if last:
+            frame = frame.sort_values(["user", "timestamp"], kind="stable").groupby("user", sort=False).tail(last)
+        preprocess_frame(frame, folder, source={"path": f"ml-100k slice {users} users x last {last}"})
+    return load_splits(folder)
+
+
+def train_and_test(splits, out: Path, settings, test_steps=(None,)) -> dict:
+    from diffurec.evaluate import evaluate
+    from diffurec.model_folder import load_model_folder
+    from diffurec.train import train
+
+    started = time.perf_counter()
+    summary = train(splits, out, settings)
+    model = load_model_folder(out)
+    tests = {}
+    for steps in test_steps:
+        if steps is not None and model.config["name"] != "diffurec":
+            continue
+        result = evaluate(model, splits, "test", reverse_steps=steps, progress=False)
+        tests[str(result["settings"]["reverse_steps"])] = {"metrics": result["metrics"], "seconds": result["seconds"]}
+    return {"model": settings.model, "preset": summary["preset"], "epochs_run": summary["epochs_run"],
+            "best_epoch": summary["best_epoch"], "stop_reason": summary["stop_reason"],
+            "train_seconds": summary["train_seconds"], "samples_per_second": summary["samples_per_second"],
+            "best_valid": summary["best_valid"], "test": tests, "wall_seconds": round(time.perf_counter() - started, 1)}
+
+
+def short(args) -> None:
+    from diffurec.train import TrainSettings
+
+    splits = ml100k_slice(args.users, args.last)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, preset in MODELS:
+            settings = TrainSettings(model=name, preset=preset, epochs=args.epochs, batch_size=args.batch_size,
+                                     lr=args.lr, eval_every=1, patience=args.epochs, max_minutes=args.minutes,
+                                     threads=args.threads, progress=False)
+            rows.append(train_and_test(splits, Path(tmp) / f"{name}-{preset}", settings))
+            print(rows[-1], flush=True)
+    pop = rows[0]["test"]["None" if "None" in rows[0]["test"] else next(iter(rows[0]["test"]))]["metrics"]
+    for row in rows:
+        metrics = next(iter(row["test"].values()))["metrics"]
+        row["test_ndcg10_over_popularity"] = round(metrics["NDCG@10"] / pop["NDCG@10"], 3)
+    write_result(args.out or "quality_ml100k", {
+        "machine": machine(), "mode": "short",
+        "data": {"dataset": "ml-100k", "users": splits.num_users, "items": splits.num_items,
+                 "train_samples": int(len(splits.train_targets)), "slice": {"users": args.users, "last": args.last}},
+        "budget": {"epochs": args.epochs, "max_minutes_per_model": args.minutes, "batch_size": args.batch_size,
+                   "lr": args.lr},
+        "note": "shared 2-core machine; fixed small budget, so DiffuRec (lr 1e-3 in the paper, 500 epochs) "
+                "is far from converged",
+        "models": rows})
+
+
+def converge(args) -> None:
+    from diffurec.train import TrainSettings
+
+    splits = dataset_splits(args.dataset)
+    out = Path(args.model_out or (CACHE / f"{args.dataset}-{args.preset}-model"))
+    settings = TrainSettings(model="diffurec", preset=args.preset, epochs=args.epochs, batch_size=args.batch_size,
+                             lr=args.lr, eval_every=args.eval_every, patience=args.patience,
+                             stop_rule=args.stop_rule, max_minutes=args.minutes, threads=args.threads,
+                             device=args.device, checkpoint_dir=args.checkpoint_dir, resume=True,
+                             progress=False)
+    row = train_and_test(splits, out, settings, test_steps=(None, 32))
+    paper = PAPER_TEST.get(args.dataset)
+    if paper:
+        best = next(iter(row["test"].values()))["metrics"]
+        row["relative_to_paper"] = {k: round(best[k] / v - 1, 4) for k, v in paper.items()}
+    write_result(args.out or f"quality_{args.dataset}_{args.preset}", {
+        "machine": machine(), "mode": "converge", "dataset": args.dataset, "paper_test": paper,
+        "model_folder": str(out), "settings": {k: v for k, v in vars(args).items() if k != "func"}, **row})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="mode", required=True)
+    s = sub.add_parser("short", help="fixed-budget ML-100K comparison")
+    s.add_argument("--users", type=int, default=None)
+    s.add_argument("--last", type=int, default=None)
+    s.add_argument("--epochs", type=int, default=3)
+    s.add_argument("--minutes", type=float, default=None, help="time budget per model")
+    s.add_argument("--batch-size", type=int, default=128)
+    s.add_argument("--lr", type=float, default=2e-3)
+    s.add_argument("--threads", type=int, default=None)
+    s.add_argument("--out", default=None)
+    s.set_defaults(func=short)
+    c = sub.add_parser("converge", help="one DiffuRec preset on Beauty/Toys toward convergence")
+    c.add_argument("--dataset", default="beauty", choices=("beauty", "toys", "ml-1m"))
+    c.add_argument("--preset", default="fast")
+    c.add_argument("--epochs", type=int, default=500)
+    c.add_argument("--batch-size", type=int, default=512)
+    c.add_argument("--lr", type=float, default=1e-3)
+    c.add_argument("--eval-every", type=int, default=2)
+    c.add_argument("--patience", type=int, default=5)
+    c.add_argument("--stop-rule", default="ndcg", choices=("ndcg", "reference"))
+    c.add_argument("--minutes", "--max-minutes", dest="minutes", type=float, default=45.0)
+    c.add_argument("--threads", type=int, default=None)
+    c.add_argument("--device", default="auto")
+    c.add_argument("--checkpoint-dir", default=None)
+    c.add_argument("--model-out", default=None)
+    c.add_argument("--out", default=None)
+    c.set_defaults(func=converge)
+    args = parser.parse_args()
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()
