@@ -35,7 +35,7 @@ PRESETS = {
         hidden_size=128, num_blocks=4, num_heads=4, ffn_size=512,
         dropout=0.1, emb_dropout=0.3, layer_norm_eps=1e-12,
         diffusion_steps=32, schedule="trunc_lin", lambda_uncertainty=0.001,
-        reverse_steps=32, mask="query", attention="explicit",
+        reverse_steps=32, mask="query", attention="explicit", item_init_std=1.0,
     ),
 }
 PRESETS["fast"] = dict(PRESETS["paper"], reverse_steps=1, mask="key", attention="sdpa")
@@ -179,7 +179,8 @@ class DiffuRec(nn.Module):
         self.trims_padding = cfg["mask"] == "key"
 
         d = cfg["hidden_size"]
-        self.item_embedding = nn.Embedding(num_items + 1, d)  # N(0,1); row 0 is learned padding
+        self.item_embedding = nn.Embedding(num_items + 1, d)  # row 0 is learned padding
+        nn.init.normal_(self.item_embedding.weight, std=cfg["item_init_std"])  # paper: N(0, 1)
         self.history_dropout = nn.Dropout(cfg["emb_dropout"])
         self.history_norm = nn.LayerNorm(d, eps=cfg["layer_norm_eps"])
         self.time_mlp = nn.Sequential(nn.Linear(d, 4 * d), nn.SiLU(), nn.Linear(4 * d, d))
