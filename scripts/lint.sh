@@ -47,7 +47,7 @@ check hadolint "$bin/hadolint" Dockerfile
 # actionlint runs shellcheck on the workflows' run: scripts when it is installed (Debian).
 check actionlint "$bin/actionlint" -no-color .github/workflows/*.yml
 if command -v shellcheck >/dev/null; then
-  check shellcheck shellcheck scripts/lint.sh scripts/build_image.sh
+  check shellcheck shellcheck scripts/lint.sh scripts/build_image.sh scripts/ci_shared_data.sh
 else
   echo "lint: shellcheck not installed (scripts/setup.sh installs it): shell checks skipped" >&2
 fi
