@@ -323,3 +323,17 @@ def test_workflow_diffurec_commands_are_accepted_by_the_cli():
         # Shell variables stand for strings here; argparse only needs a value.
         args = build_parser().parse_args([w.replace("$", "") for w in words])
         assert args.command == "pipeline", words
+
+
+def test_retrain_image_reaches_every_compiled_step(tmp_path):
+    """retrain.yml passes the commit's image as DIFFUREC_IMAGE: every step of the spec runs it."""
+    import os
+
+    retrain = yaml.safe_load((REPO / ".github/workflows/retrain.yml").read_text())
+    assert "DIFFUREC_IMAGE" in retrain["jobs"]["submit"]["env"]
+    image = "registry.example.org/team/diffurec:0123abcd"
+    spec = tmp_path / "pipeline.yaml"
+    subprocess.run([str(BIN / "diffurec"), "-q", "pipeline", "compile", "--out", str(spec)],
+                   env={**os.environ, "DIFFUREC_IMAGE": image}, check=True, capture_output=True)
+    executors = yaml.safe_load_all(spec.read_text()).__next__()["deploymentSpec"]["executors"]
+    assert executors and {e["container"]["image"] for e in executors.values()} == {image}
