@@ -82,18 +82,61 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _wait_ready(url: str, process: subprocess.Popen, log: Path) -> None:
+def _listening_inodes(port: int) -> set[str]:
+    """Socket inodes listening on 127.0.0.1:port (from /proc/net/tcp)."""
+    inodes = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        address, state, inode = fields[1], fields[3], fields[9]
+        if state == "0A" and address == f"0100007F:{port:04X}":
+            inodes.add(inode)
+    return inodes
+
+
+def _owns_port(process: subprocess.Popen, port: int) -> bool:
+    """True when `process` itself listens on the port (not another session's server)."""
+    inodes = _listening_inodes(port)
+    fd_dir = Path(f"/proc/{process.pid}/fd")
+    try:
+        links = {str(fd.readlink()) for fd in fd_dir.iterdir()}
+    except OSError:
+        return False
+    return any(f"socket:[{inode}]" in links for inode in inodes)
+
+
+def _start(command: list, port: int, log: Path, folder: Path) -> subprocess.Popen | None:
+    """Start a server on `port`, wait until it answers /-/ready from its own socket.
+
+    Returns None when the port was taken meanwhile (another test session picked the same free
+    port): the caller retries with a new one.
+    """
+    process = subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=folder)
+    url = f"http://127.0.0.1:{port}/-/ready"
     deadline = time.monotonic() + START_TIMEOUT_SECONDS
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"{url} exited with {process.returncode}: {log.read_text()[-2000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=1) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.1)
+            if "address already in use" in log.read_text():
+                return None
+            raise RuntimeError(f"{command[0]} exited with {process.returncode}: {log.read_text()[-2000:]}")
+        if _owns_port(process, port):
+            try:
+                with urllib.request.urlopen(url, timeout=1) as response:
+                    if response.status == 200:
+                        return process
+            except OSError:
+                pass
+        time.sleep(0.1)
+    process.kill()
     raise RuntimeError(f"{url} not ready after {START_TIMEOUT_SECONDS} s: {log.read_text()[-2000:]}")
+
+
+def _start_on_free_port(make_command, log: Path, folder: Path) -> tuple[subprocess.Popen, int]:
+    for _ in range(5):
+        port = free_port()
+        process = _start(make_command(port), port, log, folder)
+        if process is not None:
+            return process, port
+    raise RuntimeError(f"no free port for {make_command(0)[0]} after 5 tries")
 
 
 def start_servers() -> Servers:
@@ -105,28 +148,26 @@ def start_servers() -> Servers:
         if not Path(binary).exists():
             pytest.fail(f"{binary} not installed: run `bash scripts/setup.sh` (as root)")
     folder = Path(tempfile.mkdtemp(prefix="diffurec-prometheus-"))
-    gateway = f"127.0.0.1:{free_port()}"
-    servers = Servers(pushgateway=gateway, prometheus="", folder=folder)
+    servers = Servers(pushgateway="", prometheus="", folder=folder)
     try:
-        log = folder / "pushgateway.log"
-        servers.processes.append(subprocess.Popen(
-            [PUSHGATEWAY, f"--web.listen-address={gateway}"],
-            stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=folder))
-        _wait_ready(f"http://{gateway}/-/ready", servers.processes[-1], log)
+        process, port = _start_on_free_port(
+            lambda port: [PUSHGATEWAY, f"--web.listen-address=127.0.0.1:{port}"],
+            folder / "pushgateway.log", folder)
+        servers.processes.append(process)
+        servers.pushgateway = f"127.0.0.1:{port}"
 
         config = yaml.safe_load((REPO / "monitoring" / "prometheus.yml").read_text())
         config["global"].update(scrape_interval="1s", evaluation_interval="1s")
         config["rule_files"] = [str(REPO / "monitoring" / "alerts.yml")]
-        config["scrape_configs"][0]["static_configs"] = [{"targets": [gateway]}]
+        config["scrape_configs"][0]["static_configs"] = [{"targets": [servers.pushgateway]}]
         (folder / "prometheus.yml").write_text(yaml.safe_dump(config))
-        address = f"127.0.0.1:{free_port()}"
-        log = folder / "prometheus.log"
-        servers.processes.append(subprocess.Popen(
-            [PROMETHEUS, f"--config.file={folder / 'prometheus.yml'}",
-             f"--storage.tsdb.path={folder / 'data'}", f"--web.listen-address={address}"],
-            stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=folder))
-        servers.prometheus = f"http://{address}"
-        _wait_ready(f"{servers.prometheus}/-/ready", servers.processes[-1], log)
+        process, port = _start_on_free_port(
+            lambda port: [PROMETHEUS, f"--config.file={folder / 'prometheus.yml'}",
+                          f"--storage.tsdb.path={folder / 'data'}",
+                          f"--web.listen-address=127.0.0.1:{port}"],
+            folder / "prometheus.log", folder)
+        servers.processes.append(process)
+        servers.prometheus = f"http://127.0.0.1:{port}"
     except BaseException:
         servers.stop()
         raise
