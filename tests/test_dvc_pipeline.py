@@ -22,7 +22,7 @@ from pipeline_clone import (VENV_BIN, champion_version, clone_repo, registered_v
 
 pytestmark = pytest.mark.slow
 
-SLICE_USERS = 40
+SLICE_USERS = 25
 NAME = "slice-dvc"
 STAGES = ("raw", "validate_raw", "preprocess", "validate_splits", "train", "evaluate",
           "popularity", "register", "gate", "promote")

@@ -15,7 +15,7 @@ from diffurec.cli import main
 from pipeline_clone import VENV_BIN, champion_version, registered_versions, run, tool_env, write_slice
 
 DIFFUREC = str(VENV_BIN / "diffurec")
-SLICE_USERS = 40
+SLICE_USERS = 25
 NAME = "slice-kfp"
 
 
@@ -74,8 +74,8 @@ def test_spec_gpu_caching_condition_and_parameters(repo_root):
     assert inputs["gate_thresholds"]["defaultValue"] == params["gate"]
 
 
-def _local_run(repo_root, root, uri, source, thresholds):
-    command = [DIFFUREC, "pipeline", "local", "--root", str(root),
+def _local_run(repo_root, root, uri, source, thresholds, model="diffurec"):
+    command = [DIFFUREC, "pipeline", "local", "--root", str(root), "--set", f"model_name={model}",
                "--set", f"source={source}", "--set", "epochs=1", "--set", "max_minutes=1",
                "--set", "patience=1", "--set", f"registry_name={NAME}",
                "--set", f"gate_thresholds={json.dumps(thresholds)}"]
@@ -96,8 +96,10 @@ def test_local_run_takes_or_skips_the_promote_branch(tmp_path, repo_root, shared
     assert "promote step ran" in first.stdout
     assert champion_version(uri, NAME) == "1"
 
-    unreachable = {"min": {"HR@10": 100.1}}  # above any possible HR@10 (percent)
-    second = _local_run(repo_root, tmp_path / "kfp", uri, source, unreachable)
+    # Above any possible HR@10 (percent). The candidate is the popularity model this time: the
+    # branch depends on the gate only, and DiffuRec's training ran in the first run already.
+    unreachable = {"min": {"HR@10": 100.1}}
+    second = _local_run(repo_root, tmp_path / "kfp", uri, source, unreachable, model="popularity")
     output = second.stdout + second.stderr
     assert second.returncode == 0, output[-4000:]
     assert "'promote'" not in output.replace("'promote': ", "")  # never executed

@@ -356,8 +356,15 @@ def run_submit(args) -> dict:
 
     spec = Path(tempfile.mkdtemp(prefix="diffurec-kfp-")) / "pipeline.yaml"
     module.compile_pipeline(spec, params=params)
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning, module="kfp.client")
+    # kfp.Client logs a traceback per failed health check; the one line below says it instead.
+    logging.disable(logging.ERROR)
     try:
-        client = kfp.Client(host=args.host, existing_token=token, namespace=args.namespace)
+        client = kfp.Client(host=args.host, existing_token=token,
+                            namespace=args.namespace or "kubeflow")
+        logging.disable(logging.NOTSET)
         experiment = client.create_experiment(args.experiment, namespace=args.namespace)
         name = args.run_name or f"{module.PIPELINE_NAME}-{time.strftime('%Y%m%d-%H%M%S')}"
         if args.recurring:
@@ -372,6 +379,7 @@ def run_submit(args) -> dict:
                 experiment_name=args.experiment, namespace=args.namespace)
             print(f"submitted run {name} ({run.run_id}) to {args.host}")
     except Exception as error:  # kfp raises many types (HTTP, API, connection): one line for all
+        logging.disable(logging.NOTSET)
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise DiffuRecError(f"Kubeflow endpoint {args.host}: {first[:300]}") from None
     return {"labels": {"runner": "kubeflow"}}
