@@ -337,3 +337,21 @@ def test_retrain_image_reaches_every_compiled_step(tmp_path):
                    env={**os.environ, "DIFFUREC_IMAGE": image}, check=True, capture_output=True)
     executors = yaml.safe_load_all(spec.read_text()).__next__()["deploymentSpec"]["executors"]
     assert executors and {e["container"]["image"] for e in executors.values()} == {image}
+
+
+def test_images_are_pinned_and_match_the_pipeline_image(rendered, monkeypatch):
+    monkeypatch.delenv("DIFFUREC_IMAGE", raising=False)
+    monkeypatch.syspath_prepend(str(REPO))
+    import importlib
+
+    import components
+
+    pipeline_image = importlib.reload(components).IMAGE
+    for overlay, objects in rendered.items():
+        images = {c["image"] for _, spec in pod_specs(objects) for c in spec["containers"]}
+        for image in images:
+            name, _, tag = image.rpartition(":")
+            assert name and tag and tag != "latest" and "/" not in tag, (overlay, image)
+        project = {i for i in images if i.startswith("ghcr.io/diffurec/diffurec")}
+        # The MLflow server and the PyTorchJob run the same image as the pipeline's steps.
+        assert project == {pipeline_image}, overlay
