@@ -32,10 +32,12 @@ PARAMS_FILE = REPO / "params.yaml"
 COMPILED = Path(__file__).with_suffix(".yaml")
 PIPELINE_NAME = "diffurec-train-evaluate-promote"
 
-# Where the cluster's services live (k8s/: namespace diffurec).
-CLUSTER_TRACKING_URI = "http://mlflow.diffurec.svc.cluster.local:5000"
-CLUSTER_PUSHGATEWAY = "pushgateway.diffurec.svc.cluster.local:9091"
+# What the cluster provides (k8s/, namespace diffurec): the ConfigMap with the service
+# addresses every step reads from its environment, and the data volume.
+SETTINGS_CONFIG_MAP = "diffurec-settings"
+SETTINGS_KEYS = ("MLFLOW_TRACKING_URI", "DIFFUREC_PUSHGATEWAY")
 DATA_PVC, DATA_MOUNT = "diffurec-data", "/data"
+SERVICE_ACCOUNT = "diffurec-pipeline-runner"
 
 
 def load_params(path: Path = PARAMS_FILE) -> dict:
@@ -60,14 +62,14 @@ def default_arguments(params: dict) -> dict:
         "seed": int(training["seed"]),
         "split": params["evaluate"]["split"],
         "registry_name": params["registry"]["name"],
-        "tracking_uri": CLUSTER_TRACKING_URI,
+        "tracking_uri": "",  # empty: $MLFLOW_TRACKING_URI (on a cluster: the ConfigMap's)
         "gate_thresholds": params["gate"],
     }
 
 
 def build_pipeline(cluster: bool = True, params: dict | None = None):
-    """The pipeline function. cluster=False leaves out what only a cluster has (service
-    addresses in the environment) for kfp's local runner; everything else is identical."""
+    """The pipeline function. cluster=False leaves out what only a cluster has (the settings
+    ConfigMap) for kfp's local runner; everything else is identical."""
     defaults = default_arguments(params or load_params())
 
     @dsl.pipeline(name=PIPELINE_NAME,
@@ -160,7 +162,8 @@ def build_pipeline(cluster: bool = True, params: dict | None = None):
             for task in (raw_task, raw_check, splits_task, splits_check, train_task,
                          baseline_task, eval_task, baseline_eval, register_task, gate_task,
                          promote_task):
-                task.set_env_variable("DIFFUREC_PUSHGATEWAY", CLUSTER_PUSHGATEWAY)
+                kubernetes.use_config_map_as_env(task, SETTINGS_CONFIG_MAP,
+                                                  {key: key for key in SETTINGS_KEYS})
                 task.set_env_variable("GX_ANALYTICS_ENABLED", "false")
                 task.set_env_variable("MLFLOW_ENABLE_TELEMETRY", "false")
 

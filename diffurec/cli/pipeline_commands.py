@@ -97,6 +97,9 @@ def register(subparsers) -> None:
                         help="Kubeflow profile namespace (default: $KFP_NAMESPACE)")
     submit.add_argument("--experiment", default="diffurec", help="experiment name (default: diffurec)")
     submit.add_argument("--run-name", help="run (or recurring run) name")
+    submit.add_argument("--service-account", default="diffurec-pipeline-runner",
+                        help="Kubernetes service account of the run's pods "
+                             "(default: diffurec-pipeline-runner, from k8s/)")
     submit.add_argument("--recurring", metavar="CRON",
                         help="create a recurring run on this cron schedule (6 fields, seconds "
                              "first, e.g. '0 0 3 * * *') instead of one run")
@@ -370,13 +373,15 @@ def run_submit(args) -> dict:
         if args.recurring:
             job = client.create_recurring_run(
                 experiment_id=experiment.experiment_id, job_name=name, cron_expression=args.recurring,
-                pipeline_package_path=str(spec), params=arguments, enable_caching=None)
+                pipeline_package_path=str(spec), params=arguments,
+                service_account=args.service_account)
             ident = getattr(job, "recurring_run_id", None) or getattr(job, "id", "?")
             print(f"created recurring run {name} ({ident}) on {args.host}: cron {args.recurring!r}")
         else:
             run = client.create_run_from_pipeline_package(
                 str(spec), arguments=arguments, run_name=name,
-                experiment_name=args.experiment, namespace=args.namespace)
+                experiment_name=args.experiment, namespace=args.namespace,
+                service_account=args.service_account)
             print(f"submitted run {name} ({run.run_id}) to {args.host}")
     except Exception as error:  # kfp raises many types (HTTP, API, connection): one line for all
         logging.disable(logging.NOTSET)
