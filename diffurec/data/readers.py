@@ -155,11 +155,14 @@ def _pick(path: Path, columns: list[str], explicit: str | None, candidates: tupl
     for name in candidates:
         if name in columns:
             return name
-    if required:
+    if role in ("user", "item"):
         wanted = f"{candidates[0]!r}" if len(candidates) == 1 else \
             "one of " + ", ".join(repr(c) for c in candidates[:4]) + ", ..."
-        raise located(path, f"no {role} column ({wanted}); the header has "
-                      f"{_describe(columns, sep)}; name it with --{role}-col", row=1)
+        error = located(path, f"no {role} column ({wanted}); the header has "
+                        f"{_describe(columns, sep)}; name it with --{role}-col", row=1)
+        if required:
+            raise error
+        log.warning("%s", error)  # validation goes on and reports the missing column
     return None
 
 
