@@ -137,6 +137,11 @@ def test_secrets_are_referenced_never_inlined(rendered):
                         assert "value" not in env, (name, env["name"])
                         referenced.add(env["valueFrom"]["secretKeyRef"]["name"])
         assert referenced == {"diffurec-mlflow-db"}
+        # Only the MLflow server may reach the database.
+        (policy,) = by_kind(objects, "NetworkPolicy")
+        assert policy["spec"]["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "mlflow-postgres"}
+        (source,) = policy["spec"]["ingress"][0]["from"]
+        assert source == {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "mlflow"}}}
     # ... and the source files carry no Secret either (a Secret in an unused file would leak too).
     for path in (REPO / "k8s").rglob("*.yaml"):
         for doc in yaml.safe_load_all(path.read_text()):
