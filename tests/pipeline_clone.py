@@ -108,6 +108,6 @@ def champion_version(tracking_uri: str, name: str) -> str | None:
 
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     try:
-        return client.get_model_version_by_alias(name, "champion").version
+        return str(client.get_model_version_by_alias(name, "champion").version)
     except MlflowException:
         return None

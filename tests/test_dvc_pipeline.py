@@ -84,6 +84,7 @@ def test_repro_runs_every_stage_and_records_lineage(clone):
     metrics = json.loads((repo / "runs" / "metrics.json").read_text())
     assert set(metrics["metrics"]) == {"HR@5", "HR@10", "HR@20", "NDCG@5", "NDCG@10", "NDCG@20"}
     assert metrics["users"] == SLICE_USERS
+    assert metrics["lineage"]["splits_md5"] == splits_md5  # every evaluation carries lineage
     decision = json.loads((repo / "runs" / "decision.json").read_text())
     assert decision["passed"] is True and decision["version"] == "1"
     assert json.loads((repo / "runs" / "promotion.json").read_text())["promoted"] is True

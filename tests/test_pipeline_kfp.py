@@ -104,7 +104,7 @@ def test_local_run_takes_or_skips_the_promote_branch(tmp_path, repo_root, shared
     assert second.returncode == 0, output[-4000:]
     assert "'promote'" not in output.replace("'promote': ", "")  # never executed
     assert "promote step skipped" in second.stdout
-    versions = {v.version: v.tags for v in registered_versions(uri, NAME)}
+    versions = {str(v.version): v.tags for v in registered_versions(uri, NAME)}
     assert set(versions) == {"1", "2"}
     assert versions["2"].get("gate_passed") == "false"
     assert champion_version(uri, NAME) == "1"
