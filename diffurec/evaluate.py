@@ -38,8 +38,9 @@ def target_ranks(scores: torch.Tensor, targets: torch.Tensor, masked: torch.Tens
         masked = masked[:, 1:].clone()
         masked[rows, target_index] = False
         scores = scores.masked_fill(masked, -math.inf)
-    # Counting the target itself too gives 1 + (others scoring >= it) without a [B, N] int copy.
-    ranks = torch.count_nonzero(scores >= target_score[:, None], dim=1)
+    # Counting the target itself too gives 1 + (others scoring >= it); a uint8 view summed in
+    # int32 is about twice as fast on the CPU as count_nonzero or a bool sum (int64).
+    ranks = (scores >= target_score[:, None]).view(torch.uint8).sum(dim=1, dtype=torch.int32).long()
     return torch.where(torch.isnan(target_score), torch.full_like(ranks, scores.size(1)), ranks)
 
 
