@@ -84,7 +84,7 @@ def top_k_items(model, inputs: np.ndarray, top_k: int, history: tuple[np.ndarray
         if trims:
             batch = batch[:, -max(int(lengths[rows].max()), 1):]
         with torch.no_grad(), devices.autocast(device):
-            scores = model.score(batch.to(device), reverse_steps=reverse_steps).float()
+            scores = model.score(batch.to(device), reverse_steps=reverse_steps).float().contiguous()
         scores[:, 0] = -torch.inf
         if history is not None:
             items, offsets = history

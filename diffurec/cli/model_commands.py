@@ -76,7 +76,7 @@ def _check_compatible(model, splits, model_dir) -> None:
 # ---- train ---------------------------------------------------------------------------------
 
 def _register_train(subparsers) -> None:
-    from diffurec.train import STOP_RULES, TrainSettings
+    from diffurec.train_settings import STOP_RULES, TrainSettings
 
     d = TrainSettings()
     p = subparsers.add_parser(
