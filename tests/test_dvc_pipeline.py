@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from types import SimpleNamespace
 
 import pytest
@@ -132,3 +133,19 @@ def test_failing_validation_stops_before_training_and_leaves_registry(clone, sha
     assert data_md5(repo / "runs" / "splits") == splits_md5
     assert len(registered_versions(clone.uri, NAME)) == versions
     assert champion_version(clone.uri, NAME) == champion
+
+
+def test_default_remote_round_trip(clone):
+    """The raw data goes to the default local remote (.dvc/config: ../dvc-remote) and back."""
+    repo = clone.repo
+    raw = repo / "data" / "raw" / "ml-100k.inter"
+    expected = lock_out_md5(repo, "raw", "data/raw/ml-100k.inter")
+    pushed = run([DVC, "push", "raw"], cwd=repo, env=clone.env)
+    assert pushed.returncode == 0, pushed.stderr[-2000:]
+    remote = repo.parent / "dvc-remote"
+    assert any(path.is_file() for path in remote.rglob("*"))
+    raw.unlink()
+    shutil.rmtree(repo / ".dvc" / "cache")  # only the remote has it now
+    pulled = run([DVC, "pull", "raw"], cwd=repo, env=clone.env)
+    assert pulled.returncode == 0, pulled.stderr[-2000:]
+    assert file_md5(raw) == expected

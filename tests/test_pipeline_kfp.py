@@ -92,8 +92,9 @@ def test_local_run_takes_or_skips_the_promote_branch(tmp_path, repo_root, shared
     first = _local_run(repo_root, tmp_path / "kfp", uri, source, floors)
     output = first.stdout + first.stderr
     assert first.returncode == 0, output[-4000:]
-    assert "Executing task \x1b[96m'promote'" in output or "Executing task 'promote'" in output
-    assert "promote step ran" in first.stdout
+    assert "gate passed: True; promote step ran" in first.stdout
+    runs = sorted((tmp_path / "kfp").glob("diffurec-train-evaluate-promote-*"))
+    assert len(runs) == 1 and (runs[0] / "promote" / "executor_output.json").is_file()
     assert champion_version(uri, NAME) == "1"
 
     # Above any possible HR@10 (percent). The candidate is the popularity model this time: the
@@ -102,8 +103,9 @@ def test_local_run_takes_or_skips_the_promote_branch(tmp_path, repo_root, shared
     second = _local_run(repo_root, tmp_path / "kfp", uri, source, unreachable, model="popularity")
     output = second.stdout + second.stderr
     assert second.returncode == 0, output[-4000:]
-    assert "'promote'" not in output.replace("'promote': ", "")  # never executed
-    assert "promote step skipped" in second.stdout
+    assert "gate passed: False; promote step skipped" in second.stdout
+    runs = sorted((tmp_path / "kfp").glob("diffurec-train-evaluate-promote-*"))
+    assert len(runs) == 2 and (runs[1] / "gate").is_dir() and not (runs[1] / "promote").exists()
     versions = {str(v.version): v.tags for v in registered_versions(uri, NAME)}
     assert set(versions) == {"1", "2"}
     assert versions["2"].get("gate_passed") == "false"
