@@ -151,7 +151,9 @@ def start_servers() -> Servers:
     servers = Servers(pushgateway="", prometheus="", folder=folder)
     try:
         process, port = _start_on_free_port(
-            lambda port: [PUSHGATEWAY, f"--web.listen-address=127.0.0.1:{port}"],
+            # Debian's default persistence file is shared by every gateway on the machine:
+            # keep this one's metrics in memory only.
+            lambda port: [PUSHGATEWAY, f"--web.listen-address=127.0.0.1:{port}", "--persistence.file="],
             folder / "pushgateway.log", folder)
         servers.processes.append(process)
         servers.pushgateway = f"127.0.0.1:{port}"
