@@ -88,6 +88,16 @@ def test_paper_config_and_architecture():
     assert [p.shape for p in rebuilt.parameters()] == [p.shape for p in model.parameters()]
 
 
+def test_fast_init_scales_item_embeddings_only():
+    paper = build_model("diffurec", NUM_ITEMS, MAX_LEN, "paper")
+    model = build_model("diffurec", NUM_ITEMS, MAX_LEN, "fast-init")
+    weight = model.item_embedding.weight.detach()
+    assert weight.std().item() == pytest.approx(128 ** -0.5, rel=0.03)
+    differences = {k for k in PRESETS["fast-init"] if PRESETS["fast-init"][k] != PRESETS["paper"][k]}
+    assert differences == {"mask", "attention", "reverse_steps", "item_init_std"}
+    assert model.trims_padding and not paper.trims_padding
+
+
 def test_parameter_count_matches_reference():
     model = build_model("diffurec", NUM_ITEMS, MAX_LEN, "paper")
     non_embedding = sum(p.numel() for n, p in model.named_parameters() if not n.startswith("item_embedding"))

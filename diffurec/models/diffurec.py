@@ -4,10 +4,11 @@ prediction, as the authors' code WHUIR/DiffuRec@f6f70c9 behaves (shared/docs/dif
 Presets (every other hyperparameter is the same: d=128, 4 blocks x 4 heads, FFN 512, GELU-tanh,
 dropout 0.1 in blocks / 0.3 on history, T=32 `trunc_lin`, lambda ~ N(0.001, std 0.001)):
 
-| preset  | attention mask                    | attention kernel  | reverse steps | trims_padding |
-| ------- | --------------------------------- | ----------------- | ------------- | ------------- |
-| `paper` | padded *query* rows only (quirk)  | explicit softmax  | 32            | False         |
-| `fast`  | padded *keys* (exact padding-independence) | F.scaled_dot_product_attention | 1 | True |
+| preset      | attention mask             | attention kernel | reverse steps | item init   | trims_padding |
+| ----------- | -------------------------- | ---------------- | ------------- | ----------- | ------------- |
+| `paper`     | padded query rows (quirk)  | explicit softmax | 32            | N(0, 1)     | False         |
+| `fast`      | padded keys                | SDPA             | 1             | N(0, 1)     | True          |
+| `fast-init` | padded keys                | SDPA             | 1             | N(0, 1/d)   | True          |
 
 `paper` is the reference, quirks included: no position embeddings, bidirectional attention, a
 learned padding row (no padding_idx), N(0,1) item init, LayerNorm eps 1e-12 everywhere, x0 read
@@ -17,6 +18,9 @@ ancestral reverse with sigma_t^2 = beta_t (t >= 1) and no noise at t = 0.
 left padding, so the trainer and evaluator cut batches to their longest real history; one reverse
 step is the default because lambda ~ 1e-3 makes the noisy target nearly irrelevant (measured:
 see benchmarks/ and the model helper's report). Any preset accepts `reverse_steps=` at score time.
+`fast-init` trains much faster from the start: on Beauty after one epoch (same seed, batches and
+trainer) validation HR@10 / NDCG@10 were 2.63 / 1.27 % against `fast`'s 0.94 / 0.49 % (popularity:
+1.57 / 0.77 %); its quality at convergence is not yet measured against `paper`.
 
 Fewer reverse steps than T use evenly spaced timesteps with the respaced posterior (as in
 improved DDPM's `space_timesteps`); with all T steps this is exactly the reference process.
@@ -39,6 +43,9 @@ PRESETS = {
     ),
 }
 PRESETS["fast"] = dict(PRESETS["paper"], reverse_steps=1, mask="key", attention="sdpa")
+# N(0, 1/d) item init: x0_hat leaves a LayerNorm with norm ~sqrt(d), so N(0, 1) rows give logits
+# of std ~11 and a first-epoch loss of ~26; unit-scale logits start near log(N).
+PRESETS["fast-init"] = dict(PRESETS["fast"], item_init_std=128 ** -0.5)
 
 
 def trunc_lin_betas(steps: int) -> torch.Tensor:
