@@ -17,8 +17,9 @@ $DIFFUREC_MODEL_VERSION, $DIFFUREC_RUN_ID, overridden by the handler's labels. U
 are left out. Without $DIFFUREC_PUSHGATEWAY steps run and say once that nothing was pushed; a
 Pushgateway that does not answer costs a warning, never the step.
 
-A long training run can also expose /metrics itself: `start_metrics_server(port)` (or
-`diffurec serve-metrics`) and `training_progress(...)`.
+A long training run can also be scraped directly: with $DIFFUREC_METRICS_PORT set, the first
+`training_progress(...)` call (the trainer makes one per epoch, on rank 0) starts a /metrics
+endpoint on that port (address $DIFFUREC_METRICS_ADDRESS, default 127.0.0.1).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ LABEL_ENV = {"dataset": "DIFFUREC_DATASET", "model": "DIFFUREC_MODEL",
 PUSH_TIMEOUT_SECONDS = 5.0
 _warned = False
 _progress_gauges: dict = {}
+_metrics_server_tried = False
 
 
 def gateway_address() -> str | None:
@@ -131,9 +133,18 @@ def start_metrics_server(port: int, address: str = "127.0.0.1") -> None:
 
 
 def training_progress(epoch: int, loss: float, samples_per_second: float, **labels) -> None:
-    """Update the /metrics gauges of a running training (no-op cost when nobody scrapes)."""
+    """Update the /metrics gauges of a running training; the first call starts the endpoint
+    when $DIFFUREC_METRICS_PORT is set."""
+    global _metrics_server_tried
     from prometheus_client import Gauge
 
+    port = os.environ.get("DIFFUREC_METRICS_PORT")
+    if port and not _metrics_server_tried:
+        _metrics_server_tried = True
+        try:
+            start_metrics_server(int(port), os.environ.get("DIFFUREC_METRICS_ADDRESS", "127.0.0.1"))
+        except (OSError, ValueError) as error:  # a busy port must not stop the training
+            log.warning("no /metrics endpoint on port %s: %s", port, error)
     if not _progress_gauges:
         names = sorted(labels)
         _progress_gauges.update(

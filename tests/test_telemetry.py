@@ -94,9 +94,10 @@ def test_every_cli_step_is_reported(prometheus_servers, run_id, tmp_path):  # no
     assert value(result) == 0.0
 
 
-def test_metrics_endpoint_for_long_runs():
+def test_metrics_endpoint_for_long_runs(monkeypatch):
     port = free_port()
-    telemetry.start_metrics_server(port)
+    monkeypatch.setenv("DIFFUREC_METRICS_PORT", str(port))
+    monkeypatch.setattr(telemetry, "_metrics_server_tried", False)
     telemetry.training_progress(epoch=3, loss=7.25, samples_per_second=456.0)
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
         text = response.read().decode()

@@ -3,7 +3,6 @@
     register       model folder + metrics JSON -> a new registered model version (MLflow)
     gate           candidate metrics -> decision JSON (+ tag on the version), a table of checks
     promote        move `champion` to a version whose gate passed (`previous` keeps the old one)
-    serve-metrics  expose /metrics for scraping (e.g. beside a long training run)
 """
 
 from __future__ import annotations
@@ -83,15 +82,6 @@ def register(subparsers) -> None:
                              "promoting (for pipelines that always run this step)")
     parser.add_argument("--out", metavar="JSON", help="write what was done here")
     parser.set_defaults(func=run_promote)
-
-    parser = subparsers.add_parser(
-        "serve-metrics",
-        help="serve Prometheus /metrics until interrupted",
-        description="Expose this process's Prometheus metrics on http://ADDRESS:PORT/metrics "
-                    "(for scraping a long run directly instead of through the Pushgateway).")
-    parser.add_argument("--port", type=int, default=9400, help="port (default: 9400)")
-    parser.add_argument("--address", default="127.0.0.1", help="address (default: 127.0.0.1)")
-    parser.set_defaults(func=run_serve_metrics)
 
 
 def _add_registry_args(parser) -> None:
@@ -262,17 +252,6 @@ def run_promote(args) -> dict:
                        "champion_version": float(result["champion"]),
                        "promotion_override": 1.0 if args.override else 0.0},
             "labels": {"model": args.name, "version": str(version)}}
-
-
-def run_serve_metrics(args) -> None:
-    import time
-
-    from diffurec import telemetry
-
-    telemetry.start_metrics_server(args.port, args.address)
-    print(f"serving http://{args.address}:{args.port}/metrics (Ctrl-C to stop)")
-    while True:
-        time.sleep(3600)
 
 
 def write_json_atomic(path: str | os.PathLike, data: dict) -> None:
