@@ -46,6 +46,8 @@ def sqlite_path(tracking_uri: str) -> Path | None:
 def client(tracking_uri: str | None = None):
     """An MlflowClient on the resolved tracking URI (imports mlflow: about 2 s)."""
     os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
+    # MLflow's default is 7 retries with exponential backoff (minutes) for an unreachable server.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
     from mlflow import MlflowClient
 
     uri = resolve_tracking_uri(tracking_uri)

@@ -101,3 +101,14 @@ def test_unknown_versions_and_models_are_clear_errors(popularity, tracking_uri):
         registry.get_version("pop", version="9", tracking_uri=tracking_uri)
     with pytest.raises(DiffuRecError, match="cannot load models:/nothing@champion"):
         registry.load_model_folder("models:/nothing@champion", tracking_uri=tracking_uri)
+
+
+def test_an_unreachable_tracking_server_is_one_clear_line(popularity, capsys):
+    from prometheus_servers import free_port
+
+    model_dir, metrics_path = popularity
+    uri = f"http://127.0.0.1:{free_port()}"
+    assert main(["register", "--model", str(model_dir), "--metrics", str(metrics_path),
+                 "--tracking-uri", uri]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("diffurec")]
+    assert len(err) == 1 and err[0].startswith(f"diffurec register: error: MLflow store {uri}:")

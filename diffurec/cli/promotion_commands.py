@@ -34,7 +34,7 @@ def register(subparsers) -> None:
     parser.add_argument("--metrics", required=True, metavar="JSON", help="its metrics (diffurec evaluate)")
     _add_registry_args(parser)
     parser.add_argument("--out", metavar="JSON", help="write {name, version, run_id, ...} here")
-    parser.set_defaults(func=run_register)
+    parser.set_defaults(func=_registry_errors(run_register))
 
     parser = subparsers.add_parser(
         "gate",
@@ -62,7 +62,7 @@ def register(subparsers) -> None:
                              "when the champion was measured on another data version")
     parser.add_argument("--fail-on-reject", action="store_true",
                         help="exit with status 2 when the gate rejects the candidate")
-    parser.set_defaults(func=run_gate)
+    parser.set_defaults(func=_registry_errors(run_gate))
 
     parser = subparsers.add_parser(
         "promote",
@@ -81,7 +81,28 @@ def register(subparsers) -> None:
                         help="when the decision did not pass, say so and exit 0 without "
                              "promoting (for pipelines that always run this step)")
     parser.add_argument("--out", metavar="JSON", help="write what was done here")
-    parser.set_defaults(func=run_promote)
+    parser.set_defaults(func=_registry_errors(run_promote))
+
+
+def _registry_errors(handler):
+    """Turn a failure of the MLflow store (unreachable server, bad URI) into one clear line."""
+    import functools
+
+    @functools.wraps(handler)
+    def run(args):
+        try:
+            return handler(args)
+        except DiffuRecError:
+            raise
+        except Exception as error:
+            if type(error).__module__.split(".")[0] not in ("mlflow", "requests", "urllib3", "sqlalchemy"):
+                raise
+            from diffurec import registry
+
+            text = str(error).strip().splitlines()
+            raise DiffuRecError(f"MLflow store {registry.resolve_tracking_uri(args.tracking_uri)}: "
+                                f"{text[0] if text else type(error).__name__}") from error
+    return run
 
 
 def _add_registry_args(parser) -> None:
