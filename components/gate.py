@@ -1,6 +1,4 @@
-"""Step 8: the promotion gate; its `passed` output decides whether the promote step runs."""
-
-from typing import NamedTuple
+"""Step 8: the promotion gate; its boolean result (passed) decides whether promote runs."""
 
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Metrics, Output
@@ -11,13 +9,14 @@ from components import IMAGE
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def gate(candidate: Input[Metrics], baseline: Input[Metrics], splits: Input[Dataset],
          registry_name: str, version: str, tracking_uri: str, thresholds: dict,
-         decision: Output[Artifact]) -> NamedTuple("GateOutputs", [("passed", bool)]):
+         decision: Output[Artifact]) -> bool:
     """Run `diffurec gate` for `version` with `thresholds` (the `gate:` section of params.yaml);
-    the decision JSON is an artifact, `passed` a scalar for dsl.If."""
+    the decision JSON is an artifact, the return value (output `Output`: passed) a scalar for
+    dsl.If. A plain return, not a named output: kfp's local runner resolves a condition on
+    `<task>-Output` but not on `<task>-<name>`."""
     import json
     import os
     import tempfile
-    from collections import namedtuple
 
     import yaml
 
@@ -35,4 +34,4 @@ def gate(candidate: Input[Metrics], baseline: Input[Metrics], splits: Input[Data
         raise RuntimeError("diffurec gate failed (the line above says why)")
     passed = bool(json.load(open(decision.path))["passed"])
     decision.metadata.update({"passed": passed, "version": version})
-    return namedtuple("GateOutputs", ["passed"])(passed)
+    return passed

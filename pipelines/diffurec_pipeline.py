@@ -150,7 +150,7 @@ def build_pipeline(cluster: bool = True, params: dict | None = None):
                          version=register_task.output, tracking_uri=tracking_uri,
                          thresholds=gate_thresholds).set_caching_options(False)
         # The condition tests a scalar; the decision artifact is made outside it.
-        with dsl.If(gate_task.outputs["passed"] == True, name="gate-passed"):  # noqa: E712
+        with dsl.If(gate_task.outputs["Output"] == True, name="gate-passed"):  # noqa: E712
             promote_task = promote(decision=gate_task.outputs["decision"],
                                    registry_name=registry_name,
                                    tracking_uri=tracking_uri).set_caching_options(False)

@@ -48,7 +48,7 @@ def test_spec_gpu_caching_condition_and_parameters(repo_root):
     # promote runs only inside the condition on the gate's scalar output.
     condition = next(task for name, task in tasks.items() if name.startswith("condition"))
     assert "gate" in condition["dependentTasks"]
-    assert "passed" in condition["triggerPolicy"]["condition"]
+    assert "gate-Output" in condition["triggerPolicy"]["condition"]
     inner = spec["components"][condition["componentRef"]["name"]]["dag"]["tasks"]
     assert list(inner) == ["promote"]
     assert inner["promote"].get("cachingOptions", {}).get("enableCache", False) is False

@@ -321,7 +321,7 @@ def _local_outcome(pipeline_root: Path, name: str) -> tuple[Path, bool | None, b
         return pipeline_root, None, False
     run_dir = runs[-1]
     gate_output = read_json(run_dir / "gate" / "executor_output.json") or {}
-    passed = (gate_output.get("parameterValues") or {}).get("passed")
+    passed = (gate_output.get("parameterValues") or {}).get("Output")
     return run_dir, passed, (run_dir / "promote").is_dir()
 
 
