@@ -108,10 +108,13 @@ class LossModule(nn.Module):
 def train_batches(loss_module: nn.Module, optimizer: torch.optim.Optimizer, inputs, targets,
                   batches: list[np.ndarray], lengths: np.ndarray | None, device: torch.device,
                   rank: int = 0, world_size: int = 1, desc: str = "train",
-                  progress: bool | None = None) -> tuple[float, int]:
+                  progress: bool | None = None, deadline: float | None = None,
+                  check_every: int = 20) -> tuple[float, int, float, bool]:
     """One pass of optimizer steps over `batches`.
 
-    Returns this rank's (sum of sample losses, samples trained, sample_fingerprint of them).
+    `deadline` (time.perf_counter() value): every `check_every` steps, stop when it has passed
+    (all ranks agree). Returns this rank's (sum of sample losses, samples trained,
+    sample_fingerprint of them, whether the deadline cut the pass short).
     """
     from tqdm import tqdm
 
@@ -140,7 +143,21 @@ def train_batches(loss_module: nn.Module, optimizer: torch.optim.Optimizer, inpu
         if not bar.disable and (step % 20 == 0 or step + 1 == len(batches)):
             rate = seen * world_size / max(time.perf_counter() - started, 1e-9)
             bar.set_postfix(loss=f"{loss.item():.4f}", samples_per_s=f"{rate:.0f}")
-    return float(loss_sum), seen, fingerprint
+        if deadline is not None and (step + 1) % check_every == 0 and step + 1 < len(batches):
+            if _any_rank(time.perf_counter() >= deadline, world_size, device):
+                bar.close()
+                return float(loss_sum), seen, fingerprint, True
+    return float(loss_sum), seen, fingerprint, False
+
+
+def _any_rank(flag: bool, world_size: int, device: torch.device) -> bool:
+    if world_size == 1:
+        return flag
+    import torch.distributed as dist
+
+    tensor = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return bool(tensor.item() > 0)
 
 
 def sample_fingerprint(index: np.ndarray) -> int:
@@ -382,8 +399,10 @@ def _train_loop(model, splits, out, settings: TrainSettings, device, rank, world
         run_started = time.perf_counter()
         torch.manual_seed(epoch_seed(settings.seed, epoch, rank))
         batches = epoch_batches(num_samples, settings.batch_size, settings.seed, epoch, lengths)
-        loss_sum, seen, fingerprint = train_batches(loss_module, optimizer, inputs, targets, batches, lengths, device,
-                                       rank, world_size, desc=f"epoch {epoch}", progress=settings.progress)
+        deadline = (run_started + settings.max_minutes * 60 - elapsed) if settings.max_minutes is not None else None
+        loss_sum, seen, fingerprint, cut_short = train_batches(
+            loss_module, optimizer, inputs, targets, batches, lengths, device, rank, world_size,
+            desc=f"epoch {epoch}", progress=settings.progress, deadline=deadline)
         scheduler.step()
         devices.synchronize(device)
         loss_sum, seen, fingerprint = _all_sum([loss_sum, float(seen), fingerprint], world_size, device)
@@ -391,6 +410,8 @@ def _train_loop(model, splits, out, settings: TrainSettings, device, rank, world
         train_seconds += epoch_train_seconds
         samples_trained += int(seen)
         epoch_loss = loss_sum / max(seen, 1)
+        if cut_short and rank == 0:
+            logger.info("time budget spent during epoch %d after %d of %d samples", epoch, int(seen), num_samples)
         curve["train"].append({"epoch": epoch, "loss": epoch_loss, "samples": int(seen),
                                "sample_fingerprint": int(fingerprint), "seconds": round(epoch_train_seconds, 3)})
 
@@ -399,8 +420,8 @@ def _train_loop(model, splits, out, settings: TrainSettings, device, rank, world
             rate = seen / max(epoch_train_seconds, 1e-9)
             logger.info("epoch %d: loss %.4f, %.0f samples/s, %.1f s", epoch, epoch_loss, rate, epoch_train_seconds)
             telemetry.training_progress(epoch, epoch_loss, rate)
-            out_of_time = (settings.max_minutes is not None
-                           and elapsed + time.perf_counter() - run_started >= settings.max_minutes * 60)
+            out_of_time = cut_short or (settings.max_minutes is not None
+                                        and elapsed + time.perf_counter() - run_started >= settings.max_minutes * 60)
             last = epoch == settings.epochs or out_of_time
             reason = "time budget" if out_of_time else "epochs" if last else None
             if epoch % settings.eval_every == 0 or last:

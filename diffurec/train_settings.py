@@ -32,7 +32,7 @@ class TrainSettings:
     eval_every: int = 20                # validate every N epochs (and after the last one)
     patience: int = 5                   # stop after this many validations without improvement
     stop_rule: str = "ndcg"             # "ndcg": valid NDCG@10 improved; "reference": any of six
-    max_minutes: float | None = None    # training time budget over all (resumed) runs
+    max_minutes: float | None = None    # time budget over all (resumed) runs; may end mid-epoch
     seed: int = 1997
     device: str = "auto"
     threads: int | None = None          # CPU threads per process (default: cores / local ranks)
