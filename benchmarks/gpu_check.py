@@ -64,7 +64,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true", help="tiny budgets and data slices; runs on the CPU")
     parser.add_argument("--datasets", default="beauty,toys")
-    parser.add_argument("--paper-minutes", type=float, default=2.6, help="training budget of each paper run")
+    parser.add_argument("--paper-minutes", type=float, default=2.4, help="training budget of each paper run")
     parser.add_argument("--sasrec-minutes", type=float, default=0.35, help="training budget of each SASRec+ run")
     parser.add_argument("--out", default=str(RESULTS / "gpu_check.json"))
     args = parser.parse_args()
