@@ -15,9 +15,11 @@ learned padding row (no padding_idx), N(0,1) item init, LayerNorm eps 1e-12 ever
 from the last position after Dropout -> LayerNorm, full-softmax CE over N+1 rows, 32-step
 ancestral reverse with sigma_t^2 = beta_t (t >= 1) and no noise at t = 0.
 `fast` differs only where the table says. Masking padded keys makes the output independent of
-left padding, so the trainer and evaluator cut batches to their longest real history; one reverse
-step is the default because lambda ~ 1e-3 makes the noisy target nearly irrelevant (measured:
-see benchmarks/ and the model helper's report). Any preset accepts `reverse_steps=` at score time.
+left padding, so the trainer and evaluator cut batches to their longest real history. One reverse
+step is the default because lambda ~ 1e-3 makes the noisy target nearly irrelevant: measured on
+the first 4,000 Beauty test users with a 2-epoch `fast-init` model, HR@10 was 1.75 % at 1, 2, 4,
+8 and 32 steps and NDCG@10 0.9740 (1 step) vs 0.9735 (32 steps), inside the 0.973-0.974 spread
+of two seeds. Any preset accepts `reverse_steps=` at score time.
 `fast-init` trains much faster from the start: on Beauty after one epoch (same seed, batches and
 trainer) validation HR@10 / NDCG@10 were 2.63 / 1.27 % against `fast`'s 0.94 / 0.49 % (popularity:
 1.57 / 0.77 %); its quality at convergence is not yet measured against `paper`.
