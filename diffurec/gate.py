@@ -88,16 +88,11 @@ def _number(value: object, where: str) -> float:
 
 def read_metrics(path: str | Path) -> dict:
     """Read a metrics JSON (docs/formats.md) and check the fields the gate relies on."""
-    import json
+    from diffurec.files import read_json_object
 
     path = Path(path)
-    if not path.is_file():
-        raise located(path, "metrics file not found")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise located(path, f"not valid JSON ({error.msg}, column {error.colno})", row=error.lineno)
-    metrics = data.get("metrics") if isinstance(data, dict) else None
+    data = read_json_object(path, "metrics file not found")
+    metrics = data.get("metrics")
     if not isinstance(metrics, dict):
         raise located(path, "no `metrics` object (expected the output of `diffurec evaluate`)")
     for key in METRIC_KEYS:

@@ -23,6 +23,7 @@ import subprocess
 from pathlib import Path
 
 from diffurec.errors import DiffuRecError, located
+from diffurec.files import read_json_object
 
 log = logging.getLogger(__name__)
 
@@ -132,12 +133,7 @@ def write_json(path: str | Path, data: dict) -> Path:
 def read_lineage(path: str | Path) -> dict:
     """Read a lineage JSON file and check it has every key of docs/formats.md."""
     path = Path(path)
-    if not path.is_file():
-        raise located(path, "lineage file not found")
-    try:
-        lineage = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise located(path, f"not valid JSON ({error.msg})", row=error.lineno)
+    lineage = read_json_object(path, "lineage file not found")
     missing = [key for key in LINEAGE_KEYS if key not in lineage]
     if missing:
         raise DiffuRecError(f"{path}: lineage has no {missing[0]!r}")

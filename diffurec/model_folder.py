@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
 from diffurec.errors import DiffuRecError
+from diffurec.files import atomic_folder, read_json_object
 
 logger = logging.getLogger(__name__)
 
@@ -93,9 +92,7 @@ def save_model_folder(folder, model: torch.nn.Module, item_ids: list[str] | None
     from safetensors.torch import save_file
 
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
-    try:
+    with atomic_folder(folder) as tmp:
         config = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "model": model.config["name"], **model.config}
         _json(tmp / "config.json", config)
         state = {key: value.detach().cpu().contiguous() for key, value in model.state_dict().items()}
@@ -112,16 +109,6 @@ def save_model_folder(folder, model: torch.nn.Module, item_ids: list[str] | None
         summary = dict(summary or {})
         summary.setdefault("lineage", {})
         _json(tmp / "train_summary.json", summary)
-        old = None
-        if folder.exists():
-            old = folder.parent / f".{folder.name}.old-{os.getpid()}"
-            folder.rename(old)
-        tmp.rename(folder)
-        if old is not None:
-            shutil.rmtree(old)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     logger.info("wrote model folder %s", folder)
     return folder
 
@@ -130,12 +117,7 @@ def read_config(folder) -> dict:
     """config.json of a model folder, checked for format and version."""
     folder = Path(folder)
     path = folder / "config.json"
-    if not path.is_file():
-        raise DiffuRecError(f"{folder}: not a model folder (no config.json); run 'diffurec train' first")
-    try:
-        config = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise DiffuRecError(f"{path}, row {error.lineno}, column {error.colno}: invalid JSON ({error.msg})") from None
+    config = read_json_object(path, "missing: not a model folder; run 'diffurec train' first")
     if config.get("format") != FORMAT_NAME or config.get("version") != FORMAT_VERSION:
         raise DiffuRecError(f"{path}: expected {FORMAT_NAME} version {FORMAT_VERSION}, "
                             f"found {config.get('format')} version {config.get('version')}")

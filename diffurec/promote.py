@@ -26,6 +26,7 @@ from pathlib import Path
 
 from diffurec import registry
 from diffurec.errors import DiffuRecError, located
+from diffurec.files import read_json_object
 
 log = logging.getLogger(__name__)
 LOCK_TIMEOUT_SECONDS = 60.0
@@ -33,13 +34,8 @@ LOCK_TIMEOUT_SECONDS = 60.0
 
 def read_decision(path: str | Path) -> dict:
     path = Path(path)
-    if not path.is_file():
-        raise located(path, "gate decision not found (run `diffurec gate` first)")
-    try:
-        decision = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise located(path, f"not valid JSON ({error.msg})", row=error.lineno)
-    if not isinstance(decision, dict) or not isinstance(decision.get("passed"), bool):
+    decision = read_json_object(path, "gate decision not found (run `diffurec gate` first)")
+    if not isinstance(decision.get("passed"), bool):
         raise located(path, "not a gate decision (no boolean `passed`)")
     return decision
 

@@ -19,6 +19,7 @@ import subprocess
 from pathlib import Path
 
 from diffurec.errors import DiffuRecError, located
+from diffurec.files import read_json_object
 
 log = logging.getLogger(__name__)
 
@@ -72,12 +73,7 @@ def read_model_folder(model_dir: str | Path) -> tuple[dict, dict]:
     config_path = folder / "config.json"
     if not folder.is_dir():
         raise located(folder, "model folder not found")
-    if not config_path.is_file():
-        raise located(config_path, "missing: not a model folder written by `diffurec train`")
-    try:
-        config = json.loads(config_path.read_text())
-    except json.JSONDecodeError as error:
-        raise located(config_path, f"not valid JSON ({error.msg})", row=error.lineno)
+    config = read_json_object(config_path, "missing: not a model folder written by `diffurec train`")
     if config.get("format") != "diffurec-model":
         raise located(config_path, f"format is {config.get('format')!r}, expected 'diffurec-model'")
     summary_path = folder / "train_summary.json"

@@ -144,7 +144,7 @@ def test_metrics_file_errors(tmp_path):
     with pytest.raises(DiffuRecError, match="has no 'HR@5'"):
         gate.read_metrics(path)
     path.write_text('{"metrics": ')
-    with pytest.raises(DiffuRecError, match=r"row 1: not valid JSON"):
+    with pytest.raises(DiffuRecError, match=r"row 1, column \d+: not valid JSON"):
         gate.read_metrics(path)
 
 

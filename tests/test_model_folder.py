@@ -86,7 +86,7 @@ def test_bad_folders_give_one_line_errors(tmp_path):
     with pytest.raises(DiffuRecError, match="config.json: expected diffurec-model version 1"):
         load_model_folder(folder)
     (folder / "config.json").write_text("{\n  \"format\": oops\n}")
-    with pytest.raises(DiffuRecError, match=r"config.json, row 2, column 13: invalid JSON"):
+    with pytest.raises(DiffuRecError, match=r"config.json, row 2, column 13: not valid JSON"):
         load_model_folder(folder)
     (folder / "config.json").write_text(json.dumps(config))
     (folder / "model.safetensors").write_bytes(b"not safetensors")

@@ -36,19 +36,6 @@ def _parse_overrides(pairs: list[str]) -> dict:
     return hyper
 
 
-def _read_json_file(path: str, what: str) -> dict:
-    file = Path(path)
-    if not file.is_file():
-        raise DiffuRecError(f"{file}: {what} not found")
-    try:
-        value = json.loads(file.read_text())
-    except json.JSONDecodeError as error:
-        raise DiffuRecError(f"{file}, row {error.lineno}, column {error.colno}: invalid JSON ({error.msg})") from None
-    if not isinstance(value, dict):
-        raise DiffuRecError(f"{file}: {what} must be a JSON object")
-    return value
-
-
 def _write_json(path: str, value: dict) -> None:
     import os
     import tempfile
@@ -119,10 +106,11 @@ def _register_train(subparsers) -> None:
 
 def run_train(args) -> dict:
     from diffurec.data.splits import load_splits
+    from diffurec.files import read_json_object
     from diffurec.train import TrainSettings, train
 
     splits = load_splits(args.splits)
-    lineage = _read_json_file(args.lineage_json, "lineage JSON") if args.lineage_json else {}
+    lineage = read_json_object(args.lineage_json, "lineage JSON not found") if args.lineage_json else {}
     settings = TrainSettings(
         model=args.model, preset=args.preset, hyper=_parse_overrides(args.hyper), epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, lr_step=args.lr_step,

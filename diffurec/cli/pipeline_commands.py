@@ -296,7 +296,7 @@ def run_local(args) -> dict:
     cwd = os.getcwd()
     os.chdir(root)  # relative paths inside steps (runs/...) resolve in the repository
     try:
-        run = module.build_pipeline(cluster=False, params=params)(**arguments)
+        module.build_pipeline(cluster=False, params=params)(**arguments)
     except RuntimeError as error:
         raise DiffuRecError(f"kfp local run failed: {str(error).splitlines()[0]}") from None
     finally:

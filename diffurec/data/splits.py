@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from diffurec.errors import DiffuRecError
+from diffurec.files import atomic_folder
 
 FORMAT_NAME = "diffurec-splits"
 FORMAT_VERSION = 1
@@ -168,9 +167,7 @@ def _read_map(path: Path) -> list[str]:
 def write_splits(splits: Splits, folder: str | os.PathLike, stats: dict | None = None) -> Path:
     """Write atomically: everything goes to a temporary sibling that is renamed at the end."""
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
-    try:
+    with atomic_folder(folder) as tmp:
         for name in ARRAY_FILES:
             np.save(tmp / f"{name}.npy", np.asarray(getattr(splits, name)))
         _write_map(tmp / "item_map.tsv", splits.item_ids, first_index=1)
@@ -181,16 +178,6 @@ def write_splits(splits: Splits, folder: str | os.PathLike, stats: dict | None =
         (tmp / "format.json").write_text(json.dumps(header, indent=2) + "\n")
         if stats is not None:
             (tmp / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
-        old = None
-        if folder.exists():
-            old = folder.parent / f".{folder.name}.old-{os.getpid()}"
-            folder.rename(old)
-        tmp.rename(folder)
-        if old is not None:
-            shutil.rmtree(old)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     splits.path = folder
     return folder
 

@@ -24,7 +24,6 @@ import numpy as np
 import pandas as pd
 
 from diffurec.data.splits import MIN_SEQUENCE_LENGTH, leave_one_out, load_splits
-from diffurec.errors import DiffuRecError
 
 log = logging.getLogger(__name__)
 
