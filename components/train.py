@@ -8,7 +8,8 @@ from components import IMAGE
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def train(raw: Input[Dataset], splits: Input[Dataset], model_name: str, preset: str,
-          epochs: int, max_minutes: float, eval_every: int, patience: int, seed: int,
+          epochs: int, max_minutes: float, batch_size: int, lr: float, eval_every: int,
+          patience: int, seed: int,
           run_params: dict, model: Output[Model], curves: Output[HTML]):
     """Run `diffurec train` with the run's lineage; the Model is the model folder, `curves` the
     training curves (curve.png) as a page for the Kubeflow UI."""
@@ -26,7 +27,7 @@ def train(raw: Input[Dataset], splits: Input[Dataset], model_name: str, preset: 
                "--seed", str(seed), "--lineage-json", lineage_file]
     if model_name != "popularity":
         command += ["--preset", preset, "--epochs", str(epochs), "--max-minutes", str(max_minutes),
-                    "--eval-every", str(eval_every), "--patience", str(patience)]
+                    "--batch-size", str(batch_size), "--lr", str(lr), "--eval-every", str(eval_every), "--patience", str(patience)]
     if main(command) != 0:
         raise RuntimeError("diffurec train failed (the line above says why)")
     summary = json.load(open(os.path.join(model.path, "train_summary.json")))

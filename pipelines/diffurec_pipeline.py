@@ -57,6 +57,8 @@ def default_arguments(params: dict) -> dict:
         "preset": training["preset"],
         "epochs": int(training["epochs"]),
         "max_minutes": float(training["max_minutes"]),
+        "batch_size": int(training["batch_size"]),
+        "lr": float(training["lr"]),
         "eval_every": int(training["eval_every"]),
         "patience": int(training["patience"]),
         "seed": int(training["seed"]),
@@ -83,6 +85,8 @@ def build_pipeline(cluster: bool = True, params: dict | None = None):
             preset: str = defaults["preset"],
             epochs: int = defaults["epochs"],
             max_minutes: float = defaults["max_minutes"],
+            batch_size: int = defaults["batch_size"],
+            lr: float = defaults["lr"],
             eval_every: int = defaults["eval_every"],
             patience: int = defaults["patience"],
             seed: int = defaults["seed"],
@@ -103,12 +107,13 @@ def build_pipeline(cluster: bool = True, params: dict | None = None):
 
         run_params = {"dataset": dataset, "source": source, "max_len": max_len,
                       "model": model_name, "preset": preset, "epochs": epochs,
-                      "max_minutes": max_minutes, "eval_every": eval_every,
-                      "patience": patience, "seed": seed}
+                      "max_minutes": max_minutes, "batch_size": batch_size, "lr": lr,
+                      "eval_every": eval_every, "patience": patience, "seed": seed}
         # Training is the expensive step: cached on (data, parameters, image), on a GPU node.
         train_task = train(raw=raw_task.outputs["raw"], splits=splits_task.outputs["splits"],
                            model_name=model_name, preset=preset, epochs=epochs,
-                           max_minutes=max_minutes, eval_every=eval_every, patience=patience,
+                           max_minutes=max_minutes, batch_size=batch_size, lr=lr,
+                           eval_every=eval_every, patience=patience,
                            seed=seed, run_params=run_params).after(splits_check)
         train_task.set_display_name("train")
         train_task.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(1)
@@ -122,7 +127,8 @@ def build_pipeline(cluster: bool = True, params: dict | None = None):
 
         baseline_task = train(raw=raw_task.outputs["raw"], splits=splits_task.outputs["splits"],
                               model_name="popularity", preset="default", epochs=0,
-                              max_minutes=0.0, eval_every=1, patience=0, seed=seed,
+                              max_minutes=0.0, batch_size=batch_size, lr=lr, eval_every=1,
+                              patience=0, seed=seed,
                               run_params=run_params).after(splits_check)
         baseline_task.set_display_name("train popularity baseline")
 
