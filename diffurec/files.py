@@ -30,6 +30,24 @@ def read_json_object(path: str | os.PathLike, missing: str) -> dict:
     return value
 
 
+def read_yaml_mapping(path: str | os.PathLike, missing: str) -> dict:
+    """The YAML mapping in `path` (e.g. params.yaml), with located errors like read_json_object."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise located(path, missing)
+    try:
+        value = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        raise located(path, f"not valid YAML ({getattr(error, 'problem', error)})",
+                      row=mark.line + 1 if mark else None) from None
+    if not isinstance(value, dict):
+        raise located(path, "expected a mapping of sections at the top level")
+    return value
+
+
 @contextmanager
 def atomic_folder(folder: str | os.PathLike):
     """Yield an empty temporary sibling of `folder`; on success it replaces `folder`."""

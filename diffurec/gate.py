@@ -35,18 +35,11 @@ DROP_KINDS = ("relative", "absolute")
 
 def load_thresholds(params_path: str | Path) -> dict:
     """Read and check the `gate:` section of params.yaml."""
-    import yaml
+    from diffurec.files import read_yaml_mapping
 
     path = Path(params_path)
-    if not path.is_file():
-        raise located(path, "params file not found")
-    try:
-        params = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        row = mark.line + 1 if mark else None
-        raise located(path, f"not valid YAML ({getattr(error, 'problem', error)})", row=row)
-    if not isinstance(params, dict) or "gate" not in params:
+    params = read_yaml_mapping(path, "params file not found")
+    if "gate" not in params:
         raise located(path, "no `gate:` section (thresholds for the promotion gate)")
     return check_thresholds(params["gate"], source=f"{path}: gate")
 

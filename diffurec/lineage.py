@@ -23,7 +23,7 @@ import subprocess
 from pathlib import Path
 
 from diffurec.errors import DiffuRecError, located
-from diffurec.files import read_json_object
+from diffurec.files import read_json_object, read_yaml_mapping
 
 log = logging.getLogger(__name__)
 
@@ -82,19 +82,8 @@ def git_commit(repo: str | Path | None = None) -> tuple[str | None, bool | None]
 
 def read_params(params_file: str | Path, sections: list[str] | None = None) -> dict:
     """The parameters in params.yaml (all sections, or only `sections`)."""
-    import yaml
-
     path = Path(params_file)
-    if not path.is_file():
-        raise located(path, "params file not found")
-    try:
-        params = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        raise located(path, f"not valid YAML ({getattr(error, 'problem', error)})",
-                      row=mark.line + 1 if mark else None)
-    if not isinstance(params, dict):
-        raise located(path, "expected a mapping of sections at the top level")
+    params = read_yaml_mapping(path, "params file not found")
     if sections:
         missing = [name for name in sections if name not in params]
         if missing:
