@@ -4,13 +4,15 @@
 --last interactions) of DiffuRec `paper` and `fast`, SASRec+ and popularity; test metrics of
 each side by side (DiffuRec and SASRec+ should be well above popularity).
 
-`converge`: one preset on Beauty or Toys toward convergence (early stopping, a time budget,
-checkpoints so it can be resumed), then test metrics at the preset's and at 32 reverse steps.
-For a GPU or a long CPU run; rerunning with the same --checkpoint-dir resumes.
+`converge`: one model and preset (DiffuRec by default; SASRec+ or popularity with --model) on
+Beauty, Toys or ML-1M toward convergence (early stopping, a time budget, checkpoints so it can be
+resumed), then test metrics (DiffuRec: at the preset's and at 32 reverse steps). For a GPU or a
+long CPU run; rerunning with the same --checkpoint-dir resumes.
 
     nice -n 10 .venv/bin/python benchmarks/bench_quality.py short --users 943 --last 30 --epochs 3
     nice -n 10 .venv/bin/python benchmarks/bench_quality.py converge --dataset beauty --preset fast \
         --max-minutes 45 --checkpoint-dir /tmp/beauty_fast_ck
+    nice -n 10 .venv/bin/python benchmarks/bench_quality.py converge --dataset toys --model sasrec --max-minutes 30
 """
 
 from __future__ import annotations
@@ -100,18 +102,20 @@ def converge(args) -> None:
     from diffurec.train import TrainSettings
 
     splits = dataset_splits(args.dataset)
-    out = Path(args.model_out or (CACHE / f"{args.dataset}-{args.preset}-model"))
-    settings = TrainSettings(model="diffurec", preset=args.preset, epochs=args.epochs, batch_size=args.batch_size,
+    preset = args.preset or {"diffurec": "fast", "sasrec": "default", "popularity": "default"}[args.model]
+    name = f"{args.dataset}-{preset}" if args.model == "diffurec" else f"{args.dataset}-{args.model}-{preset}"
+    out = Path(args.model_out or (CACHE / f"{name}-model"))
+    settings = TrainSettings(model=args.model, preset=preset, epochs=args.epochs, batch_size=args.batch_size,
                              lr=args.lr, eval_every=args.eval_every, patience=args.patience,
                              stop_rule=args.stop_rule, max_minutes=args.minutes, threads=args.threads,
-                             device=args.device, checkpoint_dir=args.checkpoint_dir, resume=True,
+                             device=args.device, checkpoint_dir=args.checkpoint_dir, resume=bool(args.checkpoint_dir),
                              progress=False)
     row = train_and_test(splits, out, settings, test_steps=(None, 32))
     paper = PAPER_TEST.get(args.dataset)
     if paper:
         best = next(iter(row["test"].values()))["metrics"]
         row["relative_to_paper"] = {k: round(best[k] / v - 1, 4) for k, v in paper.items()}
-    write_result(args.out or f"quality_{args.dataset}_{args.preset}", {
+    write_result(args.out or f"quality_{name.replace('-', '_')}", {
         "machine": machine(), "mode": "converge", "dataset": args.dataset, "paper_test": paper,
         "model_folder": str(out), "settings": {k: v for k, v in vars(args).items() if k != "func"}, **row})
 
@@ -131,9 +135,10 @@ def main() -> None:
                    help="comma-separated model:preset list, in order")
     s.add_argument("--out", default=None)
     s.set_defaults(func=short)
-    c = sub.add_parser("converge", help="one DiffuRec preset on Beauty/Toys toward convergence")
+    c = sub.add_parser("converge", help="one model and preset on Beauty/Toys/ML-1M toward convergence")
     c.add_argument("--dataset", default="beauty", choices=("beauty", "toys", "ml-1m"))
-    c.add_argument("--preset", default="fast")
+    c.add_argument("--model", default="diffurec", choices=("diffurec", "sasrec", "popularity"))
+    c.add_argument("--preset", default=None, help="default: fast (diffurec), default (sasrec, popularity)")
     c.add_argument("--epochs", type=int, default=500)
     c.add_argument("--batch-size", type=int, default=512)
     c.add_argument("--lr", type=float, default=1e-3)

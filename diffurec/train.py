@@ -109,11 +109,11 @@ def train_batches(loss_module: nn.Module, optimizer: torch.optim.Optimizer, inpu
                   batches: list[np.ndarray], lengths: np.ndarray | None, device: torch.device,
                   rank: int = 0, world_size: int = 1, desc: str = "train",
                   progress: bool | None = None, deadline: float | None = None,
-                  check_every: int = 20) -> tuple[float, int, float, bool]:
+                  ) -> tuple[float, int, float, bool]:
     """One pass of optimizer steps over `batches`.
 
-    `deadline` (time.perf_counter() value): every `check_every` steps, stop when it has passed
-    (all ranks agree). Returns this rank's (sum of sample losses, samples trained,
+    `deadline` (time.perf_counter() value): stop when it has passed, checked after every step
+    on one process and every 20 steps under DDP (where all ranks must agree, an all-reduce). Returns this rank's (sum of sample losses, samples trained,
     sample_fingerprint of them, whether the deadline cut the pass short).
     """
     from tqdm import tqdm
@@ -121,6 +121,7 @@ def train_batches(loss_module: nn.Module, optimizer: torch.optim.Optimizer, inpu
     loss_module.train()
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     seen, fingerprint, started = 0, 0.0, time.perf_counter()
+    check_every = 1 if world_size == 1 else 20
     # progress None: a bar only on a terminal (tqdm's disable=None); never on ranks other than 0
     disable = True if rank != 0 or progress is False else None if progress is None else False
     bar = tqdm(batches, desc=desc, unit="batch", disable=disable, leave=False, dynamic_ncols=True)

@@ -100,12 +100,12 @@ def test_patience_stops_training_and_keeps_the_best_weights(tiny_splits, tmp_pat
 
 
 def test_time_budget_can_end_an_epoch_early(tiny_splits, tmp_path):
-    # a budget already spent: the trainer stops at its first check (every 20 batches), then
-    # still validates and writes the folder
+    # a budget already spent: the trainer stops after its first batch (one process checks after
+    # every batch), then still validates and writes the folder
     summary = train(tiny_splits, tmp_path / "model", tiny_settings(epochs=5, batch_size=16, max_minutes=1e-6))
     assert summary["stop_reason"] == "time budget" and summary["epochs_run"] == 1
     curve = json.loads((tmp_path / "model" / "curve.json").read_text())
-    assert curve["train"][0]["samples"] == 20 * 16 < len(tiny_splits.train_targets)
+    assert 0 < curve["train"][0]["samples"] <= 16 < len(tiny_splits.train_targets)
     assert len(curve["valid"]) == 1
 
 

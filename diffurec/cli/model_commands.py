@@ -90,7 +90,7 @@ def _register_train(subparsers) -> None:
     p.add_argument("--patience", type=int, default=d.patience, help="stop after N validations without improvement")
     p.add_argument("--stop-rule", default=d.stop_rule, choices=STOP_RULES,
                    help="ndcg: improvement = higher validation NDCG@10; reference: any of the six metrics higher")
-    p.add_argument("--max-minutes", type=float, default=None, help="time budget (over resumed runs too); checked every 20 batches, so it may end an epoch early")
+    p.add_argument("--max-minutes", type=float, default=None, help="time budget (over resumed runs too); training stops mid-epoch when it is spent (checked after every batch; every 20 under DDP), then one last validation runs")
     p.add_argument("--seed", type=int, default=d.seed, help="random seed")
     p.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N")
     p.add_argument("--threads", type=int, default=None, help="CPU threads per process (default: cores / local ranks)")

@@ -50,6 +50,16 @@ PRESETS["fast"] = dict(PRESETS["paper"], reverse_steps=1, mask="key", attention=
 PRESETS["fast-init"] = dict(PRESETS["fast"], item_init_std=128 ** -0.5)
 
 
+def preset_config(model: str, presets: dict, preset: str, overrides: dict) -> dict:
+    """The preset's hyperparameters with `overrides` applied; unknown names are errors."""
+    if preset not in presets:
+        raise ValueError(f"unknown {model} preset {preset!r}; choose from {sorted(presets)}")
+    unknown = set(overrides) - set(presets[preset])
+    if unknown:
+        raise ValueError(f"unknown {model} hyperparameters: {sorted(unknown)}")
+    return dict(presets[preset], **overrides)
+
+
 def trunc_lin_betas(steps: int) -> torch.Tensor:
     """The reference's `trunc_lin` schedule, float64: linspace(s*1e-4 + 0.01, s*0.02 + 0.01)."""
     scale = 1000.0 / steps
@@ -172,12 +182,7 @@ class DiffuRec(nn.Module):
 
     def __init__(self, num_items: int, max_len: int, preset: str = "paper", **overrides):
         super().__init__()
-        if preset not in PRESETS:
-            raise ValueError(f"unknown DiffuRec preset {preset!r}; choose from {sorted(PRESETS)}")
-        unknown = set(overrides) - set(PRESETS[preset])
-        if unknown:
-            raise ValueError(f"unknown DiffuRec hyperparameters: {sorted(unknown)}")
-        cfg = dict(PRESETS[preset], **overrides)
+        cfg = preset_config("DiffuRec", PRESETS, preset, overrides)
         if cfg["mask"] not in ("query", "key") or cfg["attention"] not in ("explicit", "sdpa"):
             raise ValueError(f"mask must be 'query' or 'key', attention 'explicit' or 'sdpa': {cfg}")
         if cfg["schedule"] != "trunc_lin":

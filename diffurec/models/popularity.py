@@ -10,6 +10,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from diffurec.models.diffurec import preset_config
+
 PRESETS = {"default": {}}
 
 
@@ -21,10 +23,7 @@ class Popularity(nn.Module):
 
     def __init__(self, num_items: int, max_len: int, preset: str = "default", **overrides):
         super().__init__()
-        if preset not in PRESETS:
-            raise ValueError(f"unknown popularity preset {preset!r}; choose from {sorted(PRESETS)}")
-        if overrides:
-            raise ValueError(f"popularity takes no hyperparameters, got {sorted(overrides)}")
+        preset_config("popularity", PRESETS, preset, overrides)  # it has no hyperparameters
         self.config = dict(name="popularity", preset=preset, num_items=num_items, max_len=max_len)
         self.num_items, self.max_len = num_items, max_len
         # A buffer, so it is in the state dict (safetensors) but never seen by an optimizer.

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from diffurec.models.diffurec import Block, dot_scores, transformer_flops
+from diffurec.models.diffurec import Block, dot_scores, preset_config, transformer_flops
 
 PRESETS = {
     "default": dict(hidden_size=64, num_blocks=2, num_heads=1, ffn_size=256,
@@ -36,12 +36,7 @@ class SASRec(nn.Module):
 
     def __init__(self, num_items: int, max_len: int, preset: str = "default", **overrides):
         super().__init__()
-        if preset not in PRESETS:
-            raise ValueError(f"unknown SASRec preset {preset!r}; choose from {sorted(PRESETS)}")
-        unknown = set(overrides) - set(PRESETS[preset])
-        if unknown:
-            raise ValueError(f"unknown SASRec hyperparameters: {sorted(unknown)}")
-        cfg = dict(PRESETS[preset], **overrides)
+        cfg = preset_config("SASRec", PRESETS, preset, overrides)
         self.config = dict(name="sasrec", preset=preset, num_items=num_items, max_len=max_len, **cfg)
         self.num_items, self.max_len = num_items, max_len
         d = cfg["hidden_size"]
