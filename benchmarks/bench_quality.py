@@ -1,15 +1,17 @@
 """Quality with the project's one trainer and evaluator.
 
 `short`: a fixed-budget run on ML-100K (optionally a slice: first --users users, each one's last
---last interactions) of DiffuRec `paper` and `fast`, SASRec+ and popularity; test metrics of
-each side by side (DiffuRec and SASRec+ should be well above popularity).
+--last interactions; --max-len sets the history window) of DiffuRec `fast-init` and `paper`,
+SASRec+ and popularity; test metrics of each side by side (DiffuRec and SASRec+ should be well
+above popularity).
 
 `converge`: one model and preset (DiffuRec by default; SASRec+ or popularity with --model) on
 Beauty, Toys or ML-1M toward convergence (early stopping, a time budget, checkpoints so it can be
 resumed), then test metrics (DiffuRec: at the preset's and at 32 reverse steps). For a GPU or a
 long CPU run; rerunning with the same --checkpoint-dir resumes.
 
-    nice -n 10 .venv/bin/python benchmarks/bench_quality.py short --users 943 --last 30 --epochs 3
+    nice -n 10 .venv/bin/python benchmarks/bench_quality.py short --max-len 20 --epochs 50 --minutes 10 \
+        --batch-size 256 --threads 1
     nice -n 10 .venv/bin/python benchmarks/bench_quality.py converge --dataset beauty --preset fast \
         --max-minutes 45 --checkpoint-dir /tmp/beauty_fast_ck
     nice -n 10 .venv/bin/python benchmarks/bench_quality.py converge --dataset toys --model sasrec --max-minutes 30
@@ -24,24 +26,29 @@ from pathlib import Path
 
 from common import CACHE, PAPER_TEST, SHARED_DATA, dataset_splits, machine, write_result
 
-MODELS = (("popularity", "default"), ("sasrec", "dense"), ("diffurec", "fast"), ("diffurec", "paper"))
+MODELS = (("popularity", "default"), ("sasrec", "dense"), ("diffurec", "fast-init"), ("diffurec", "fast"),
+          ("diffurec", "paper"))
 
 
-def ml100k_slice(users: int | None, last: int | None):
+def ml100k_slice(users: int | None, last: int | None, max_len: int | None):
+    """ML-100K, optionally cut to the first `users` users and each one's `last` interactions,
+    preprocessed with a `max_len` window (default: preprocess's)."""
     from diffurec.data.preprocess import preprocess_frame
     from diffurec.data.readers import read_interactions
-    from diffurec.data.splits import load_splits
+    from diffurec.data.splits import DEFAULT_MAX_LEN, load_splits
 
-    if not users and not last:
+    if not users and not last and not max_len:
         return dataset_splits("ml-100k")
-    folder = CACHE / f"ml-100k-{users}x{last}"
+    max_len = max_len or DEFAULT_MAX_LEN
+    folder = CACHE / f"ml-100k-{users}x{last}-len{max_len}"
     if not (folder / "format.json").is_file():
         frame = read_interactions(SHARED_DATA / "ml-100k" / "ml-100k.inter")
         if users:
             frame = frame[frame["user"].isin(set(frame["user"].drop_duplicates().iloc[:users]))]
         if last:
             frame = frame.sort_values(["user", "timestamp"], kind="stable").groupby("user", sort=False).tail(last)
-        preprocess_frame(frame, folder, source={"path": f"ml-100k slice {users} users x last {last}"})
+        preprocess_frame(frame, folder, max_len=max_len,
+                         source={"path": f"ml-100k slice {users} users x last {last}, max_len {max_len}"})
     return load_splits(folder)
 
 
@@ -68,7 +75,7 @@ def train_and_test(splits, out: Path, settings, test_steps=(None,)) -> dict:
 def short(args) -> None:
     from diffurec.train import TrainSettings
 
-    splits = ml100k_slice(args.users, args.last)
+    splits = ml100k_slice(args.users, args.last, args.max_len)
     rows = []
     models = [m for m in MODELS if f"{m[0]}:{m[1]}" in args.models.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
@@ -90,7 +97,8 @@ def write_short(args, splits, rows) -> None:
     write_result(args.out or "quality_ml100k", {
         "machine": machine(), "mode": "short",
         "data": {"dataset": "ml-100k", "users": splits.num_users, "items": splits.num_items,
-                 "train_samples": int(len(splits.train_targets)), "slice": {"users": args.users, "last": args.last}},
+                 "train_samples": int(len(splits.train_targets)), "max_len": splits.max_len,
+                 "slice": {"users": args.users, "last": args.last}},
         "budget": {"epochs": args.epochs, "max_minutes_per_model": args.minutes, "batch_size": args.batch_size,
                    "lr": args.lr},
         "note": "shared 2-core machine; fixed small budget, so DiffuRec (lr 1e-3 in the paper, 500 epochs) "
@@ -126,12 +134,13 @@ def main() -> None:
     s = sub.add_parser("short", help="fixed-budget ML-100K comparison")
     s.add_argument("--users", type=int, default=None)
     s.add_argument("--last", type=int, default=None)
+    s.add_argument("--max-len", type=int, default=None, help="history window (default: preprocess's)")
     s.add_argument("--epochs", type=int, default=3)
     s.add_argument("--minutes", type=float, default=None, help="time budget per model")
     s.add_argument("--batch-size", type=int, default=128)
     s.add_argument("--lr", type=float, default=2e-3)
     s.add_argument("--threads", type=int, default=None)
-    s.add_argument("--models", default="popularity:default,sasrec:dense,diffurec:fast,diffurec:paper",
+    s.add_argument("--models", default="popularity:default,sasrec:dense,diffurec:fast-init,diffurec:paper",
                    help="comma-separated model:preset list, in order")
     s.add_argument("--out", default=None)
     s.set_defaults(func=short)
