@@ -113,8 +113,9 @@ def train_batches(loss_module: nn.Module, optimizer: torch.optim.Optimizer, inpu
     """One pass of optimizer steps over `batches`.
 
     `deadline` (time.perf_counter() value): stop when it has passed, checked after every step
-    on one process and every 20 steps under DDP (where all ranks must agree, an all-reduce). Returns this rank's (sum of sample losses, samples trained,
-    sample_fingerprint of them, whether the deadline cut the pass short).
+    on one process and every 20 steps under DDP (where all ranks must agree, an all-reduce).
+    Returns this rank's (sum of sample losses, samples trained, sample_fingerprint of them,
+    whether the deadline cut the pass short).
     """
     from tqdm import tqdm
 
