@@ -40,7 +40,8 @@ def ml100k_slice(users: int | None, last: int | None, max_len: int | None):
     if not users and not last and not max_len:
         return dataset_splits("ml-100k")
     max_len = max_len or DEFAULT_MAX_LEN
-    folder = CACHE / f"ml-100k-{users}x{last}-len{max_len}"
+    folder = CACHE / ("ml-100k" + (f"-{users}users" if users else "") + (f"-last{last}" if last else "")
+                      + f"-len{max_len}")
     if not (folder / "format.json").is_file():
         frame = read_interactions(SHARED_DATA / "ml-100k" / "ml-100k.inter")
         if users:

@@ -1,0 +1,80 @@
+"""One picture and one table of every quality result in benchmarks/results/: test HR@10 and
+NDCG@10 per dataset and model (all from the same evaluator), with the paper's DiffuRec numbers
+as dashed lines where the paper reports them.
+
+Reads `quality_*.json` written by bench_quality.py (`short` rows and `converge` results) and
+writes `results/quality.png`; prints the table as Markdown.
+
+    .venv/bin/python benchmarks/plot_quality.py
+"""
+
+from __future__ import annotations
+
+import json
+
+from common import PAPER_TEST, RESULTS
+
+
+def quality_rows() -> list[dict]:
+    """(dataset, model label, budget, test metrics at the model's own reverse steps) per result."""
+    rows = []
+    for path in sorted(RESULTS.glob("quality_*.json")):
+        result = json.loads(path.read_text())
+        if result.get("mode") == "short":
+            dataset = result["data"]["dataset"]
+            runs = result["models"]
+        elif result.get("mode") == "converge":
+            dataset, runs = result["dataset"], [result]
+        else:
+            continue
+        for run in runs:
+            metrics = next(iter(run["test"].values()))["metrics"]
+            rows.append({"dataset": dataset, "model": f"{run['model']} {run['preset']}", "file": path.name,
+                         "epochs": run["epochs_run"], "stop": run["stop_reason"],
+                         "train_minutes": round(run["train_seconds"] / 60, 1),
+                         "HR@10": metrics["HR@10"], "NDCG@10": metrics["NDCG@10"]})
+    order = {"popularity": 0, "sasrec": 1, "diffurec": 2}
+    return sorted(rows, key=lambda r: (r["dataset"], order.get(r["model"].split()[0], 3), r["model"]))
+
+
+def plot(rows: list[dict], out) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    datasets = sorted({r["dataset"] for r in rows})
+    fig, axes = plt.subplots(1, len(datasets), figsize=(5 * len(datasets), 4), squeeze=False)
+    for ax, dataset in zip(axes[0], datasets):
+        mine = [r for r in rows if r["dataset"] == dataset]
+        xs = range(len(mine))
+        ax.bar([x - 0.2 for x in xs], [r["HR@10"] for r in mine], 0.4, label="HR@10")
+        ax.bar([x + 0.2 for x in xs], [r["NDCG@10"] for r in mine], 0.4, label="NDCG@10")
+        for metric, color in (("HR@10", "C0"), ("NDCG@10", "C1")):
+            if dataset in PAPER_TEST:
+                ax.axhline(PAPER_TEST[dataset][metric], color=color, linestyle="--", linewidth=1,
+                           label=f"paper DiffuRec {metric}")
+        ax.set_xticks(list(xs), [r["model"].replace(" ", "\n") for r in mine], fontsize=8)
+        ax.set_xlim(-0.7, max(len(mine), 4) - 0.3)
+        ax.set_title(dataset)
+        ax.set_ylabel("test metric (%)")
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle("Test quality, full ranking, one evaluator")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    rows = quality_rows()
+    plot(rows, RESULTS / "quality.png")
+    print("| dataset | model | epochs | stop | train min | test HR@10 | test NDCG@10 | file |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['dataset']} | {r['model']} | {r['epochs']} | {r['stop']} | {r['train_minutes']} | "
+              f"{r['HR@10']:.2f} | {r['NDCG@10']:.2f} | {r['file']} |")
+    print(f"wrote {RESULTS / 'quality.png'}")
+
+
+if __name__ == "__main__":
+    main()
