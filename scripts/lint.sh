@@ -6,7 +6,7 @@
 #   kubernetes-validate --strict   every core-kind object of every overlay against the API schema
 #   hadolint          Dockerfile
 #   actionlint        .github/workflows (with shellcheck on their run: scripts)
-#   the deployment scripts, with shellcheck
+#   every shell script in scripts/ and benchmarks/, with shellcheck
 # The tools are pinned in requirements-dev.txt / installed by scripts/setup.sh. Any problem
 # fails the run (non-zero exit). Takes a few seconds.
 set -euo pipefail
@@ -47,7 +47,7 @@ check hadolint "$bin/hadolint" Dockerfile
 # actionlint runs shellcheck on the workflows' run: scripts when it is installed (Debian).
 check actionlint "$bin/actionlint" -no-color .github/workflows/*.yml
 if command -v shellcheck >/dev/null; then
-  check shellcheck shellcheck scripts/lint.sh scripts/build_image.sh scripts/ci_shared_data.sh
+  check shellcheck shellcheck scripts/*.sh benchmarks/*.sh
 else
   echo "lint: shellcheck not installed (scripts/setup.sh installs it): shell checks skipped" >&2
 fi
