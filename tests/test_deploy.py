@@ -293,7 +293,7 @@ def test_workflows_retrain_on_data_params_code_and_schedule_and_test_pull_reques
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
 def test_lint_fails_on_a_broken_manifest(tmp_path):
     # A copy of what lint.sh reads, with one typo in one Deployment.
-    for relative in (".yamllint", "Dockerfile", ".github", "k8s", "monitoring", "scripts"):
+    for relative in (".yamllint", "Dockerfile", ".github", "k8s", "monitoring", "scripts", "benchmarks"):
         source = REPO / relative
         (shutil.copytree if source.is_dir() else shutil.copy)(source, tmp_path / relative)
     (tmp_path / ".venv").symlink_to(BIN.parent)
