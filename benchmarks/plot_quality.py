@@ -58,9 +58,12 @@ def plot(rows: list[dict], out) -> None:
         ax.set_xlim(-0.7, max(len(mine), 4) - 0.3)
         ax.set_title(dataset)
         ax.set_ylabel("test metric (%)")
-    axes[0][0].legend(fontsize=7)
+    legend = {}  # one legend below the panels, so it never covers a bar
+    for ax in axes[0]:
+        legend.update(zip(*reversed(ax.get_legend_handles_labels())))
+    fig.legend(legend.values(), legend.keys(), loc="lower center", ncol=len(legend), fontsize=8)
     fig.suptitle("Test quality, full ranking, one evaluator")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     fig.savefig(out, dpi=110)
     plt.close(fig)
 
