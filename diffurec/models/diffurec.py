@@ -22,10 +22,8 @@ the first 4,000 Beauty test users with a 2-epoch `fast-init` model, HR@10 was 1.
 of two seeds. Any preset accepts `reverse_steps=` at score time.
 `fast-init` trains much faster from the start: on Beauty after one epoch (same seed, batches and
 trainer) validation HR@10 / NDCG@10 were 2.63 / 1.27 % against `fast`'s 0.94 / 0.49 % (popularity:
-1.57 / 0.77 %). Trained to patience on Beauty (36 epochs, 2 h on one CPU core) its test HR@10 /
-NDCG@10 were 7.68 / 4.45 % against the paper's published 7.91 / 4.75 % (97 % / 94 %;
-benchmarks/results/quality_beauty_fast_init.json). `paper` itself is not yet trained to convergence
-here (about 15 CPU-minutes per Beauty epoch; benchmarks/gpu_check.py does it on a GPU).
+1.57 / 0.77 %). Its converged test quality against the paper's numbers is in the README's Models
+table; `paper` itself is not yet trained to convergence here (benchmarks/gpu_check.py does it).
 
 Fewer reverse steps than T use evenly spaced timesteps with the respaced posterior (as in
 improved DDPM's `space_timesteps`); with all T steps this is exactly the reference process.
