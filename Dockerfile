@@ -34,7 +34,10 @@ RUN grep -v '^torch==' constraints.txt > /tmp/constraints.txt \
     && rm /tmp/constraints.txt /tmp/requirements.txt
 
 COPY pyproject.toml README.md ./
+# The library, and the pipeline package and components whose steps run in this image.
 COPY diffurec ./diffurec
+COPY pipelines ./pipelines
+COPY components ./components
 RUN python -m pip install --no-deps . \
     && python -m pip check \
     && useradd --create-home --uid 1000 --user-group --shell /usr/sbin/nologin diffurec \

@@ -1,11 +1,26 @@
-"""The settings of a training run, apart from the trainer so the CLI can show its defaults
-without importing torch (`diffurec --help` stays fast)."""
+"""The settings of a training run: the one place a training setting is defined.
+
+Each field of `TrainSettings` carries its default and its help text. From it come:
+- the flags of `diffurec train` (`add_arguments`, `from_arguments`): one flag per field;
+- `TrainSettings.from_mapping(...)`: params.yaml's `train:` section (DVC reads it with
+  `diffurec train --params params.yaml`), or the Kubeflow pipeline's `train` dict parameter
+  (passed to the command as `--settings JSON`).
+Adding a setting is one field here and, to change its default for the pipeline, one line of
+params.yaml. Kept apart from the trainer so `diffurec --help` does not import torch.
+"""
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
+import json
+import types
+import typing
 from dataclasses import dataclass, field
+from typing import Any
 
 from diffurec.errors import DiffuRecError
+from diffurec.models import MODEL_NAMES
 
 STOP_RULES = ("ndcg", "reference")
 
@@ -16,39 +31,160 @@ RESULT_SETTINGS = ("model", "preset", "hyper", "batch_size", "lr", "weight_decay
                    "eval_reverse_steps")
 
 
+def setting(default: Any, help: str, *, choices: tuple[str, ...] | None = None,
+            metavar: str | None = None) -> Any:
+    """A TrainSettings field: its default and what `diffurec train --help` says of it."""
+    metadata = {"help": help, "choices": choices, "metavar": metavar}
+    if isinstance(default, dict):
+        return field(default_factory=dict, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
 @dataclass
 class TrainSettings:
     """Everything a training run depends on; the defaults are the reference's (diffurec-reference.md §2)."""
 
-    model: str = "diffurec"
-    preset: str | None = None           # None: the model's default preset
-    hyper: dict = field(default_factory=dict)  # model hyperparameter overrides
-    epochs: int = 500
-    batch_size: int = 512
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    lr_step: int = 100                  # StepLR: lr x lr_gamma every lr_step epochs
-    lr_gamma: float = 0.1
-    eval_every: int = 20                # validate every N epochs (and after the last one)
-    patience: int = 5                   # stop after this many validations without improvement
-    stop_rule: str = "ndcg"             # "ndcg": valid NDCG@10 improved; "reference": any of six
-    max_minutes: float | None = None    # time budget over all (resumed) runs; may end mid-epoch
-    seed: int = 1997
-    device: str = "auto"
-    threads: int | None = None          # CPU threads per process (default: cores / local ranks)
-    eval_batch_size: int = 1024
-    eval_reverse_steps: int | None = None  # None: the model's default
-    checkpoint_dir: str | None = None
-    resume: bool = False
-    progress: bool | None = None        # tqdm bars; None: only on a terminal
+    model: str = setting("diffurec", "model to train", choices=MODEL_NAMES)
+    preset: str | None = setting(None, "preset of the model (diffurec: paper, fast, fast-init; "
+                                       "sasrec: default, dense); default: the model's default")
+    hyper: dict[str, Any] = setting({}, "override one model hyperparameter, e.g. --set dropout=0.2 "
+                                        "(repeatable; params.yaml: a mapping)", metavar="KEY=VALUE")
+    epochs: int = setting(500, "maximum number of epochs")
+    batch_size: int = setting(512, "global batch size (all ranks)")
+    lr: float = setting(1e-3, "Adam learning rate")
+    weight_decay: float = setting(0.0, "Adam weight decay")
+    lr_step: int = setting(100, "StepLR: multiply the lr by lr_gamma every N epochs")
+    lr_gamma: float = setting(0.1, "StepLR factor")
+    eval_every: int = setting(20, "validate every N epochs (and after the last)")
+    patience: int = setting(5, "stop after N validations without improvement")
+    stop_rule: str = setting("ndcg", "ndcg: improvement = higher validation NDCG@10; reference: "
+                                     "any of the six metrics higher", choices=STOP_RULES)
+    max_minutes: float | None = setting(None, "time budget (over resumed runs too); training stops "
+                                              "mid-epoch when it is spent (checked after every batch; "
+                                              "every 20 under DDP), then one last validation runs")
+    seed: int = setting(1997, "random seed")
+    device: str = setting("auto", "auto, cpu, cuda or cuda:N")
+    threads: int | None = setting(None, "CPU threads per process (default: cores / local ranks)")
+    eval_batch_size: int = setting(1024, "users per validation batch")
+    eval_reverse_steps: int | None = setting(None, "DiffuRec reverse steps during validation "
+                                                   "(default: the preset's)")
+    checkpoint_dir: str | None = setting(None, "write a checkpoint here after every epoch",
+                                         metavar="DIR")
+    resume: bool = setting(False, "continue from the checkpoint in checkpoint_dir if there is one")
+    progress: bool | None = setting(None, "progress bars (default: only on a terminal)")
 
     def check(self) -> None:
+        if self.model not in MODEL_NAMES:
+            raise DiffuRecError(f"--model {self.model!r}: choose from {', '.join(MODEL_NAMES)}")
         if self.stop_rule not in STOP_RULES:
             raise DiffuRecError(f"--stop-rule {self.stop_rule!r}: choose from {', '.join(STOP_RULES)}")
         for name in ("epochs", "batch_size", "eval_every", "patience", "lr_step", "eval_batch_size"):
             if getattr(self, name) < 1:
-                raise DiffuRecError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+                raise DiffuRecError(f"--{flag(name)} must be at least 1, got {getattr(self, name)}")
         if self.lr <= 0:
             raise DiffuRecError(f"--lr must be positive, got {self.lr}")
         if self.resume and not self.checkpoint_dir:
             raise DiffuRecError("--resume needs --checkpoint-dir")
+
+    @classmethod
+    def from_mapping(cls, values: dict[str, Any], source: str = "train settings") -> TrainSettings:
+        """Settings from a mapping of field names (params.yaml's `train:`, the pipeline's dict);
+        `source` names it in errors. Missing fields keep their defaults."""
+        if not isinstance(values, dict):
+            raise DiffuRecError(f"{source}: expected a mapping of settings, found {type(values).__name__}")
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        hints = typing.get_type_hints(cls)
+        checked = {}
+        for name, value in values.items():
+            if name not in known:
+                raise DiffuRecError(f"{source}: unknown setting {name!r} (known: {', '.join(known)})")
+            checked[name] = _typed(value, hints[name], f"{source}: {name}")
+        settings = cls(**checked)
+        settings.check()
+        return settings
+
+    def to_mapping(self) -> dict[str, Any]:
+        """The fields as plain values (what from_mapping reads back)."""
+        return dataclasses.asdict(self)
+
+
+def flag(name: str) -> str:
+    """The command-line spelling of a field: batch_size -> batch-size."""
+    return name.replace("_", "-")
+
+
+def _base_type(hint: Any) -> tuple[type, bool]:
+    """(type, optional) of a field's annotation: `int | None` -> (int, True)."""
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        args = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+        return _base_type(args[0])[0], True
+    return (typing.get_origin(hint) or hint), False
+
+
+def _typed(value: Any, hint: Any, where: str) -> Any:
+    """`value` checked (and ints widened to floats) against a field's annotation."""
+    kind, optional = _base_type(hint)
+    if value is None and optional:
+        return None
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if kind is int and isinstance(value, bool) or not isinstance(value, kind):
+        raise DiffuRecError(f"{where}: expected {kind.__name__}{' or null' if optional else ''}, "
+                            f"got {value!r}")
+    return value
+
+
+def _hyper_value(text: str) -> Any:
+    """KEY=VALUE's value: JSON when it parses (numbers, true/false), the string otherwise."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def parse_hyper(pairs: list[str]) -> dict[str, Any]:
+    """`--set KEY=VALUE` pairs -> {key: value}."""
+    hyper = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise DiffuRecError(f"--set {pair!r}: expected KEY=VALUE, e.g. --set dropout=0.2")
+        hyper[key.replace("-", "_")] = _hyper_value(value)
+    return hyper
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per TrainSettings field. A flag that is not given stays unset (SUPPRESS), so
+    `from_arguments` can tell it from a value of --params/--settings."""
+    hints = typing.get_type_hints(TrainSettings)
+    for f in dataclasses.fields(TrainSettings):
+        kind, _ = _base_type(hints[f.name])
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+        text = f.metadata["help"]
+        options: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS}
+        if f.name == "hyper":
+            parser.add_argument("--set", action="append", metavar=f.metadata["metavar"], help=text,
+                                **options)
+        elif f.name == "progress":
+            parser.add_argument("--no-progress", action="store_const", const=False,
+                                help="no progress bars (default: only on a terminal)", **options)
+        elif kind is bool:
+            parser.add_argument(f"--{flag(f.name)}", action="store_const", const=True,
+                                help=text, **options)
+        else:
+            shown = "" if default is None else f" (default: {default})"
+            parser.add_argument(f"--{flag(f.name)}", type=kind, choices=f.metadata["choices"],
+                                metavar=f.metadata["metavar"], help=text + shown, **options)
+
+
+def from_arguments(args: argparse.Namespace, base: dict[str, Any] | None = None,
+                   source: str = "train settings") -> TrainSettings:
+    """Settings from `base` (a params file's section or --settings) with the given flags on top."""
+    values = dict(base or {})
+    for f in dataclasses.fields(TrainSettings):
+        if hasattr(args, f.name):
+            value = getattr(args, f.name)
+            # --set adds to (does not replace) the base's hyperparameters.
+            values[f.name] = {**values.get("hyper", {}), **parse_hyper(value)} if f.name == "hyper" \
+                else value
+    return TrainSettings.from_mapping(values, source=source)

@@ -24,7 +24,7 @@ from components.gate import gate
 from components.preprocess import preprocess
 from components.promote import promote
 from components.register import register
-from components.train import train
+from components.train import train as train_model
 from components.validate import validate
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,27 +41,20 @@ SERVICE_ACCOUNT = "diffurec-pipeline-runner"
 
 
 def load_params(path: Path = PARAMS_FILE) -> dict:
-    import yaml
+    from diffurec.files import read_params
 
-    return yaml.safe_load(path.read_text())
+    return read_params(path)
 
 
 def default_arguments(params: dict) -> dict:
-    """Pipeline arguments from params.yaml's sections (the KFP names of the DVC params)."""
-    data, training = params["data"], params["train"]
+    """Pipeline arguments from params.yaml's sections (the KFP names of the DVC params). The
+    `train:` section travels whole, as one dict (diffurec.train_settings.TrainSettings)."""
+    data = params["data"]
     return {
         "dataset": data["dataset"],
         "source": "",
         "max_len": int(data["max_len"]),
-        "model_name": training["model"],
-        "preset": training["preset"],
-        "epochs": int(training["epochs"]),
-        "max_minutes": float(training["max_minutes"]),
-        "batch_size": int(training["batch_size"]),
-        "lr": float(training["lr"]),
-        "eval_every": int(training["eval_every"]),
-        "patience": int(training["patience"]),
-        "seed": int(training["seed"]),
+        "train": dict(params["train"]),
         "split": params["evaluate"]["split"],
         "registry_name": params["registry"]["name"],
         "tracking_uri": "",  # empty: $MLFLOW_TRACKING_URI (on a cluster: the ConfigMap's)
@@ -81,15 +74,7 @@ def build_pipeline(cluster: bool = True, params: dict | None = None):
             dataset: str = defaults["dataset"],
             source: str = defaults["source"],
             max_len: int = defaults["max_len"],
-            model_name: str = defaults["model_name"],
-            preset: str = defaults["preset"],
-            epochs: int = defaults["epochs"],
-            max_minutes: float = defaults["max_minutes"],
-            batch_size: int = defaults["batch_size"],
-            lr: float = defaults["lr"],
-            eval_every: int = defaults["eval_every"],
-            patience: int = defaults["patience"],
-            seed: int = defaults["seed"],
+            train: dict = defaults["train"],
             split: str = defaults["split"],
             registry_name: str = defaults["registry_name"],
             tracking_uri: str = defaults["tracking_uri"],
@@ -105,16 +90,11 @@ def build_pipeline(cluster: bool = True, params: dict | None = None):
         splits_check = validate(data=splits_task.outputs["splits"], kind="splits")
         splits_check.set_display_name("validate splits")
 
-        run_params = {"dataset": dataset, "source": source, "max_len": max_len,
-                      "model": model_name, "preset": preset, "epochs": epochs,
-                      "max_minutes": max_minutes, "batch_size": batch_size, "lr": lr,
-                      "eval_every": eval_every, "patience": patience, "seed": seed}
+        # The data parameters, recorded with the train settings in the model's lineage.
+        data_params = {"dataset": dataset, "source": source, "max_len": max_len}
         # Training is the expensive step: cached on (data, parameters, image), on a GPU node.
-        train_task = train(raw=raw_task.outputs["raw"], splits=splits_task.outputs["splits"],
-                           model_name=model_name, preset=preset, epochs=epochs,
-                           max_minutes=max_minutes, batch_size=batch_size, lr=lr,
-                           eval_every=eval_every, patience=patience,
-                           seed=seed, run_params=run_params).after(splits_check)
+        train_task = train_model(raw=raw_task.outputs["raw"], splits=splits_task.outputs["splits"],
+                                 settings=train, data_params=data_params).after(splits_check)
         train_task.set_display_name("train")
         train_task.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(1)
         train_task.set_cpu_request("4").set_cpu_limit("8")
@@ -125,11 +105,9 @@ def build_pipeline(cluster: bool = True, params: dict | None = None):
                                   effect="NoSchedule")
         kubernetes.set_timeout(train_task, seconds=6 * 3600)
 
-        baseline_task = train(raw=raw_task.outputs["raw"], splits=splits_task.outputs["splits"],
-                              model_name="popularity", preset="default", epochs=0,
-                              max_minutes=0.0, batch_size=batch_size, lr=lr, eval_every=1,
-                              patience=0, seed=seed,
-                              run_params=run_params).after(splits_check)
+        baseline_task = train_model(raw=raw_task.outputs["raw"], splits=splits_task.outputs["splits"],
+                                    settings={"model": "popularity"},
+                                    data_params=data_params).after(splits_check)
         baseline_task.set_display_name("train popularity baseline")
 
         eval_task = evaluate(model=train_task.outputs["model"],

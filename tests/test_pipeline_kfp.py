@@ -67,17 +67,17 @@ def test_spec_gpu_caching_condition_and_parameters(repo_root):
     # Parameters cover data location, preset, budget and thresholds, defaults from params.yaml.
     params = yaml.safe_load((repo_root / "params.yaml").read_text())
     inputs = spec["root"]["inputDefinitions"]["parameters"]
-    assert {"dataset", "source", "preset", "epochs", "max_minutes",
-            "gate_thresholds"} <= set(inputs)
-    assert inputs["preset"]["defaultValue"] == params["train"]["preset"]
-    assert inputs["max_minutes"]["defaultValue"] == params["train"]["max_minutes"]
+    assert {"dataset", "source", "train", "gate_thresholds"} <= set(inputs)
+    assert inputs["train"]["defaultValue"] == params["train"]
     assert inputs["gate_thresholds"]["defaultValue"] == params["gate"]
 
 
 def _local_run(repo_root, root, uri, source, thresholds, model="diffurec"):
-    command = [DIFFUREC, "pipeline", "local", "--root", str(root), "--set", f"model_name={model}",
-               "--set", f"source={source}", "--set", "epochs=1", "--set", "max_minutes=1",
-               "--set", "patience=1", "--set", f"registry_name={NAME}",
+    command = [DIFFUREC, "pipeline", "local", "--root", str(root), "--set", f"train.model={model}",
+               # null: the model's default preset (params.yaml's is a DiffuRec preset)
+               *(["--set", "train.preset=null"] if model != "diffurec" else []),
+               "--set", f"source={source}", "--set", "train.epochs=1", "--set", "train.max_minutes=1",
+               "--set", "train.patience=1", "--set", f"registry_name={NAME}",
                "--set", f"gate_thresholds={json.dumps(thresholds)}"]
     return run(command, cwd=repo_root, env=tool_env(uri))
 
@@ -129,3 +129,6 @@ def test_submit_needs_a_host_and_valid_overrides(monkeypatch, capsys):
     assert "--host" in capsys.readouterr().err
     assert main(["pipeline", "submit", "--host", "http://127.0.0.1:1", "--set", "nope=1"]) == 2
     assert "nope" in capsys.readouterr().err
+    # A train setting is checked before anything is submitted.
+    assert main(["pipeline", "submit", "--host", "http://127.0.0.1:1", "--set", "train.epochs=x"]) == 2
+    assert "epochs: expected int" in capsys.readouterr().err

@@ -1,6 +1,9 @@
 """The `diffurec` command: parses arguments and calls the library, nothing more.
 
-Each group of subcommands lives in its own module with a `register(subparsers)` function.
+Each group of subcommands lives in its own module with a `register(subparsers)` function:
+the library's own groups are listed in COMMAND_MODULES; other installed packages add groups
+through the `diffurec.commands` entry point (the `pipeline` group comes from the project's
+`pipelines` package that way, so the library never imports it).
 A subcommand's handler takes the parsed arguments and may return a dict
 {"gauges": {name: value}, "labels": {name: value}} that is pushed to Prometheus with the
 step's duration and outcome. A DiffuRecError becomes one line on stderr and exit status 2.
@@ -13,6 +16,7 @@ import importlib
 import logging
 import sys
 import time
+from importlib.metadata import entry_points
 
 from diffurec import __version__
 from diffurec.errors import DiffuRecError
@@ -21,8 +25,8 @@ COMMAND_MODULES = (
     "diffurec.cli.data_commands",
     "diffurec.cli.model_commands",
     "diffurec.cli.promotion_commands",
-    "diffurec.cli.pipeline_commands",
 )
+ENTRY_POINT_GROUP = "diffurec.commands"
 
 EXIT_ERROR = 2
 
@@ -38,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(subparsers)
+    for entry_point in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda ep: ep.name):
+        entry_point.load()(subparsers)
     return parser
 
 

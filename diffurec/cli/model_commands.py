@@ -5,8 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from diffurec.errors import DiffuRecError
+
+if TYPE_CHECKING:
+    from diffurec.train_settings import TrainSettings
 
 
 def register(subparsers) -> None:
@@ -17,36 +21,6 @@ def register(subparsers) -> None:
 
 
 # ---- helpers -------------------------------------------------------------------------------
-
-def _hyper_value(text: str):
-    """KEY=VALUE's value: JSON when it parses (numbers, true/false), the string otherwise."""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
-def _parse_overrides(pairs: list[str]) -> dict:
-    hyper = {}
-    for pair in pairs or []:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise DiffuRecError(f"--set {pair!r}: expected KEY=VALUE, e.g. --set dropout=0.2")
-        hyper[key.replace("-", "_")] = _hyper_value(value)
-    return hyper
-
-
-def _write_json(path: str, value: dict) -> None:
-    import os
-    import tempfile
-
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.tmp-", dir=out.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(json.dumps(value, indent=2) + "\n")
-    os.replace(tmp, out)
-
 
 def _dataset_label(splits) -> str | None:
     source = splits.meta.get("source") or {}
@@ -63,70 +37,67 @@ def _check_compatible(model, splits, model_dir) -> None:
 # ---- train ---------------------------------------------------------------------------------
 
 def _register_train(subparsers) -> None:
-    from diffurec.train_settings import STOP_RULES, TrainSettings
+    from diffurec import train_settings
 
-    d = TrainSettings()
     p = subparsers.add_parser(
         "train", help="train a model on a splits folder and write a model folder",
         description="Train a model (DiffuRec preset, SASRec+ or popularity) on a splits folder; "
                     "validate every --eval-every epochs, stop early on validation NDCG@10, and write "
                     "the best validation weights as a model folder (docs/formats.md). Runs under "
-                    "torchrun for DistributedDataParallel (NCCL on GPUs, Gloo on CPUs).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                    "torchrun for DistributedDataParallel (NCCL on GPUs, Gloo on CPUs). Settings "
+                    "come from the defaults below, then --params or --settings, then the flags given.")
     p.add_argument("--splits", required=True, help="splits folder written by 'diffurec preprocess'")
     p.add_argument("--out", required=True, help="model folder to write")
-    p.add_argument("--model", default=d.model, choices=("diffurec", "sasrec", "popularity"), help="model")
-    p.add_argument("--preset", default=None,
-                   help="preset of the model (diffurec: paper, fast, ...; sasrec: default, dense); default: the model's default")
-    p.add_argument("--set", dest="hyper", action="append", default=[], metavar="KEY=VALUE",
-                   help="override one model hyperparameter, e.g. --set dropout=0.2 (repeatable)")
-    p.add_argument("--epochs", type=int, default=d.epochs, help="maximum number of epochs")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="global batch size (all ranks)")
-    p.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate")
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="Adam weight decay")
-    p.add_argument("--lr-step", type=int, default=d.lr_step, help="StepLR: multiply the lr by --lr-gamma every N epochs")
-    p.add_argument("--lr-gamma", type=float, default=d.lr_gamma, help="StepLR factor")
-    p.add_argument("--eval-every", type=int, default=d.eval_every, help="validate every N epochs (and after the last)")
-    p.add_argument("--patience", type=int, default=d.patience, help="stop after N validations without improvement")
-    p.add_argument("--stop-rule", default=d.stop_rule, choices=STOP_RULES,
-                   help="ndcg: improvement = higher validation NDCG@10; reference: any of the six metrics higher")
-    p.add_argument("--max-minutes", type=float, default=None, help="time budget (over resumed runs too); training stops mid-epoch when it is spent (checked after every batch; every 20 under DDP), then one last validation runs")
-    p.add_argument("--seed", type=int, default=d.seed, help="random seed")
-    p.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads per process (default: cores / local ranks)")
-    p.add_argument("--eval-batch-size", type=int, default=d.eval_batch_size, help="users per validation batch")
-    p.add_argument("--eval-reverse-steps", type=int, default=None,
-                   help="DiffuRec reverse steps during validation (default: the preset's)")
-    p.add_argument("--checkpoint-dir", default=None, help="write a checkpoint here after every epoch")
-    p.add_argument("--resume", action="store_true", help="continue from --checkpoint-dir's checkpoint if there is one")
+    base = p.add_mutually_exclusive_group()
+    base.add_argument("--params", metavar="YAML",
+                      help="read the settings from this file's `train:` section (e.g. params.yaml)")
+    base.add_argument("--settings", metavar="JSON",
+                      help="read the settings from this JSON object (the pipeline's `train` parameter)")
     p.add_argument("--lineage-json", default=None, help="JSON object stored as 'lineage' in train_summary.json")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    train_settings.add_arguments(p.add_argument_group("training settings (TrainSettings)"))
     p.set_defaults(func=run_train)
 
 
-def run_train(args) -> dict:
+def settings_from_args(args: argparse.Namespace) -> TrainSettings:
+    """The run's TrainSettings: defaults, then --params' `train:` or --settings, then the flags."""
+    from diffurec import train_settings
+    from diffurec.files import read_params
+
+    if args.params:
+        base, source = read_params(args.params, ["train"])["train"], f"{args.params}: train"
+    elif args.settings:
+        base, source = _json_object(args.settings, "--settings"), "--settings"
+    else:
+        base, source = {}, "train settings"
+    return train_settings.from_arguments(args, base, source=source)
+
+
+def run_train(args: argparse.Namespace) -> dict:
     from diffurec.data.splits import load_splits
     from diffurec.files import read_json_object
-    from diffurec.train import TrainSettings, train
+    from diffurec.train import train
 
+    settings = settings_from_args(args)
     splits = load_splits(args.splits)
     lineage = read_json_object(args.lineage_json, "lineage JSON not found") if args.lineage_json else {}
-    settings = TrainSettings(
-        model=args.model, preset=args.preset, hyper=_parse_overrides(args.hyper), epochs=args.epochs,
-        batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, lr_step=args.lr_step,
-        lr_gamma=args.lr_gamma, eval_every=args.eval_every, patience=args.patience,
-        stop_rule=args.stop_rule, max_minutes=args.max_minutes, seed=args.seed, device=args.device,
-        threads=args.threads, eval_batch_size=args.eval_batch_size,
-        eval_reverse_steps=args.eval_reverse_steps, checkpoint_dir=args.checkpoint_dir,
-        resume=args.resume, progress=False if args.no_progress else None)
     summary = train(splits, args.out, settings, lineage=lineage)
     if not summary:  # a non-zero torchrun rank
         return {}
-    labels = {"model": args.model, "dataset": _dataset_label(splits)}
+    labels = {"model": settings.model, "dataset": _dataset_label(splits)}
     return {"gauges": {"samples_per_second": summary["samples_per_second"],
                        "epochs": summary["epochs_run"], "best_epoch": summary["best_epoch"],
                        "valid_NDCG@10": summary["best_valid"]["NDCG@10"]},
             "labels": {k: v for k, v in labels.items() if v}}
+
+
+def _json_object(text: str, flag: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise DiffuRecError(f"{flag}: not valid JSON ({error.msg} at column {error.colno})") from None
+    if not isinstance(value, dict):
+        raise DiffuRecError(f"{flag}: expected a JSON object, found {type(value).__name__}")
+    return value
 
 
 # ---- evaluate ------------------------------------------------------------------------------
@@ -153,7 +124,9 @@ def _register_evaluate(subparsers) -> None:
 def run_evaluate(args) -> dict:
     from diffurec import device as devices
     from diffurec.data.splits import load_splits
-    from diffurec.evaluate import METRIC_KEYS, evaluate
+    from diffurec.evaluate import evaluate
+    from diffurec.files import write_json_atomic
+    from diffurec.metrics import METRIC_KEYS
     from diffurec.model_folder import load_model_folder, read_summary
 
     device = devices.choose_device(args.device)
@@ -170,7 +143,7 @@ def run_evaluate(args) -> dict:
     result["model"]["folder"] = str(args.model)
     result["splits"] = str(args.splits)
     result["lineage"] = read_summary(args.model).get("lineage", {})
-    _write_json(args.out, result)
+    write_json_atomic(args.out, result)
     labels = {"model": model.config["name"], "dataset": _dataset_label(splits)}
     gauges = {key: result["metrics"][key] for key in METRIC_KEYS}
     gauges["users_per_second"] = result["users_per_second"]
