@@ -13,5 +13,9 @@ run: setup
 test: setup
 	bash scripts/test.sh
 
+# The linters alone (scripts/test.sh runs them before pytest): deployment files, ruff, mypy.
+lint: setup
+	bash scripts/lint.sh
+
 clean:
 	rm -rf runs .pytest_cache

@@ -157,9 +157,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """One flag per TrainSettings field. A flag that is not given stays unset (SUPPRESS), so
     `from_arguments` can tell it from a value of --params/--settings."""
     hints = typing.get_type_hints(TrainSettings)
+    defaults = TrainSettings()
     for f in dataclasses.fields(TrainSettings):
         kind, _ = _base_type(hints[f.name])
-        default = f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+        default = getattr(defaults, f.name)
         text = f.metadata["help"]
         options: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS}
         if f.name == "hyper":

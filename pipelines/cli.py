@@ -190,12 +190,12 @@ def run_fetch_raw(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_lineage(args: argparse.Namespace) -> dict[str, Any]:
-    from diffurec.files import read_params, write_json_atomic
-    from diffurec.lineage import build_lineage
+    from diffurec.files import read_params
+    from diffurec.lineage import build_lineage, write_lineage
 
     params = read_params(args.params, args.sections) if args.params else {}
     lineage = build_lineage(raw=args.raw, splits=args.splits, params=params, preset=args.preset)
-    write_json_atomic(args.out, lineage)
+    write_lineage(args.out, lineage)
     print(f"lineage written to {args.out}: raw {lineage['raw_data_md5']}, splits "
           f"{lineage['splits_md5']}, commit {lineage['git_commit']}")
     return {}

