@@ -19,8 +19,7 @@ import sys
 from common import REPO, dataset_splits, machine, write_result
 
 CHILD = r"""
-import json, resource, sys, time
-sys.path.insert(0, {repo!r}); sys.path.insert(0, {bench!r})
+import json, resource, time
 import torch
 from common import dataset_splits
 from diffurec import device as devices
@@ -57,9 +56,11 @@ def main() -> None:
     arrays_mib = sum(getattr(splits, n).nbytes for n in ("train_inputs", "train_targets", "train_users")) / 2 ** 20
     rows = []
     for preset in args.presets.split(","):
-        code = CHILD.format(repo=str(REPO), bench=str(REPO / "benchmarks"), preset=preset, batches=args.batches,
+        code = CHILD.format(preset=preset, batches=args.batches,
                             batch_size=args.batch_size, threads=args.threads)
-        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        # `python -c` imports from its working folder: benchmarks/, for `common`.
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                              cwd=REPO / "benchmarks")
         rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
     write_result(args.out, {"machine": machine(), "dataset": "ml-1m", "users": splits.num_users,
                             "items": splits.num_items, "train_samples": int(len(splits.train_targets)),

@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 RESULTS = REPO / "benchmarks" / "results"
 SHARED_DATA = Path(os.environ.get("DIFFUREC_SHARED_DATA", REPO.parent / "shared" / "data"))
 CACHE = Path(os.environ.get("DIFFUREC_BENCH_CACHE", Path.home() / ".cache" / "diffurec-bench"))
