@@ -73,7 +73,8 @@ def test_paper_config_and_architecture():
     model = build_model("diffurec", NUM_ITEMS, MAX_LEN, "paper")
     cfg = model.config
     assert (cfg["hidden_size"], cfg["num_blocks"], cfg["num_heads"], cfg["ffn_size"]) == (128, 4, 4, 512)
-    assert (cfg["dropout"], cfg["emb_dropout"], cfg["diffusion_steps"], cfg["reverse_steps"]) == (0.1, 0.3, 32, 32)
+    assert (cfg["dropout"], cfg["emb_dropout"]) == (0.1, 0.3)
+    assert (cfg["diffusion_steps"], cfg["reverse_steps"]) == (32, 32)
     assert cfg["lambda_uncertainty"] == 0.001 and not model.trims_padding
     assert model.item_embedding.padding_idx is None  # learned padding row
     assert not any("position" in name for name, _ in model.named_parameters())  # no positions
@@ -92,7 +93,7 @@ def test_fast_init_scales_item_embeddings_only():
     paper = build_model("diffurec", NUM_ITEMS, MAX_LEN, "paper")
     model = build_model("diffurec", NUM_ITEMS, MAX_LEN, "fast-init")
     weight = model.item_embedding.weight.detach()
-    assert weight.std().item() == pytest.approx(128 ** -0.5, rel=0.03)
+    assert weight.std().item() == pytest.approx(128**-0.5, rel=0.03)
     differences = {k for k in PRESETS["fast-init"] if PRESETS["fast-init"][k] != PRESETS["paper"][k]}
     assert differences == {"mask", "attention", "reverse_steps", "item_init_std"}
     assert model.trims_padding and not paper.trims_padding
@@ -143,8 +144,9 @@ def test_paper_ignores_order_of_earlier_items_while_sasrec_does_not(ml100k_split
     with torch.no_grad():
         out = paper.approximate(paper.history(inputs), paper.attention_mask(inputs), x_t, t, lam)
         permuted = inputs[:, permutation]
-        out_permuted = paper.approximate(paper.history(permuted), paper.attention_mask(permuted), x_t,
-                                         t, lam[:, permutation])
+        out_permuted = paper.approximate(
+            paper.history(permuted), paper.attention_mask(permuted), x_t, t, lam[:, permutation]
+        )
     torch.testing.assert_close(out_permuted, out, atol=2e-5, rtol=1e-5)
 
     sasrec = build_model("sasrec", ml100k_splits.num_items, MAX_LEN).eval()
@@ -167,8 +169,9 @@ def test_fast_output_ignores_left_padding(ml100k_splits):
     lam = model._lambda(len(inputs), MAX_LEN, "cpu")
     with torch.no_grad():
         full = model.approximate(model.history(inputs), model.attention_mask(inputs), x_t, t, lam)
-        cut = model.approximate(model.history(trimmed), model.attention_mask(trimmed), x_t, t,
-                                lam[:, -longest:])
+        cut = model.approximate(
+            model.history(trimmed), model.attention_mask(trimmed), x_t, t, lam[:, -longest:]
+        )
     torch.testing.assert_close(cut, full, atol=1e-5, rtol=1e-5)
     # The whole reverse process is reproducible per seed.
     torch.manual_seed(4)
@@ -197,8 +200,9 @@ def test_paper_output_depends_on_padding(ml100k_splits):
     lam = model._lambda(len(inputs), MAX_LEN, "cpu")
     with torch.no_grad():
         full = model.approximate(model.history(inputs), model.attention_mask(inputs), x_t, t, lam)
-        cut = model.approximate(model.history(trimmed), model.attention_mask(trimmed), x_t, t,
-                                lam[:, -longest:])
+        cut = model.approximate(
+            model.history(trimmed), model.attention_mask(trimmed), x_t, t, lam[:, -longest:]
+        )
     assert (full - cut).abs().max() > 1e-2
 
 

@@ -32,33 +32,43 @@ improved DDPM's `space_timesteps`); with all T steps this is exactly the referen
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-PRESETS = {
+from diffurec.models.layers import (
+    Block,
+    check_length,
+    dot_scores,
+    last_position,
+    preset_config,
+    transformer_flops,
+)
+
+PRESETS: dict[str, dict[str, Any]] = {
     "paper": dict(
-        hidden_size=128, num_blocks=4, num_heads=4, ffn_size=512,
-        dropout=0.1, emb_dropout=0.3, layer_norm_eps=1e-12,
-        diffusion_steps=32, schedule="trunc_lin", lambda_uncertainty=0.001,
-        reverse_steps=32, mask="query", attention="explicit", item_init_std=1.0,
+        hidden_size=128,
+        num_blocks=4,
+        num_heads=4,
+        ffn_size=512,
+        dropout=0.1,
+        emb_dropout=0.3,
+        layer_norm_eps=1e-12,
+        diffusion_steps=32,
+        schedule="trunc_lin",
+        lambda_uncertainty=0.001,
+        reverse_steps=32,
+        mask="query",
+        attention="explicit",
+        item_init_std=1.0,
     ),
 }
 PRESETS["fast"] = dict(PRESETS["paper"], reverse_steps=1, mask="key", attention="sdpa")
 # N(0, 1/d) item init: x0_hat leaves a LayerNorm with norm ~sqrt(d), so N(0, 1) rows give logits
 # of std ~11 and a first-epoch loss of ~26; unit-scale logits start near log(N).
-PRESETS["fast-init"] = dict(PRESETS["fast"], item_init_std=128 ** -0.5)
-
-
-def preset_config(model: str, presets: dict, preset: str, overrides: dict) -> dict:
-    """The preset's hyperparameters with `overrides` applied; unknown names are errors."""
-    if preset not in presets:
-        raise ValueError(f"unknown {model} preset {preset!r}; choose from {sorted(presets)}")
-    unknown = set(overrides) - set(presets[preset])
-    if unknown:
-        raise ValueError(f"unknown {model} hyperparameters: {sorted(unknown)}")
-    return dict(presets[preset], **overrides)
+PRESETS["fast-init"] = dict(PRESETS["fast"], item_init_std=128**-0.5)
 
 
 def trunc_lin_betas(steps: int) -> torch.Tensor:
@@ -101,94 +111,23 @@ def timestep_embedding(t: torch.Tensor, dim: int, scale: float, max_period: floa
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
 
-def dot_scores(representation: torch.Tensor, item_weight: torch.Tensor) -> torch.Tensor:
-    """representation @ item_weight^T in fp32 even under autocast: bf16 scores would tie many
-    items, and the evaluator counts ties against the target."""
-    with torch.autocast(representation.device.type, enabled=False):
-        return representation.float() @ item_weight.float().t()
-
-
-class SelfAttention(nn.Module):
-    """Multi-head self-attention; the mask is built by the caller (bool, True = may attend)."""
-
-    def __init__(self, hidden_size: int, num_heads: int, dropout: float, use_sdpa: bool):
-        super().__init__()
-        self.num_heads = num_heads
-        self.query = nn.Linear(hidden_size, hidden_size)
-        self.key = nn.Linear(hidden_size, hidden_size)
-        self.value = nn.Linear(hidden_size, hidden_size)
-        self.out = nn.Linear(hidden_size, hidden_size)
-        nn.init.xavier_normal_(self.out.weight)  # the reference inits only the output projection
-        self.dropout = dropout
-        self.use_sdpa = use_sdpa
-
-    def forward(self, h: torch.Tensor, mask: torch.Tensor, last_only: bool = False) -> torch.Tensor:
-        """Attend from every position, or (last_only) from the last position only, [B, L or 1, d]."""
-        batch, length, hidden = h.shape
-        queries = h[:, -1:] if last_only else h
-        q = self.query(queries).view(batch, queries.size(1), self.num_heads, -1).transpose(1, 2)
-        k, v = (proj(h).view(batch, length, self.num_heads, -1).transpose(1, 2)
-                for proj in (self.key, self.value))
-        if last_only:
-            mask = mask[:, :, -1:, :]
-        dropout = self.dropout if self.training else 0.0
-        if self.use_sdpa:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
-        else:
-            scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))
-            # -1e9, not -inf: a fully masked row (the reference's padded queries) becomes uniform.
-            probs = F.dropout(scores.masked_fill(~mask, -1e9).softmax(dim=-1), dropout, self.training)
-            out = probs @ v
-        return self.out(out.transpose(1, 2).reshape(batch, queries.size(1), hidden))
-
-
-class Block(nn.Module):
-    """Pre-LN Transformer block; `output_dropout` is the reference's extra dropout on its output."""
-
-    def __init__(self, cfg: dict, use_sdpa: bool, output_dropout: bool = True):
-        super().__init__()
-        d = cfg["hidden_size"]
-        self.norm_attention = nn.LayerNorm(d, eps=cfg["layer_norm_eps"])
-        self.attention = SelfAttention(d, cfg["num_heads"], cfg["dropout"], use_sdpa)
-        self.norm_ffn = nn.LayerNorm(d, eps=cfg["layer_norm_eps"])
-        self.ffn_in = nn.Linear(d, cfg["ffn_size"])
-        self.ffn_out = nn.Linear(cfg["ffn_size"], d)
-        nn.init.xavier_normal_(self.ffn_in.weight)
-        nn.init.xavier_normal_(self.ffn_out.weight)
-        self.dropout = nn.Dropout(cfg["dropout"])
-        self.output_dropout = output_dropout
-
-    def forward(self, h: torch.Tensor, mask: torch.Tensor, last_only: bool = False) -> torch.Tensor:
-        """[B, L, d] -> [B, L, d], or [B, 1, d] for the last position only (last_only): the
-        models read only the last position, so their final block skips the other queries."""
-        attention = self.attention(self.norm_attention(h), mask, last_only)
-        h = (h[:, -1:] if last_only else h) + self.dropout(attention)
-        ffn = self.ffn_out(self.dropout(F.gelu(self.ffn_in(self.norm_ffn(h)), approximate="tanh")))
-        h = h + self.dropout(ffn)
-        return self.dropout(h) if self.output_dropout else h
-
-
-def transformer_flops(length: int, d: int, ffn: int, blocks: int) -> float:
-    """Forward matmul FLOPs of one sequence through `blocks` blocks whose last block computes
-    only the last query (projections, attention scores and values, FFN)."""
-    full = 2 * (4 * length * d * d + 2 * length * length * d + 2 * length * d * ffn)
-    last = 2 * (2 * length * d * d + 2 * d * d + 2 * length * d + 2 * d * ffn)
-    return float((blocks - 1) * full + last)
-
-
 class DiffuRec(nn.Module):
     """DiffuRec: a Transformer approximator f(history, x_t, t) -> x0 inside a DDPM over items."""
 
     requires_training = True
+    sqrt_alpha_bar: torch.Tensor  # [T] float32 buffers for q(x_t | x0)
+    sqrt_one_minus_alpha_bar: torch.Tensor
 
-    def __init__(self, num_items: int, max_len: int, preset: str = "paper", **overrides):
+    def __init__(self, num_items: int, max_len: int, preset: str = "paper", **overrides: Any) -> None:
         super().__init__()
         cfg = preset_config("DiffuRec", PRESETS, preset, overrides)
         if cfg["mask"] not in ("query", "key") or cfg["attention"] not in ("explicit", "sdpa"):
             raise ValueError(f"mask must be 'query' or 'key', attention 'explicit' or 'sdpa': {cfg}")
         if cfg["schedule"] != "trunc_lin":
             raise ValueError(f"only the 'trunc_lin' schedule is implemented, got {cfg['schedule']!r}")
-        self.config = dict(name="diffurec", preset=preset, num_items=num_items, max_len=max_len, **cfg)
+        self.config: dict[str, Any] = dict(
+            name="diffurec", preset=preset, num_items=num_items, max_len=max_len, **cfg
+        )
         self.num_items, self.max_len = num_items, max_len
         # With padded keys masked, padded positions cannot reach the last position's output.
         self.trims_padding = cfg["mask"] == "key"
@@ -228,15 +167,20 @@ class DiffuRec(nn.Module):
         real[:, -1] = True
         return real[:, None, None, :]
 
-    def _lambda(self, batch: int, length: int, device) -> torch.Tensor:
+    def _lambda(self, batch: int, length: int, device: torch.device | str) -> torch.Tensor:
         """lambda ~ N(delta, std delta), elementwise [B, L, d], fresh on every call."""
-        if length > self.max_len:
-            raise ValueError(f"inputs have {length} positions, more than max_len={self.max_len}")
+        check_length(length, self.max_len)
         delta = self.config["lambda_uncertainty"]
         return torch.randn(batch, length, self.config["hidden_size"], device=device) * delta + delta
 
-    def approximate(self, history: torch.Tensor, mask: torch.Tensor, x_t: torch.Tensor,
-                    t: torch.Tensor, lam: torch.Tensor | None = None) -> torch.Tensor:
+    def approximate(
+        self,
+        history: torch.Tensor,
+        mask: torch.Tensor,
+        x_t: torch.Tensor,
+        t: torch.Tensor,
+        lam: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """x0_hat = f(H, x_t, t), [B, d]: H + lambda * (x_t + time_emb(t)) through the blocks,
         then Dropout -> LayerNorm, read at the last position. `lam` fixes lambda (tests)."""
         batch, length, _ = history.shape
@@ -245,9 +189,7 @@ class DiffuRec(nn.Module):
         if lam is None:
             lam = self._lambda(batch, length, history.device)
         h = history + lam * z[:, None, :]
-        for i, block in enumerate(self.blocks):
-            h = block(h, mask, last_only=i == len(self.blocks) - 1)
-        return self.output_norm(self.output_dropout(h[:, -1, :]))
+        return self.output_norm(self.output_dropout(last_position(self.blocks, h, mask)))
 
     def flops(self, batch: int, length: int, training: bool, reverse_steps: int | None = None) -> float:
         """Matmul FLOPs this model performs for one `loss` (forward + backward = 3x forward) or

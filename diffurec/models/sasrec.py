@@ -15,15 +15,25 @@ are masked, so cutting left padding leaves the output exactly unchanged (`trims_
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from diffurec.models.diffurec import Block, dot_scores, preset_config, transformer_flops
+from diffurec.models.layers import (
+    Block,
+    check_length,
+    dot_scores,
+    last_position,
+    preset_config,
+    transformer_flops,
+)
 
-PRESETS = {
-    "default": dict(hidden_size=64, num_blocks=2, num_heads=1, ffn_size=256,
-                    dropout=0.5, layer_norm_eps=1e-8),
+PRESETS: dict[str, dict[str, Any]] = {
+    "default": dict(
+        hidden_size=64, num_blocks=2, num_heads=1, ffn_size=256, dropout=0.5, layer_norm_eps=1e-8
+    ),
 }
 PRESETS["dense"] = dict(PRESETS["default"], dropout=0.2)
 
@@ -34,19 +44,23 @@ class SASRec(nn.Module):
     requires_training = True
     trims_padding = True
 
-    def __init__(self, num_items: int, max_len: int, preset: str = "default", **overrides):
+    def __init__(self, num_items: int, max_len: int, preset: str = "default", **overrides: Any) -> None:
         super().__init__()
         cfg = preset_config("SASRec", PRESETS, preset, overrides)
-        self.config = dict(name="sasrec", preset=preset, num_items=num_items, max_len=max_len, **cfg)
+        self.config: dict[str, Any] = dict(
+            name="sasrec", preset=preset, num_items=num_items, max_len=max_len, **cfg
+        )
         self.num_items, self.max_len = num_items, max_len
         d = cfg["hidden_size"]
         self.item_embedding = nn.Embedding(num_items + 1, d, padding_idx=0)
-        nn.init.normal_(self.item_embedding.weight, std=d ** -0.5)
+        nn.init.normal_(self.item_embedding.weight, std=d**-0.5)
         with torch.no_grad():
             self.item_embedding.weight[0].zero_()
         self.position_embedding = nn.Embedding(max_len, d)
         self.input_dropout = nn.Dropout(cfg["dropout"])
-        self.blocks = nn.ModuleList(Block(cfg, use_sdpa=True, output_dropout=False) for _ in range(cfg["num_blocks"]))
+        self.blocks = nn.ModuleList(
+            Block(cfg, use_sdpa=True, output_dropout=False) for _ in range(cfg["num_blocks"])
+        )
         self.output_norm = nn.LayerNorm(d, eps=cfg["layer_norm_eps"])
 
     def attention_mask(self, inputs: torch.Tensor) -> torch.Tensor:
@@ -60,15 +74,12 @@ class SASRec(nn.Module):
     def represent(self, inputs: torch.Tensor) -> torch.Tensor:
         """The last position's output, [B, d]."""
         length = inputs.size(1)
-        if length > self.max_len:
-            raise ValueError(f"inputs have {length} positions, more than max_len={self.max_len}")
+        check_length(length, self.max_len)
         positions = torch.arange(length - 1, -1, -1, device=inputs.device)  # right-anchored
-        h = self.item_embedding(inputs) * self.config["hidden_size"] ** 0.5 + self.position_embedding(positions)
+        scale = self.config["hidden_size"] ** 0.5
+        h = self.item_embedding(inputs) * scale + self.position_embedding(positions)
         h = self.input_dropout(h) * (inputs > 0)[..., None]
-        mask = self.attention_mask(inputs)
-        for i, block in enumerate(self.blocks):
-            h = block(h, mask, last_only=i == len(self.blocks) - 1)
-        return self.output_norm(h[:, -1, :])
+        return self.output_norm(last_position(self.blocks, h, self.attention_mask(inputs)))
 
     def flops(self, batch: int, length: int, training: bool, reverse_steps: int | None = None) -> float:
         """Matmul FLOPs of one `loss` (3x forward) or `score` call on a [batch, length] input."""
@@ -78,6 +89,7 @@ class SASRec(nn.Module):
         return (3.0 if training else 1.0) * batch * per_sample
 
     def loss(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Full-softmax cross-entropy of the last position's output against all N+1 rows."""
         logits = self.represent(inputs) @ self.item_embedding.weight.t()
         return F.cross_entropy(logits.float(), targets)
 
