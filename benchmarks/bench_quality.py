@@ -26,6 +26,8 @@ from pathlib import Path
 
 from common import CACHE, PAPER_TEST, SHARED_DATA, dataset_splits, machine, write_result
 
+from diffurec.models import MODEL_NAMES
+
 MODELS = (("popularity", "default"), ("sasrec", "dense"), ("diffurec", "fast-init"), ("diffurec", "fast"),
           ("diffurec", "paper"))
 
@@ -147,7 +149,7 @@ def main() -> None:
     s.set_defaults(func=short)
     c = sub.add_parser("converge", help="one model and preset on Beauty/Toys/ML-1M toward convergence")
     c.add_argument("--dataset", default="beauty", choices=("beauty", "toys", "ml-1m"))
-    c.add_argument("--model", default="diffurec", choices=("diffurec", "sasrec", "popularity"))
+    c.add_argument("--model", default="diffurec", choices=MODEL_NAMES)
     c.add_argument("--preset", default=None, help="default: fast (diffurec), default (sasrec, popularity)")
     c.add_argument("--epochs", type=int, default=500)
     c.add_argument("--batch-size", type=int, default=512)
