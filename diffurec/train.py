@@ -15,18 +15,25 @@ Distributed: every rank sees the same global batches; rank r trains on the r-th 
 (np.array_split), and each piece's mean loss is weighted by its share of the global batch, so
 the averaged DDP gradient equals the gradient of the global batch's mean loss (as with one
 process). Rank 0 validates, decides when to stop and writes checkpoints and the model folder.
+
+Structure: `train` builds a `Run` (what the run works with) and either fits a model that needs
+no training or trains epoch by epoch (`_train`); what the run has done so far is one
+`TrainState`, which is what a checkpoint restores and what train_summary.json reports.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
 import os
 import tempfile
 import time
-from dataclasses import asdict
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import torch
@@ -34,22 +41,32 @@ from torch import nn
 
 from diffurec import device as devices
 from diffurec.errors import DiffuRecError
-from diffurec.train_settings import RESULT_SETTINGS, STOP_RULES, TrainSettings  # noqa: F401 (re-exported)
+from diffurec.metrics import METRIC_KEYS
+from diffurec.train_settings import RESULT_SETTINGS, TrainSettings
+
+if TYPE_CHECKING:
+    from diffurec.data.splits import Splits
+    from diffurec.models import SequentialRecommender
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_FILE = "checkpoint.pt"
 CHECKPOINT_VERSION = 1
-REFERENCE_METRICS = ("HR@5", "HR@10", "HR@20", "NDCG@5", "NDCG@10", "NDCG@20")
+REFERENCE_METRICS = METRIC_KEYS  # the "reference" stop rule: any of the six improved
+# Stop reasons after which a resumed run trains no further (unless given more time).
+STOPPING_REASONS = ("patience", "time budget")
+
+T = TypeVar("T")
 
 
 # ---- data ---------------------------------------------------------------------------------
+
 
 def history_lengths(inputs: np.ndarray, chunk: int = 65536) -> np.ndarray:
     """Number of real (non-padding) items in each row of a left-padded [S, L] array."""
     out = np.empty(len(inputs), dtype=np.int32)
     for lo in range(0, len(inputs), chunk):
-        out[lo:lo + chunk] = (np.asarray(inputs[lo:lo + chunk]) > 0).sum(axis=1)
+        out[lo : lo + chunk] = (np.asarray(inputs[lo : lo + chunk]) > 0).sum(axis=1)
     return out
 
 
@@ -57,8 +74,9 @@ def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
     return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
 
 
-def epoch_batches(num_samples: int, batch_size: int, seed: int, epoch: int,
-                  lengths: np.ndarray | None = None) -> list[np.ndarray]:
+def epoch_batches(
+    num_samples: int, batch_size: int, seed: int, epoch: int, lengths: np.ndarray | None = None
+) -> list[np.ndarray]:
     """The global batches (sample index arrays) of one epoch, the same on every rank.
 
     Without `lengths`: a random permutation cut into batches. With `lengths`: samples sorted by
@@ -68,9 +86,9 @@ def epoch_batches(num_samples: int, batch_size: int, seed: int, epoch: int,
     rng = np.random.default_rng([seed, epoch])
     if lengths is None:
         order = rng.permutation(num_samples)
-        return [order[lo:lo + batch_size] for lo in range(0, num_samples, batch_size)]
+        return [order[lo : lo + batch_size] for lo in range(0, num_samples, batch_size)]
     order = np.lexsort((rng.random(num_samples), lengths))
-    batches = [order[lo:lo + batch_size] for lo in range(0, num_samples, batch_size)]
+    batches = [order[lo : lo + batch_size] for lo in range(0, num_samples, batch_size)]
     return [batches[i] for i in rng.permutation(len(batches))]
 
 
@@ -79,37 +97,54 @@ def rank_piece(batch: np.ndarray, rank: int, world_size: int) -> np.ndarray:
     return np.array_split(batch, world_size)[rank] if world_size > 1 else batch
 
 
-def batch_tensors(inputs: np.ndarray, targets: np.ndarray, index: np.ndarray,
-                  lengths: np.ndarray | None, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def batch_tensors(
+    inputs: np.ndarray,
+    targets: np.ndarray,
+    index: np.ndarray,
+    lengths: np.ndarray | None,
+    device: torch.device,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(inputs [B, L'], targets [B]) as int64 on `device`; L' = the longest history when trimming."""
     index = np.sort(index)  # sequential reads from the memory map; the loss is a mean anyway
     batch = np.asarray(inputs[index])
     if lengths is not None:
-        batch = batch[:, batch.shape[1] - max(int(lengths[index].max()), 1):]
+        batch = batch[:, batch.shape[1] - max(int(lengths[index].max()), 1) :]
     batch_inputs = torch.from_numpy(batch.astype(np.int64))
     batch_targets = torch.from_numpy(np.asarray(targets[index]).astype(np.int64))
     if device.type == "cuda":
-        return (batch_inputs.pin_memory().to(device, non_blocking=True),
-                batch_targets.pin_memory().to(device, non_blocking=True))
+        return (
+            batch_inputs.pin_memory().to(device, non_blocking=True),
+            batch_targets.pin_memory().to(device, non_blocking=True),
+        )
     return batch_inputs, batch_targets
 
 
 class LossModule(nn.Module):
     """forward() = model.loss(), so DistributedDataParallel sees the call it hooks into."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
 
     def forward(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return self.model.loss(inputs, targets)
+        loss: torch.Tensor = self.model.loss(inputs, targets)
+        return loss
 
 
-def train_batches(loss_module: nn.Module, optimizer: torch.optim.Optimizer, inputs, targets,
-                  batches: list[np.ndarray], lengths: np.ndarray | None, device: torch.device,
-                  rank: int = 0, world_size: int = 1, desc: str = "train",
-                  progress: bool | None = None, deadline: float | None = None,
-                  ) -> tuple[float, int, float, bool]:
+def train_batches(
+    loss_module: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    inputs: np.ndarray,
+    targets: np.ndarray,
+    batches: list[np.ndarray],
+    lengths: np.ndarray | None,
+    device: torch.device,
+    rank: int = 0,
+    world_size: int = 1,
+    desc: str = "train",
+    progress: bool | None = None,
+    deadline: float | None = None,
+) -> tuple[float, int, float, bool]:
     """One pass of optimizer steps over `batches`.
 
     `deadline` (time.perf_counter() value): stop when it has passed, checked after every step
@@ -174,7 +209,8 @@ def sample_fingerprint(index: np.ndarray) -> int:
 
 # ---- early stopping -----------------------------------------------------------------------
 
-def update_best(best: dict, metrics: dict, epoch: int, rule: str) -> bool:
+
+def update_best(best: dict[str, Any], metrics: dict[str, float], epoch: int, rule: str) -> bool:
     """Record a validation in `best`; True when it counts as an improvement under `rule`.
 
     "ndcg": validation NDCG@10 above the best so far. "reference": any of the six metrics above
@@ -192,49 +228,55 @@ def update_best(best: dict, metrics: dict, epoch: int, rule: str) -> bool:
     return improved
 
 
-# ---- checkpoints --------------------------------------------------------------------------
+# ---- checkpoint files ---------------------------------------------------------------------
 
-def _cpu_state(module: nn.Module) -> dict:
+
+def _cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
 
 
-def save_checkpoint(path: Path, state: dict) -> None:
-    """torch.save to a temporary file in the same folder, then rename: never half-written."""
+def save_checkpoint(path: Path, contents: dict[str, Any]) -> None:
+    """Write `contents` (TrainState.to_checkpoint) with the format version: torch.save to a
+    temporary file in the same folder, then rename, so it is never half-written."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
     os.close(fd)
     try:
-        torch.save(state, tmp)
+        torch.save({"version": CHECKPOINT_VERSION, **contents}, tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
-def load_checkpoint(path: Path) -> dict:
+def load_checkpoint(path: Path) -> dict[str, Any]:
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        contents = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # a corrupt or foreign file: say which
         raise DiffuRecError(f"{path}: unreadable checkpoint ({type(error).__name__}: {error})") from None
-    if not isinstance(state, dict) or state.get("version") != CHECKPOINT_VERSION:
+    if not isinstance(contents, dict) or contents.get("version") != CHECKPOINT_VERSION:
         raise DiffuRecError(f"{path}: not a diffurec checkpoint version {CHECKPOINT_VERSION}")
-    return state
+    return contents
 
 
-def _result_settings(settings: TrainSettings) -> dict:
+def _result_settings(settings: TrainSettings) -> dict[str, Any]:
     values = asdict(settings)
     return {key: values[key] for key in RESULT_SETTINGS}
 
 
 # ---- distributed --------------------------------------------------------------------------
 
+
 def distributed_context() -> tuple[int, int, int]:
     """(rank, world_size, local_rank) from torchrun's environment; (0, 1, 0) without it."""
-    return (int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
-            int(os.environ.get("LOCAL_RANK", 0)))
+    return (
+        int(os.environ.get("RANK", 0)),
+        int(os.environ.get("WORLD_SIZE", 1)),
+        int(os.environ.get("LOCAL_RANK", 0)),
+    )
 
 
-def _broadcast(value, world_size: int):
+def _broadcast(value: T, world_size: int) -> T:
     """Rank 0's `value` on every rank."""
     if world_size == 1:
         return value
@@ -252,17 +294,240 @@ def _all_sum(values: list[float], world_size: int, device: torch.device) -> list
 
     tensor = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(tensor)
-    return tensor.tolist()
+    summed: list[float] = tensor.tolist()
+    return summed
+
+
+def _barrier(world_size: int) -> None:
+    if world_size > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+@contextlib.contextmanager
+def _process_group(device: torch.device, world_size: int) -> Iterator[None]:
+    """torchrun's process group for the duration of a run, unless the caller already made one."""
+    if world_size > 1:
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            if device.type == "cuda":
+                torch.cuda.set_device(device)
+            dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+            try:
+                yield
+            finally:
+                dist.destroy_process_group()
+            return
+    yield
+
+
+# ---- the run and its state ----------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    """What one training run works with; the same on every rank apart from `rank`."""
+
+    model: SequentialRecommender
+    splits: Splits
+    settings: TrainSettings  # with the preset resolved
+    device: torch.device
+    threads: int
+    rank: int
+    world_size: int
+    out: str | os.PathLike[str]
+    lineage: dict[str, Any]
+
+    @property
+    def module(self) -> nn.Module:
+        """The model as the torch module every model also is (state dicts, parameters)."""
+        assert isinstance(self.model, nn.Module)
+        return self.model
+
+    @property
+    def is_writer(self) -> bool:
+        """Rank 0 validates, decides when to stop and writes checkpoints and the model folder."""
+        return self.rank == 0
+
+    @property
+    def checkpoint_path(self) -> Path | None:
+        directory = self.settings.checkpoint_dir
+        return Path(directory) / CHECKPOINT_FILE if directory else None
+
+    def new_curve(self) -> dict[str, Any]:
+        """curve.json before the first epoch (docs/formats.md)."""
+        return {
+            "title": f"{self.model.config['name']} ({self.model.config['preset']})",
+            "train": [],
+            "valid": [],
+        }
+
+    def validate(self) -> dict[str, float]:
+        """The six validation metrics of the model as it is now."""
+        from diffurec.evaluate import evaluate
+
+        settings = self.settings
+        result = evaluate(
+            self.model,
+            self.splits,
+            split="valid",
+            reverse_steps=settings.eval_reverse_steps,
+            batch_size=settings.eval_batch_size,
+            seed=settings.seed,
+            device=self.device,
+            progress=settings.progress,
+        )
+        metrics: dict[str, float] = result["metrics"]
+        return metrics
+
+
+@dataclass
+class Training:
+    """What trains the model: its loss (DDP-wrapped on several ranks), Adam and StepLR, and the
+    history length of every training sample when batches are cut to it (None: full length)."""
+
+    loss_module: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    lengths: np.ndarray | None
+
+    @classmethod
+    def for_run(cls, run: Run) -> Training:
+        settings = run.settings
+        loss_module: nn.Module = LossModule(run.module)
+        if run.world_size > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            device_ids = [run.device.index] if run.device.type == "cuda" else None
+            loss_module = DistributedDataParallel(loss_module, device_ids=device_ids)
+        optimizer = torch.optim.Adam(
+            run.module.parameters(), lr=settings.lr, weight_decay=settings.weight_decay
+        )
+        scheduler = torch.optim.lr_scheduler.StepLR(
+            optimizer, step_size=settings.lr_step, gamma=settings.lr_gamma
+        )
+        if len(run.splits.train_targets) == 0:
+            raise DiffuRecError(f"{run.splits.path}: no training samples (every user has exactly 3 items?)")
+        lengths = history_lengths(run.splits.train_inputs) if run.model.trims_padding else None
+        return cls(loss_module, optimizer, scheduler, lengths)
+
+
+@dataclass
+class TrainState:
+    """What a run has done so far. With the model's, optimizer's and scheduler's state dicts it
+    is the checkpoint (its field names are the checkpoint's keys, docs/formats.md), and it is
+    what train_summary.json reports. Rank 0's holds the validations; the others' do not."""
+
+    curve: dict[str, Any]  # curve.json: train rows per epoch, valid rows per validation
+    epoch: int = 0  # epochs finished
+    best: dict[str, Any] = field(default_factory=dict)  # update_best's record: epoch, metrics, maxima
+    best_model: dict[str, torch.Tensor] | None = None  # state dict of the best validation so far
+    bad_validations: int = 0  # validations since the last improvement
+    seconds: float = 0.0  # wall time over all (resumed) runs, validations included
+    train_seconds: float = 0.0  # of which training passes
+    samples_trained: int = 0
+    stop_reason: str = "epochs"  # "epochs", "patience", "time budget"; "fitted" without training
+
+    def to_checkpoint(self, run: Run, training: Training) -> dict[str, Any]:
+        """The checkpoint's contents (save_checkpoint adds the format version)."""
+        return {
+            **{name: getattr(self, name) for name in self._keys()},
+            "model": _cpu_state(run.module),
+            "optimizer": training.optimizer.state_dict(),
+            "scheduler": training.scheduler.state_dict(),
+            **self._run_identity(run),
+        }
+
+    @classmethod
+    def from_checkpoint(
+        cls, checkpoint: dict[str, Any], path: Path, run: Run, training: Training
+    ) -> TrainState:
+        """The state a checkpoint holds; restores the model, optimizer and scheduler in place."""
+        if any(checkpoint[key] != value for key, value in cls._run_identity(run).items()):
+            raise DiffuRecError(
+                f"{path}: written by a run with other settings; "
+                f"start without --resume or use another --checkpoint-dir"
+            )
+        run.module.load_state_dict(checkpoint["model"])
+        training.optimizer.load_state_dict(checkpoint["optimizer"])
+        training.scheduler.load_state_dict(checkpoint["scheduler"])
+        return cls(**{name: checkpoint[name] for name in cls._keys()})
+
+    @classmethod
+    def _keys(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @staticmethod
+    def _run_identity(run: Run) -> dict[str, Any]:
+        """What must match for a checkpoint to be resumed: the result settings and the model."""
+        return {"settings": _result_settings(run.settings), "model_config": run.model.config}
+
+    def has_stopped(self, settings: TrainSettings) -> bool:
+        """A resumed run that had already stopped trains no further (unless given more time)."""
+        return self.epoch > 0 and (
+            self.stop_reason == "patience"
+            or (
+                self.stop_reason == "time budget"
+                and settings.max_minutes is not None
+                and self.seconds >= settings.max_minutes * 60
+            )
+        )
+
+    def summary(self, run: Run) -> dict[str, Any]:
+        """train_summary.json (docs/formats.md)."""
+        splits = run.splits
+        summary = {
+            "model": run.model.config["name"],
+            "preset": run.settings.preset,
+            "seed": run.settings.seed,
+            "device": str(run.device),
+            "threads": run.threads,
+            "world_size": run.world_size,
+            "splits": str(splits.path) if splits.path is not None else None,
+            "num_items": splits.num_items,
+            "num_train_samples": int(len(splits.train_targets)),
+            "best_epoch": self.best["epoch"],
+            "epochs_run": self.epoch,
+            "stop_reason": self.stop_reason,
+            "seconds": round(self.seconds, 3),
+            "train_seconds": round(self.train_seconds, 3),
+            "samples_per_second": round(self.samples_trained / max(self.train_seconds, 1e-9), 1),
+            "best_valid": self.best["metrics"],
+        }
+        if run.model.requires_training:  # the training settings do not apply to a fitted model
+            summary["settings"] = _result_settings(run.settings)
+        summary["lineage"] = run.lineage
+        return summary
 
 
 # ---- the training run ---------------------------------------------------------------------
 
-def train(splits, out, settings: TrainSettings, lineage: dict | None = None) -> dict:
+
+def train(
+    splits: Splits,
+    out: str | os.PathLike[str],
+    settings: TrainSettings,
+    lineage: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Train `settings.model` on `splits`, write the model folder `out` (best validation
     weights) and return the training summary (also written as train_summary.json).
 
     Under torchrun only rank 0 writes and returns the summary; other ranks return {}.
     """
+    run = _start_run(splits, out, settings, lineage)
+    if not run.model.requires_training:
+        # nothing to share out: rank 0 fits and writes
+        return _fit_without_training(run) if run.is_writer else {}
+    with _process_group(run.device, run.world_size):
+        return _train(run)
+
+
+def _start_run(
+    splits: Splits, out: str | os.PathLike[str], settings: TrainSettings, lineage: dict[str, Any] | None
+) -> Run:
+    """Check the settings, set up the device and threads, and build the model from `seed`."""
     from diffurec.models import DEFAULT_PRESETS, build_model
 
     settings.check()
@@ -278,200 +543,205 @@ def train(splits, out, settings: TrainSettings, lineage: dict | None = None) -> 
         model = build_model(settings.model, splits.num_items, splits.max_len, preset, **settings.hyper)
     except (ValueError, TypeError) as error:
         raise DiffuRecError(f"--model {settings.model} --preset {preset}: {error}") from None
-    model.to(device)
-
-    item_map = Path(splits.path) / "item_map.tsv" if splits.path is not None else None
-    lineage = dict(lineage or {})
-    lineage.setdefault("preset", preset)
-    lineage.setdefault("params", {k: v for k, v in asdict(settings).items()
-                                  if k not in ("checkpoint_dir", "resume", "progress")})
-    base_summary = {"model": model.config["name"], "preset": preset, "seed": settings.seed,
-                    "device": str(device), "threads": threads, "world_size": world_size,
-                    "splits": str(splits.path) if splits.path is not None else None,
-                    "num_items": splits.num_items, "num_train_samples": int(len(splits.train_targets))}
-
-    if not getattr(model, "requires_training", True):
-        if rank != 0:  # nothing to share out: rank 0 fits and writes
-            return {}
-        return _fit_without_training(model, splits, out, settings, device, item_map, lineage, base_summary)
-
-    initialized_group = False
-    if world_size > 1:
-        import torch.distributed as dist
-
-        if not dist.is_initialized():
-            if device.type == "cuda":
-                torch.cuda.set_device(device)
-            dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-            initialized_group = True
-    try:
-        return _train_loop(model, splits, out, settings, device, rank, world_size, item_map,
-                           lineage, base_summary)
-    finally:
-        if initialized_group:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
+    run = Run(model, splits, settings, device, threads, rank, world_size, out, dict(lineage or {}))
+    run.module.to(device)
+    run.lineage["preset"] = run.lineage.get("preset") or preset  # None: the model's default preset
+    run.lineage.setdefault(
+        "params",
+        {k: v for k, v in asdict(settings).items() if k not in ("checkpoint_dir", "resume", "progress")},
+    )
+    return run
 
 
-def _validate(model, splits, settings: TrainSettings, device) -> dict:
-    from diffurec.evaluate import evaluate
+def _write_model_folder(run: Run, state: TrainState) -> dict[str, Any]:
+    """Save the model as it is now with the state's curve and summary; returns the summary."""
+    from diffurec.model_folder import save_model_folder
 
-    result = evaluate(model, splits, split="valid", reverse_steps=settings.eval_reverse_steps,
-                      batch_size=settings.eval_batch_size, seed=settings.seed, device=device,
-                      progress=settings.progress)
-    return result
+    summary = state.summary(run)
+    item_map = Path(run.splits.path) / "item_map.tsv" if run.splits.path is not None else None
+    save_model_folder(
+        run.out,
+        run.module,
+        item_ids=run.splits.item_ids,
+        item_map_path=item_map,
+        curve=state.curve,
+        summary=summary,
+    )
+    return summary
 
 
-def _fit_without_training(model, splits, out, settings, device, item_map, lineage, base_summary) -> dict:
-    """Popularity: fit on the training targets, validate once, write the same folder."""
+def _fit_without_training(run: Run) -> dict[str, Any]:
+    """Popularity: fit on the training targets, validate once (as epoch 0), write the same folder."""
+    from diffurec.models import FittedRecommender
+
+    assert isinstance(run.model, FittedRecommender)
     started = time.perf_counter()
-    model.fit(np.asarray(splits.train_targets))
-    result = _validate(model, splits, settings, device)
+    run.model.fit(np.asarray(run.splits.train_targets))
+    metrics = run.validate()
     seconds = time.perf_counter() - started
-    curve = {"title": f"{model.config['name']} ({model.config['preset']})", "train": [],
-             "valid": [{"epoch": 0, **result["metrics"]}]}
-    summary = {**base_summary, "best_epoch": 0, "epochs_run": 0, "stop_reason": "fitted",
-               "seconds": round(seconds, 3), "train_seconds": round(seconds, 3),
-               "samples_per_second": round(len(splits.train_targets) / max(seconds, 1e-9), 1),
-               "best_valid": result["metrics"], "lineage": lineage}
-    from diffurec.model_folder import save_model_folder
+    state = TrainState(
+        curve=run.new_curve(),
+        seconds=seconds,
+        train_seconds=seconds,
+        samples_trained=len(run.splits.train_targets),
+        stop_reason="fitted",
+    )
+    state.curve["valid"].append({"epoch": 0, **metrics})
+    update_best(state.best, metrics, 0, run.settings.stop_rule)
+    return _write_model_folder(run, state)
 
-    save_model_folder(out, model, item_ids=splits.item_ids, item_map_path=item_map, curve=curve, summary=summary)
-    return summary
 
-
-def _train_loop(model, splits, out, settings: TrainSettings, device, rank, world_size, item_map,
-                lineage, base_summary) -> dict:
-    from diffurec import telemetry
-    from diffurec.model_folder import save_model_folder
-
-    loss_module = LossModule(model)
-    if world_size > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
-        loss_module = DistributedDataParallel(loss_module, device_ids=[device.index] if device.type == "cuda" else None)
-    optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=settings.lr_step, gamma=settings.lr_gamma)
-
-    inputs, targets = splits.train_inputs, splits.train_targets
-    num_samples = len(targets)
-    if num_samples == 0:
-        raise DiffuRecError(f"{splits.path}: no training samples (every user has exactly 3 items?)")
-    lengths = history_lengths(inputs) if model.trims_padding else None
-
-    curve = {"title": f"{model.config['name']} ({model.config['preset']})", "train": [], "valid": []}
-    best: dict = {}
-    best_state = None
-    start_epoch, bad_validations, elapsed, train_seconds, samples_trained = 1, 0, 0.0, 0.0, 0
-    stop_reason = "epochs"
-
-    checkpoint_path = Path(settings.checkpoint_dir) / CHECKPOINT_FILE if settings.checkpoint_dir else None
-    if settings.resume and checkpoint_path is not None and checkpoint_path.is_file():
-        state = load_checkpoint(checkpoint_path)
-        if state["settings"] != _result_settings(settings) or state["model_config"] != model.config:
-            raise DiffuRecError(f"{checkpoint_path}: written by a run with other settings; "
-                                f"start without --resume or use another --checkpoint-dir")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        best, best_state, curve = state["best"], state["best_model"], state["curve"]
-        bad_validations, elapsed = state["bad_validations"], state["seconds"]
-        train_seconds, samples_trained = state["train_seconds"], state["samples_trained"]
-        start_epoch = state["epoch"] + 1
-        stop_reason = state.get("stop_reason")
-        if rank == 0:
-            logger.info("resumed from %s after epoch %d", checkpoint_path, state["epoch"])
-    elif settings.resume and rank == 0:
-        logger.info("no checkpoint at %s yet: starting from scratch", checkpoint_path)
-
-    # A resumed run that had already stopped only writes its folder (unless given more time).
-    finished = start_epoch > 1 and (stop_reason == "patience" or (
-        stop_reason == "time budget" and settings.max_minutes is not None
-        and elapsed >= settings.max_minutes * 60))
-    last_epoch = start_epoch - 1
-    if rank == 0:
-        logger.info("training %s (%s) on %s: %d samples, batch %d, %d rank(s)%s", model.config["name"],
-                    model.config["preset"], device, num_samples, settings.batch_size, world_size,
-                    ", length-bucketed batches" if lengths is not None else "")
-    for epoch in range(start_epoch, settings.epochs + 1):
-        if finished:
-            break
-        last_epoch = epoch
-        run_started = time.perf_counter()
-        torch.manual_seed(epoch_seed(settings.seed, epoch, rank))
-        batches = epoch_batches(num_samples, settings.batch_size, settings.seed, epoch, lengths)
-        deadline = (run_started + settings.max_minutes * 60 - elapsed) if settings.max_minutes is not None else None
-        loss_sum, seen, fingerprint, cut_short = train_batches(
-            loss_module, optimizer, inputs, targets, batches, lengths, device, rank, world_size,
-            desc=f"epoch {epoch}", progress=settings.progress, deadline=deadline)
-        scheduler.step()
-        devices.synchronize(device)
-        loss_sum, seen, fingerprint = _all_sum([loss_sum, float(seen), fingerprint], world_size, device)
-        epoch_train_seconds = time.perf_counter() - run_started
-        train_seconds += epoch_train_seconds
-        samples_trained += int(seen)
-        epoch_loss = loss_sum / max(seen, 1)
-        if cut_short and rank == 0:
-            logger.info("time budget spent during epoch %d after %d of %d samples", epoch, int(seen), num_samples)
-        curve["train"].append({"epoch": epoch, "loss": epoch_loss, "samples": int(seen),
-                               "sample_fingerprint": int(fingerprint), "seconds": round(epoch_train_seconds, 3)})
-
-        decision = None
-        if rank == 0:
-            rate = seen / max(epoch_train_seconds, 1e-9)
-            logger.info("epoch %d: loss %.4f, %.0f samples/s, %.1f s", epoch, epoch_loss, rate, epoch_train_seconds)
-            telemetry.training_progress(epoch, epoch_loss, rate)
-            out_of_time = cut_short or (settings.max_minutes is not None
-                                        and elapsed + time.perf_counter() - run_started >= settings.max_minutes * 60)
-            last = epoch == settings.epochs or out_of_time
-            reason = "time budget" if out_of_time else "epochs" if last else None
-            if epoch % settings.eval_every == 0 or last:
-                metrics = _validate(model, splits, settings, device)["metrics"]
-                curve["valid"].append({"epoch": epoch, **metrics})
-                if update_best(best, metrics, epoch, settings.stop_rule):
-                    best_state, bad_validations = _cpu_state(model), 0
-                else:
-                    bad_validations += 1
-                logger.info("validation after epoch %d: NDCG@10 %.4f HR@10 %.4f (best %.4f at epoch %d, %d/%d without improvement)",
-                            epoch, metrics["NDCG@10"], metrics["HR@10"], best["metrics"]["NDCG@10"],
-                            best["epoch"], bad_validations, settings.patience)
-                if bad_validations >= settings.patience:
-                    reason = "patience"
-            decision = reason
-        decision = _broadcast(decision, world_size)
-        finished = decision in ("patience", "time budget")
-        if decision is not None:
-            stop_reason = decision
-        elapsed += time.perf_counter() - run_started
-        if rank == 0 and checkpoint_path is not None:
-            save_checkpoint(checkpoint_path, {
-                "version": CHECKPOINT_VERSION, "epoch": epoch, "model": _cpu_state(model),
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "best_model": best_state, "best": best, "bad_validations": bad_validations,
-                "curve": curve, "seconds": elapsed, "train_seconds": train_seconds,
-                "samples_trained": samples_trained, "stop_reason": stop_reason,
-                "settings": _result_settings(settings), "model_config": model.config})
-        if world_size > 1:
-            import torch.distributed as dist
-
-            dist.barrier()
-
-    if rank != 0:
+def _train(run: Run) -> dict[str, Any]:
+    """Train epoch by epoch until a stop reason, checkpointing after every epoch; rank 0 then
+    writes the model folder with the best validation's weights and returns the summary."""
+    training = Training.for_run(run)
+    state = _initial_state(run, training)
+    if run.is_writer:
+        logger.info(
+            "training %s (%s) on %s: %d samples, batch %d, %d rank(s)%s",
+            run.model.config["name"],
+            run.model.config["preset"],
+            run.device,
+            len(run.splits.train_targets),
+            run.settings.batch_size,
+            run.world_size,
+            ", length-bucketed batches" if training.lengths is not None else "",
+        )
+    if not state.has_stopped(run.settings):
+        for epoch in range(state.epoch + 1, run.settings.epochs + 1):
+            started = time.perf_counter()
+            cut_short = _train_epoch(run, training, state, epoch, started)
+            decision = _broadcast(
+                _stop_reason(run, state, cut_short, started) if run.is_writer else None, run.world_size
+            )
+            if decision is not None:
+                state.stop_reason = decision
+            state.seconds += time.perf_counter() - started
+            if run.is_writer and run.checkpoint_path is not None:
+                save_checkpoint(run.checkpoint_path, state.to_checkpoint(run, training))
+            _barrier(run.world_size)
+            if decision in STOPPING_REASONS:
+                break
+    if not run.is_writer:
         return {}
-    if best_state is None:  # no validation ran (e.g. resumed a finished run with a larger budget)
-        metrics = _validate(model, splits, settings, device)["metrics"]
-        curve["valid"].append({"epoch": last_epoch, **metrics})
-        update_best(best, metrics, last_epoch, settings.stop_rule)
-        best_state = _cpu_state(model)
-    model.load_state_dict(best_state)
-    summary = {**base_summary, "best_epoch": best["epoch"], "epochs_run": last_epoch,
-               "stop_reason": stop_reason, "seconds": round(elapsed, 3),
-               "train_seconds": round(train_seconds, 3),
-               "samples_per_second": round(samples_trained / max(train_seconds, 1e-9), 1),
-               "best_valid": best["metrics"], "settings": _result_settings(settings),
-               "lineage": lineage}
-    save_model_folder(out, model, item_ids=splits.item_ids, item_map_path=item_map, curve=curve, summary=summary)
-    logger.info("best validation NDCG@10 %.4f at epoch %d; model folder %s",
-                best["metrics"]["NDCG@10"], best["epoch"], out)
+    if state.best_model is None:  # no validation ran (e.g. resumed a finished run with a larger budget)
+        _record_validation(run, state)  # the first validation always counts as the best so far
+    assert state.best_model is not None
+    run.module.load_state_dict(state.best_model)
+    summary = _write_model_folder(run, state)
+    logger.info(
+        "best validation NDCG@10 %.4f at epoch %d; model folder %s",
+        state.best["metrics"]["NDCG@10"],
+        state.best["epoch"],
+        run.out,
+    )
     return summary
+
+
+def _initial_state(run: Run, training: Training) -> TrainState:
+    """A fresh state, or with --resume the checkpoint's (model, optimizer and scheduler restored)."""
+    path = run.checkpoint_path
+    if run.settings.resume and path is not None and path.is_file():
+        state = TrainState.from_checkpoint(load_checkpoint(path), path, run, training)
+        if run.is_writer:
+            logger.info("resumed from %s after epoch %d", path, state.epoch)
+        return state
+    if run.settings.resume and run.is_writer:
+        logger.info("no checkpoint at %s yet: starting from scratch", path)
+    return TrainState(curve=run.new_curve())
+
+
+def _train_epoch(run: Run, training: Training, state: TrainState, epoch: int, started: float) -> bool:
+    """One pass over the training samples (every rank), recorded in `state`; True when the time
+    budget ended it early. `started`: its time.perf_counter() start."""
+    from diffurec import telemetry
+
+    settings = run.settings
+    splits = run.splits
+    torch.manual_seed(epoch_seed(settings.seed, epoch, run.rank))
+    batches = epoch_batches(
+        len(splits.train_targets), settings.batch_size, settings.seed, epoch, training.lengths
+    )
+    deadline = None if settings.max_minutes is None else started + settings.max_minutes * 60 - state.seconds
+    rank_loss_sum, rank_seen, rank_fingerprint, cut_short = train_batches(
+        training.loss_module,
+        training.optimizer,
+        splits.train_inputs,
+        splits.train_targets,
+        batches,
+        training.lengths,
+        run.device,
+        run.rank,
+        run.world_size,
+        desc=f"epoch {epoch}",
+        progress=settings.progress,
+        deadline=deadline,
+    )
+    training.scheduler.step()
+    devices.synchronize(run.device)
+    loss_sum, seen_sum, fingerprint = _all_sum(
+        [rank_loss_sum, float(rank_seen), rank_fingerprint], run.world_size, run.device
+    )
+    seen = int(seen_sum)  # over all ranks
+    seconds = time.perf_counter() - started
+    state.epoch = epoch
+    state.train_seconds += seconds
+    state.samples_trained += seen
+    loss = loss_sum / max(seen, 1)
+    if cut_short and run.is_writer:
+        logger.info(
+            "time budget spent during epoch %d after %d of %d samples", epoch, seen, len(splits.train_targets)
+        )
+    state.curve["train"].append(
+        {
+            "epoch": epoch,
+            "loss": loss,
+            "samples": seen,
+            "sample_fingerprint": int(fingerprint),
+            "seconds": round(seconds, 3),
+        }
+    )
+    if run.is_writer:
+        rate = seen / max(seconds, 1e-9)
+        logger.info("epoch %d: loss %.4f, %.0f samples/s, %.1f s", epoch, loss, rate, seconds)
+        telemetry.training_progress(epoch, loss, rate)
+    return cut_short
+
+
+def _stop_reason(run: Run, state: TrainState, cut_short: bool, started: float) -> str | None:
+    """Rank 0, after epoch `state.epoch`: validate when due, and say why to stop, or None to go on."""
+    settings = run.settings
+    epoch = state.epoch
+    out_of_time = cut_short or (
+        settings.max_minutes is not None
+        and state.seconds + time.perf_counter() - started >= settings.max_minutes * 60
+    )
+    last = epoch == settings.epochs or out_of_time
+    reason = "time budget" if out_of_time else "epochs" if last else None
+    if epoch % settings.eval_every == 0 or last:
+        _record_validation(run, state)
+        if state.bad_validations >= settings.patience:
+            reason = "patience"
+    return reason
+
+
+def _record_validation(run: Run, state: TrainState) -> None:
+    """Validate after epoch `state.epoch`: a curve row, the best so far (and its weights) and the
+    count of validations without improvement."""
+    metrics = run.validate()
+    state.curve["valid"].append({"epoch": state.epoch, **metrics})
+    if update_best(state.best, metrics, state.epoch, run.settings.stop_rule):
+        state.best_model, state.bad_validations = _cpu_state(run.module), 0
+    else:
+        state.bad_validations += 1
+    logger.info(
+        "validation after epoch %d: NDCG@10 %.4f HR@10 %.4f (best %.4f at epoch %d, "
+        "%d/%d without improvement)",
+        state.epoch,
+        metrics["NDCG@10"],
+        metrics["HR@10"],
+        state.best["metrics"]["NDCG@10"],
+        state.best["epoch"],
+        state.bad_validations,
+        run.settings.patience,
+    )
