@@ -22,7 +22,7 @@ def fetch_raw(dataset: str, source: str, raw: Output[Dataset]):
         command += ["--source", source]
     if main(command) != 0:
         raise RuntimeError("diffurec pipeline fetch-raw failed (the line above says why)")
-    from diffurec.lineage import file_md5
+    from diffurec.files import file_md5
 
     raw.metadata.update({"file": os.path.basename(raw_file), "md5": file_md5(raw_file),
                          "dataset": dataset, "source": source or "official"})

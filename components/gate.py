@@ -15,18 +15,11 @@ def gate(candidate: Input[Metrics], baseline: Input[Metrics], splits: Input[Data
     dsl.If. A plain return, not a named output: kfp's local runner resolves a condition on
     `<task>-Output` but not on `<task>-<name>`."""
     import json
-    import os
-    import tempfile
-
-    import yaml
 
     from diffurec.cli import main
 
-    params = os.path.join(tempfile.mkdtemp(prefix="gate-"), "params.yaml")
-    with open(params, "w") as handle:
-        yaml.safe_dump({"gate": thresholds}, handle)
     command = ["gate", "--candidate", candidate.path, "--baseline", baseline.path,
-               "--params", params, "--name", registry_name, "--version", version,
+               "--thresholds", json.dumps(thresholds), "--name", registry_name, "--version", version,
                "--splits", splits.path, "--out", decision.path]
     if tracking_uri:
         command += ["--tracking-uri", tracking_uri]

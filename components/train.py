@@ -18,11 +18,10 @@ def train(raw: Input[Dataset], splits: Input[Dataset], settings: dict, data_para
     import os
 
     from diffurec.cli import main
-    from diffurec.files import write_json_atomic
-    from diffurec.lineage import build_lineage
+    from diffurec.lineage import build_lineage, write_lineage
 
     lineage_file = model.path + ".lineage.json"
-    write_json_atomic(lineage_file, build_lineage(
+    write_lineage(lineage_file, build_lineage(
         raw=os.path.join(raw.path, raw.metadata["file"]), splits=splits.path,
         params={"data": data_params, "train": settings}, preset=settings.get("preset")))
     command = ["train", "--splits", splits.path, "--out", model.path,

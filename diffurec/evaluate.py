@@ -15,10 +15,10 @@ import time
 import numpy as np
 import torch
 
+from diffurec.metrics import KS, METRIC_KEYS
+
 logger = logging.getLogger(__name__)
 
-KS = (5, 10, 20)
-METRIC_KEYS = tuple(f"HR@{k}" for k in KS) + tuple(f"NDCG@{k}" for k in KS)
 DEFAULT_BATCH_SIZE = 1024
 DEFAULT_SEED = 1997
 

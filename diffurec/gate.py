@@ -16,32 +16,45 @@ Thresholds live in params.yaml under `gate:` (metric values are percent, as in m
 Floors and the popularity margin always apply; the champion checks apply only when a champion
 exists, so with no champion yet the floors alone decide. The champion must have been measured
 on the same users as the candidate (same split of the same data version); `decide` refuses to
-compare otherwise, and the command line re-evaluates the champion first (see cli).
+compare otherwise, and `gate_candidate` re-evaluates the champion first (diffurec.champion).
 
 `decide` is pure: metrics in, decision dict out (docs/formats.md, "Gate decision JSON").
+`gate_candidate` is the whole step: read the metrics, find the champion, decide, stamp the
+decision (id, time, version), write it, then tag the registered version with it.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 
 from diffurec.errors import DiffuRecError, located
+from diffurec.files import read_json_object, read_params, write_json_atomic
+from diffurec.metrics import METRIC_KEYS
 
-METRIC_KEYS = ("HR@5", "HR@10", "HR@20", "NDCG@5", "NDCG@10", "NDCG@20")
 THRESHOLD_SECTIONS = ("min", "min_margin_over_popularity", "max_drop_vs_champion")
 DROP_KINDS = ("relative", "absolute")
 
 
 def load_thresholds(params_path: str | Path) -> dict:
     """Read and check the `gate:` section of params.yaml."""
-    from diffurec.files import read_yaml_mapping
-
     path = Path(params_path)
-    params = read_yaml_mapping(path, "params file not found")
+    params = read_params(path)
     if "gate" not in params:
         raise located(path, "no `gate:` section (thresholds for the promotion gate)")
     return check_thresholds(params["gate"], source=f"{path}: gate")
+
+
+def parse_thresholds(text: str, source: str = "--thresholds") -> dict:
+    """Thresholds given as a JSON object (the `gate:` section), checked as load_thresholds does."""
+    try:
+        gate = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise DiffuRecError(f"{source}: not valid JSON ({error.msg}, column {error.colno})") from None
+    return check_thresholds(gate, source=source)
 
 
 def check_thresholds(gate: object, source: str = "gate") -> dict:
@@ -81,8 +94,6 @@ def _number(value: object, where: str) -> float:
 
 def read_metrics(path: str | Path) -> dict:
     """Read a metrics JSON (docs/formats.md) and check the fields the gate relies on."""
-    from diffurec.files import read_json_object
-
     path = Path(path)
     data = read_json_object(path, "metrics file not found")
     metrics = data.get("metrics")
@@ -172,7 +183,8 @@ def decide(candidate: dict, thresholds: dict, baseline: dict | None = None,
     }
 
 
-def _check(name, kind, metric, value, threshold, reference=None, unit="points") -> dict:
+def _check(name: str, kind: str, metric: str, value: float, threshold: float,
+           reference: float | None = None, unit: str = "points") -> dict:
     check = {"name": name, "kind": kind, "metric": metric, "value": round(float(value), 6),
              "threshold": float(threshold), "passed": bool(value >= threshold), "unit": unit}
     if reference is not None:
@@ -180,10 +192,11 @@ def _check(name, kind, metric, value, threshold, reference=None, unit="points") 
     return check
 
 
-def _reason(checks, failed, champion) -> str:
+def _reason(checks: list[dict], failed: list[str], champion: dict | None) -> str:
     if not checks:
         return "no checks configured: passed by default"
-    scope = "floors only (no champion yet)" if champion is None else f"against champion v{champion['version']}"
+    scope = ("floors only (no champion yet)" if champion is None
+             else f"against champion v{champion['version']}")
     if failed:
         return f"rejected: {len(failed)} of {len(checks)} checks failed ({'; '.join(failed)}), {scope}"
     return f"passed all {len(checks)} checks, {scope}"
@@ -213,7 +226,7 @@ def format_table(decision: dict) -> str:
     lines = [title]
     for row in rows:
         lines.append("  " + "  ".join(cell.ljust(width) if i == 0 else cell.rjust(width)
-                                      for i, (cell, width) in enumerate(zip(row, widths))))
+                                      for i, (cell, width) in enumerate(zip(row, widths, strict=True))))
     verdict = "PASSED" if decision["passed"] else "REJECTED"
     lines.append(f"decision: {verdict} - {decision['reason']}")
     return "\n".join(lines)
@@ -225,3 +238,82 @@ def _show(value: float, check: dict) -> str:
     if check["kind"] == "floor":
         return f"{value:.3f}"
     return f"{value:+.3f}"
+
+
+def stamp_decision(decision: dict, name: str | None, version: str | None,
+                   params: str | None) -> dict:
+    """`decide`'s result as written and recorded: `passed` first, then the registered version it
+    is about (or None), a fresh decision_id, decided_at (UTC) and the thresholds' file."""
+    return {"passed": decision["passed"], "name": name, "version": version,
+            "decision_id": uuid.uuid4().hex,
+            "decided_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "params": params, **{key: value for key, value in decision.items() if key != "passed"}}
+
+
+def decision_tags(decision: dict) -> dict[str, str]:
+    """The tags a decision leaves on its model version; promote checks gate_decision_id."""
+    checks = [{key: check[key] for key in ("name", "value", "threshold", "passed")}
+              for check in decision["checks"]]
+    return {"gate_passed": str(decision["passed"]).lower(),
+            "gate_decision_id": decision["decision_id"],
+            "gate_decided_at": decision["decided_at"],
+            "gate_reason": decision["reason"][:4000],  # MLflow caps a tag's value
+            "gate_checks": json.dumps(checks)[:5000]}
+
+
+def decision_gauges(decision: dict) -> dict[str, float]:
+    """The gate's Prometheus gauges: outcome, check counts, the candidate's checked metrics and,
+    against a champion, its value and the relative change."""
+    gauges = {"gate_passed": 1.0 if decision["passed"] else 0.0,
+              "gate_checks_failed": float(len(decision["failed"])),
+              "gate_checks": float(len(decision["checks"]))}
+    values = decision["candidate"]["metrics"]
+    for check in decision["checks"]:
+        metric = check["metric"]
+        gauges[f"candidate_{metric}"] = values[metric]
+        if check["kind"] == "change_vs_champion":
+            old = check["reference"]
+            gauges[f"champion_{metric}"] = old
+            if old > 0:
+                gauges[f"relative_change_vs_champion_{metric}"] = (values[metric] - old) / old
+    return gauges
+
+
+def gate_candidate(candidate_path: str | Path, thresholds: dict, out: str | Path,
+                   params: str | None = None, baseline_path: str | Path | None = None,
+                   name: str | None = None, version: str | None = None,
+                   splits_dir: str | Path | None = None, tracking_uri: str | None = None) -> dict:
+    """The gate step: decide on the candidate's metrics, write the decision JSON to `out`, and
+    return it.
+
+    Without `name` only the floors and margins decide and nothing is tagged. With `name`, the
+    candidate is `version` of that registered model (default: the latest); its registered
+    metrics must be the candidate's, the champion (re-evaluated on `splits_dir` when it was
+    measured on other data) is compared against, and the version is tagged with the decision.
+    params: the thresholds' file, recorded in the decision (None when given otherwise).
+    """
+    from diffurec import registry
+
+    candidate = read_metrics(candidate_path)
+    baseline = read_metrics(baseline_path) if baseline_path else None
+    champion = mlflow_client = None
+    registered: tuple[str, str] | None = None  # (name, version) of the candidate
+    if name:
+        from diffurec.champion import champion_for, same_metrics
+
+        mlflow_client = registry.client(tracking_uri)
+        target = registry.get_version(name, version=version, mlflow_client=mlflow_client)
+        assert target is not None  # by number: a missing version raises
+        registered = (name, target["version"])
+        if target["metrics"] and not same_metrics(target["metrics"], candidate["metrics"]):
+            raise DiffuRecError(f"{candidate_path}: these metrics are not the ones registered "
+                                f"with {name} v{target['version']}; pass the matching --version")
+        champion = champion_for(name, candidate, splits_dir, mlflow_client, tracking_uri)
+    name, version = registered or (None, None)
+    decision = stamp_decision(decide(candidate, thresholds, baseline=baseline, champion=champion),
+                              name, version, params)
+    write_json_atomic(out, decision)
+    if registered is not None:
+        # Tag after the JSON is written: promote needs both, so an interrupted gate promotes nothing.
+        registry.set_version_tags(*registered, decision_tags(decision), mlflow_client=mlflow_client)
+    return decision

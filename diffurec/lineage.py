@@ -21,24 +21,16 @@ import logging
 import os
 import subprocess
 from pathlib import Path
+from typing import Any
 
 from diffurec.errors import DiffuRecError, located
-from diffurec.files import read_json_object, read_yaml_mapping
+from diffurec.files import file_md5, read_json_object, write_json_atomic
 
 log = logging.getLogger(__name__)
 
 LINEAGE_KEYS = ("raw_data_md5", "splits_md5", "git_commit", "params", "preset")
 # Inside a container there is no .git: the image (or the pipeline) passes the commit instead.
 GIT_COMMIT_ENV = "DIFFUREC_GIT_COMMIT"
-
-
-def file_md5(path: str | Path, chunk: int = 1 << 20) -> str:
-    """DVC 3's hash of a file: the md5 of its bytes."""
-    digest = hashlib.md5()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(chunk), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def dir_md5(path: str | Path) -> str:
@@ -80,24 +72,12 @@ def git_commit(repo: str | Path | None = None) -> tuple[str | None, bool | None]
     return commit, bool(status.strip())
 
 
-def read_params(params_file: str | Path, sections: list[str] | None = None) -> dict:
-    """The parameters in params.yaml (all sections, or only `sections`)."""
-    path = Path(params_file)
-    params = read_yaml_mapping(path, "params file not found")
-    if sections:
-        missing = [name for name in sections if name not in params]
-        if missing:
-            raise located(path, f"no section {missing[0]!r}")
-        params = {name: params[name] for name in sections}
-    return params
-
-
 def build_lineage(raw: str | Path | None = None, splits: str | Path | None = None,
                   params: dict | None = None, preset: str | None = None,
                   repo: str | Path | None = None) -> dict:
     """The lineage object for a run on `raw` -> `splits` with `params` and `preset`."""
     commit, dirty = git_commit(repo)
-    lineage = {
+    lineage: dict[str, Any] = {
         "raw_data_md5": data_md5(raw) if raw else None,
         "splits_md5": data_md5(splits) if splits else None,
         "git_commit": commit,
@@ -109,14 +89,9 @@ def build_lineage(raw: str | Path | None = None, splits: str | Path | None = Non
     return lineage
 
 
-def write_json(path: str | Path, data: dict) -> Path:
-    """Write JSON atomically (a temporary file renamed into place)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    tmp.replace(path)
-    return path
+def write_lineage(path: str | Path, lineage: dict) -> Path:
+    """Write a lineage JSON atomically, keys sorted (the bytes DVC hashes stay stable)."""
+    return write_json_atomic(path, lineage, sort_keys=True)
 
 
 def read_lineage(path: str | Path) -> dict:

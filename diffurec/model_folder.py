@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from diffurec.errors import DiffuRecError
-from diffurec.files import atomic_folder, read_json_object
+from diffurec.files import atomic_folder, read_json_object, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -78,10 +78,6 @@ def plot_curve(curve: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def _json(path: Path, value) -> None:
-    path.write_text(json.dumps(value, indent=2, sort_keys=False) + "\n")
-
-
 def save_model_folder(folder, model: torch.nn.Module, item_ids: list[str] | None = None,
                       item_map_path=None, curve: dict | None = None, summary: dict | None = None) -> Path:
     """Write `model` (its config and state dict) as a model folder, atomically.
@@ -94,7 +90,7 @@ def save_model_folder(folder, model: torch.nn.Module, item_ids: list[str] | None
     folder = Path(folder)
     with atomic_folder(folder) as tmp:
         config = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "model": model.config["name"], **model.config}
-        _json(tmp / "config.json", config)
+        write_json_atomic(tmp / "config.json", config)
         state = {key: value.detach().cpu().contiguous() for key, value in model.state_dict().items()}
         save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": FORMAT_NAME})
         if item_map_path is not None:
@@ -104,16 +100,16 @@ def save_model_folder(folder, model: torch.nn.Module, item_ids: list[str] | None
         else:
             raise ValueError("save_model_folder needs item_ids or item_map_path")
         curve = curve or {"train": [], "valid": []}
-        _json(tmp / "curve.json", curve)
+        write_json_atomic(tmp / "curve.json", curve)
         plot_curve(curve, tmp / "curve.png")
         summary = dict(summary or {})
         summary.setdefault("lineage", {})
-        _json(tmp / "train_summary.json", summary)
+        write_json_atomic(tmp / "train_summary.json", summary)
     logger.info("wrote model folder %s", folder)
     return folder
 
 
-def read_config(folder) -> dict:
+def read_config(folder: str | Path) -> dict:
     """config.json of a model folder, checked for format and version."""
     folder = Path(folder)
     path = folder / "config.json"
@@ -153,6 +149,7 @@ def load_model_folder(folder, device: str | torch.device = "cpu") -> torch.nn.Mo
     return model.to(device).eval()
 
 
-def read_summary(folder) -> dict:
+def read_summary(folder: str | Path) -> dict:
+    """train_summary.json of a model folder, or {} when it has none."""
     path = Path(folder) / "train_summary.json"
     return json.loads(path.read_text()) if path.is_file() else {}

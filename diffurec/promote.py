@@ -9,7 +9,9 @@ Rules, each one a refusal with a reason when it does not hold:
   promotions end with one champion and the other refused.
 `--override --reason TEXT` skips the decision checks (not the lock) and is recorded on the
 version. The old champion keeps the `previous` alias; `previous` is set before `champion`
-moves, so an interruption between the two leaves the old champion in place.
+moves, so an interruption between the two leaves the old champion in place. With `if_passed`
+a rejected decision is no error: nothing moves and the result says why (for pipelines that
+always run the promote step).
 """
 
 from __future__ import annotations
@@ -20,9 +22,11 @@ import json
 import logging
 import tempfile
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from diffurec import registry
 from diffurec.errors import DiffuRecError, located
@@ -33,6 +37,7 @@ LOCK_TIMEOUT_SECONDS = 60.0
 
 
 def read_decision(path: str | Path) -> dict:
+    """A gate decision JSON, checked for a boolean `passed`."""
     path = Path(path)
     decision = read_json_object(path, "gate decision not found (run `diffurec gate` first)")
     if not isinstance(decision.get("passed"), bool):
@@ -50,7 +55,7 @@ def lock_path_for(tracking_uri: str) -> Path:
 
 
 @contextmanager
-def _locked(path: Path, timeout: float = LOCK_TIMEOUT_SECONDS):
+def _locked(path: Path, timeout: float = LOCK_TIMEOUT_SECONDS) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as handle:
         deadline = time.monotonic() + timeout
@@ -60,7 +65,8 @@ def _locked(path: Path, timeout: float = LOCK_TIMEOUT_SECONDS):
                 break
             except BlockingIOError:
                 if time.monotonic() > deadline:
-                    raise DiffuRecError(f"{path}: another promotion holds the lock for over {timeout:.0f} s")
+                    raise DiffuRecError(
+                        f"{path}: another promotion holds the lock for over {timeout:.0f} s") from None
                 time.sleep(0.05)
         try:
             yield
@@ -68,24 +74,41 @@ def _locked(path: Path, timeout: float = LOCK_TIMEOUT_SECONDS):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def promote(name: str, version: str, decision_path: str | Path | None = None,
+def promote(name: str, version: str | None, decision_path: str | Path | None = None,
             tracking_uri: str | None = None, override: bool = False,
-            reason: str | None = None) -> dict:
-    """Make `version` the champion; return what was done (see module docstring for the rules)."""
+            reason: str | None = None, if_passed: bool = False) -> dict:
+    """Make `version` (default: the decision's) the champion; return what was done: {"name",
+    "version", "promoted", "message"}, and "champion" (its version now), "previous" ... when
+    the registry was consulted. See the module docstring for the rules."""
+    if version is None and decision_path is not None:
+        version = read_decision(decision_path).get("version")
+    if version is None:
+        raise DiffuRecError("which version? pass --version (or --decision with a registered version)")
     version = str(version)
+    if if_passed and not override:
+        if decision_path is None:
+            raise DiffuRecError("--if-passed needs --decision JSON")
+        rejected = read_decision(decision_path)
+        if not rejected["passed"]:
+            return {"name": name, "version": version, "promoted": False,
+                    "message": f"not promoted: gate rejected {name} v{version} "
+                               f"({rejected.get('reason', 'see the decision')})"}
     if override and not (reason and reason.strip()):
         raise DiffuRecError("--override needs --reason TEXT (it is recorded on the model version)")
-    decision = read_decision(decision_path) if decision_path is not None else None
-    if decision is None and not override:
+    decision: dict = {}  # under override nothing reads it
+    if decision_path is not None:
+        decision = read_decision(decision_path)
+    elif not override:
         raise DiffuRecError("refusing to promote without a gate decision (--decision FILE), "
                             "or use --override --reason TEXT")
-    if decision is not None and not override:
+    if not override:
         _check_decision(decision, decision_path, name, version)
 
     uri = registry.resolve_tracking_uri(tracking_uri)
     mlflow_client = registry.client(uri)
     with _locked(lock_path_for(uri)):
         target = registry.get_version(name, version=version, mlflow_client=mlflow_client)
+        assert target is not None  # by number: a missing version raises
         if not override:
             _check_registry_decision(target, decision, decision_path)
         current = registry.get_version(name, alias="champion", mlflow_client=mlflow_client)
@@ -103,7 +126,7 @@ def promote(name: str, version: str, decision_path: str | Path | None = None,
                     f"refusing to promote {name} v{version}: the champion is now "
                     f"{'v' + current_version if current_version else 'none'}, but the gate compared "
                     f"against {'v' + expected if expected else 'no champion'}; run the gate again")
-        promoted_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        promoted_at = datetime.now(UTC).isoformat(timespec="seconds")
         if current_version is not None:
             mlflow_client.set_registered_model_alias(name, "previous", current_version)
         mlflow_client.set_registered_model_alias(name, "champion", version)
@@ -111,7 +134,7 @@ def promote(name: str, version: str, decision_path: str | Path | None = None,
             mlflow_client.delete_registered_model_alias(name, "challenger")
         record = {"promoted_at": promoted_at, "promoted_from": current_version or "none",
                   "promotion_override": str(bool(override)).lower()}
-        if override:
+        if override and reason:
             record["promotion_reason"] = reason.strip()
         registry.set_version_tags(name, version, record, mlflow_client=mlflow_client)
         mlflow_client.set_registered_model_tag(name, "last_promotion", json.dumps(
@@ -119,19 +142,29 @@ def promote(name: str, version: str, decision_path: str | Path | None = None,
              "override": bool(override), "reason": reason}))
     message = (f"promoted {name} v{version} to champion"
                + (f" (previous: v{current_version})" if current_version else " (first champion)")
-               + (f" by override: {reason.strip()}" if override else ""))
+               + (f" by override: {reason.strip()}" if override and reason else ""))
     log.info(message)
     return {"name": name, "version": version, "promoted": True, "champion": version,
             "previous": current_version, "override": bool(override), "reason": reason,
             "promoted_at": promoted_at, "message": message}
 
 
-def _alias(mlflow_client, name: str, alias: str) -> str | None:
+def promotion_gauges(result: dict, override: bool) -> dict[str, float]:
+    """The promote step's Prometheus gauges; the champion's version only when the registry was
+    consulted (a decision rejected under if_passed leaves it alone)."""
+    gauges = {"promoted": 1.0 if result["promoted"] else 0.0}
+    if "champion" in result:
+        gauges["champion_version"] = float(result["champion"])
+        gauges["promotion_override"] = 1.0 if override else 0.0
+    return gauges
+
+
+def _alias(mlflow_client: Any, name: str, alias: str) -> str | None:
     found = registry.get_version(name, alias=alias, mlflow_client=mlflow_client)
     return found["version"] if found else None
 
 
-def _check_decision(decision: dict, path, name: str, version: str) -> None:
+def _check_decision(decision: dict, path: str | Path | None, name: str, version: str) -> None:
     if decision.get("name") != name or str(decision.get("version")) != version:
         raise located(path, f"decision is for {decision.get('name')} v{decision.get('version')}, "
                             f"not {name} v{version}")
@@ -140,7 +173,7 @@ def _check_decision(decision: dict, path, name: str, version: str) -> None:
                             f"({decision.get('reason', 'see checks')})")
 
 
-def _check_registry_decision(target: dict, decision: dict, path) -> None:
+def _check_registry_decision(target: dict, decision: dict, path: str | Path | None) -> None:
     tags = target["tags"]
     if tags.get("gate_decision_id") != decision.get("decision_id"):
         raise located(path, f"refusing to promote: this decision is not the one recorded on "

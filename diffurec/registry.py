@@ -15,11 +15,11 @@ from __future__ import annotations
 import json
 import logging
 import os
-import subprocess
 from pathlib import Path
+from typing import Any
 
-from diffurec.errors import DiffuRecError, located
-from diffurec.files import read_json_object
+from diffurec.errors import DiffuRecError
+from diffurec.metrics import METRIC_KEYS
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ def sqlite_path(tracking_uri: str) -> Path | None:
     return Path(tracking_uri[len("sqlite:///"):])
 
 
-def client(tracking_uri: str | None = None):
+def client(tracking_uri: str | None = None) -> Any:
     """An MlflowClient on the resolved tracking URI (imports mlflow: about 2 s)."""
     os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
     # MLflow's default is 7 retries with exponential backoff (minutes) for an unreachable server.
@@ -58,27 +58,13 @@ def client(tracking_uri: str | None = None):
         raise DiffuRecError(f"cannot open the MLflow store {uri}: {_first_line(error)}") from error
 
 
-def _experiment_id(mlflow_client, tracking_uri: str) -> str:
+def _experiment_id(mlflow_client: Any, tracking_uri: str) -> str:
     experiment = mlflow_client.get_experiment_by_name(EXPERIMENT)
     if experiment is not None:
         return experiment.experiment_id
     db = sqlite_path(tracking_uri)
     location = (db.parent / "artifacts").resolve().as_uri() if db is not None else None
     return mlflow_client.create_experiment(EXPERIMENT, artifact_location=location)
-
-
-def read_model_folder(model_dir: str | Path) -> tuple[dict, dict]:
-    """(config.json, train_summary.json or {}) of a model folder, checked."""
-    folder = Path(model_dir)
-    config_path = folder / "config.json"
-    if not folder.is_dir():
-        raise located(folder, "model folder not found")
-    config = read_json_object(config_path, "missing: not a model folder written by `diffurec train`")
-    if config.get("format") != "diffurec-model":
-        raise located(config_path, f"format is {config.get('format')!r}, expected 'diffurec-model'")
-    summary_path = folder / "train_summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
-    return config, summary
 
 
 def metric_name(key: str) -> str:
@@ -93,13 +79,16 @@ def register_model_folder(model_dir: str | Path, metrics_path: str | Path, name:
     Returns {"name", "version", "run_id", "source", "tracking_uri"}. The new version gets the
     `challenger` alias until it is promoted.
     """
-    from diffurec.gate import METRIC_KEYS, data_version, read_metrics
+    from diffurec.gate import data_version, read_metrics
+    from diffurec.lineage import git_commit
+    from diffurec.model_folder import read_config, read_summary
 
-    config, summary = read_model_folder(model_dir)
+    config = read_config(model_dir)
+    summary = read_summary(model_dir)
     metrics_json = read_metrics(metrics_path)
     lineage = {**(summary.get("lineage") or {}), **(metrics_json.get("lineage") or {})}
     if not lineage.get("git_commit"):
-        lineage["git_commit"] = _git_commit()
+        lineage["git_commit"] = git_commit()[0]
     preset = config.get("preset") or lineage.get("preset") or ""
     tags = {
         "model": str(config.get("model", "")),
@@ -145,7 +134,7 @@ def register_model_folder(model_dir: str | Path, metrics_path: str | Path, name:
             "tracking_uri": uri}
 
 
-def _ensure_registered_model(mlflow_client, name: str) -> None:
+def _ensure_registered_model(mlflow_client: Any, name: str) -> None:
     from mlflow.exceptions import MlflowException
 
     try:
@@ -157,7 +146,7 @@ def _ensure_registered_model(mlflow_client, name: str) -> None:
 
 
 def get_version(name: str, version: str | None = None, alias: str | None = None,
-                tracking_uri: str | None = None, mlflow_client=None) -> dict | None:
+                tracking_uri: str | None = None, mlflow_client: Any = None) -> dict | None:
     """A model version as a plain dict, by number or alias; None if the alias is not set."""
     from mlflow.exceptions import MlflowException
 
@@ -186,8 +175,8 @@ def get_version(name: str, version: str | None = None, alias: str | None = None,
             "aliases": list(getattr(found, "aliases", []) or [])}
 
 
-def load_model_folder(model_uri: str, tracking_uri: str | None = None,
-                      dst: str | Path | None = None) -> Path:
+def download_model_folder(model_uri: str, tracking_uri: str | None = None,
+                          dst: str | Path | None = None) -> Path:
     """Download a registered model folder, e.g. `models:/diffurec@champion`; return its path."""
     import tempfile
 
@@ -206,20 +195,11 @@ def load_model_folder(model_uri: str, tracking_uri: str | None = None,
     return Path(path)
 
 
-def set_version_tags(name: str, version: str, tags: dict, mlflow_client=None,
+def set_version_tags(name: str, version: str, tags: dict, mlflow_client: Any = None,
                      tracking_uri: str | None = None) -> None:
     mlflow_client = mlflow_client or client(tracking_uri)
     for key, value in tags.items():
         mlflow_client.set_model_version_tag(name, str(version), key, str(value))
-
-
-def _git_commit() -> str | None:
-    try:
-        result = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                                timeout=5, check=True)
-        return result.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 def _first_line(error: Exception) -> str:

@@ -28,6 +28,10 @@ import logging
 import os
 import re
 import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +69,7 @@ def metric_for(gauge: str) -> tuple[str, dict]:
 
 
 def build_registry(step: str, seconds: float, succeeded: bool, gauges: dict,
-                   now: float | None = None):
+                   now: float | None = None) -> CollectorRegistry:
     """A CollectorRegistry holding what `report_step` pushes for one step."""
     from prometheus_client import CollectorRegistry, Gauge
 
@@ -117,7 +121,8 @@ def report_step(step: str, seconds: float, succeeded: bool, gauges: dict, labels
                            timeout=PUSH_TIMEOUT_SECONDS)
         log.debug("pushed %s metrics to %s %s", step, address, grouping)
     except Exception as error:  # the step's own result matters more than its metrics
-        log.warning("metrics not pushed to %s: %s", address, str(error).splitlines()[0] if str(error) else error)
+        log.warning("metrics not pushed to %s: %s", address,
+                    str(error).splitlines()[0] if str(error) else error)
 
 
 def _label_name(name: str) -> str:
@@ -132,7 +137,7 @@ def start_metrics_server(port: int, address: str = "127.0.0.1") -> None:
     log.info("serving /metrics on http://%s:%d/metrics", address, port)
 
 
-def training_progress(epoch: int, loss: float, samples_per_second: float, **labels) -> None:
+def training_progress(epoch: int, loss: float, samples_per_second: float, **labels: str) -> None:
     """Update the /metrics gauges of a running training; the first call starts the endpoint
     when $DIFFUREC_METRICS_PORT is set."""
     global _metrics_server_tried

@@ -16,10 +16,10 @@ from diffurec.cli import main
 
 
 def lineage_file(splits_dir: Path, folder: Path) -> Path:
-    from diffurec.lineage import build_lineage, write_json
+    from diffurec.lineage import build_lineage, write_lineage
 
-    return write_json(folder / "lineage.json",
-                      build_lineage(splits=splits_dir, params={"model": "popularity"}, preset="default"))
+    return write_lineage(folder / "lineage.json",
+                         build_lineage(splits=splits_dir, params={"model": "popularity"}, preset="default"))
 
 
 def train_with_cli(splits_dir: Path, folder: Path) -> tuple[Path, Path]:

@@ -11,7 +11,7 @@ import zipfile
 import pytest
 
 from diffurec.cli import main
-from diffurec.data.fetch import DATASETS, fetch_dataset
+from diffurec.data.fetch import DATASETS, fetch_dataset, fetch_raw
 from diffurec.data.readers import read_interactions
 from diffurec.errors import DiffuRecError
 
@@ -101,3 +101,52 @@ def test_cli_fetch_then_preprocess(server, archive, tmp_path, capsys):
     assert main(["preprocess", "--input", str(raw / "ml-100k" / "u.data"),
                  "--out", str(tmp_path / "splits")]) == 0
     assert (tmp_path / "splits" / "format.json").is_file()
+
+
+# --- fetch_raw: the pipeline's raw log ----------------------------------------------------------
+
+INTER_HEADER = "user_id:token\titem_id:token\trating:float\ttimestamp:float\n"
+
+
+def test_fetch_raw_copies_a_local_file_byte_for_byte(tmp_path):
+    source = tmp_path / "mine.inter"
+    source.write_bytes(b"user_id:token\titem_id:token\n1\t2\r\n3\t4\n")  # bytes as they are
+    out = tmp_path / "raw" / "ml-100k.inter"
+    result = fetch_raw("ml-100k", out, source=str(source), download_dir=tmp_path / "unused")
+    assert out.read_bytes() == source.read_bytes()
+    assert result == {"path": str(out), "md5": hashlib.md5(source.read_bytes()).hexdigest(),
+                      "origin": str(source), "bytes": len(source.read_bytes())}
+    assert sorted(p.name for p in out.parent.iterdir()) == ["ml-100k.inter"]
+    assert not (tmp_path / "unused").exists()  # a local copy needs no download
+
+
+def test_fetch_raw_falls_back_to_the_official_archive_as_inter(server, archive, shared_data, tmp_path,
+                                                                caplog):
+    import logging
+
+    rows = (shared_data / "ml-100k" / "ml-100k.inter").read_text().splitlines(keepends=True)[1:ROWS + 1]
+    out = tmp_path / "raw" / "ml-100k.inter"
+    downloads = tmp_path / "downloads"
+    with caplog.at_level(logging.WARNING, logger="diffurec.data.fetch"):
+        result = fetch_raw("ml-100k", out, source=str(tmp_path / "nowhere.inter"),
+                           download_dir=downloads, url=f"{server}/ml-100k.zip", sha256=_sha256(archive))
+    # The u.data rows rewritten as .inter: the same rows as the .inter file they were cut from.
+    assert out.read_text() == INTER_HEADER + "".join(rows)
+    assert result["origin"] == str(downloads / "ml-100k" / "u.data")
+    assert result["md5"] == hashlib.md5(out.read_bytes()).hexdigest()
+    assert result["bytes"] == out.stat().st_size
+    assert [r.getMessage() for r in caplog.records] == \
+        [f"{tmp_path / 'nowhere.inter'} not found: using the official ml-100k download"]
+
+
+def test_fetch_raw_errors_leave_nothing_behind(server, tmp_path):
+    out = tmp_path / "raw" / "data.inter"
+    with pytest.raises(DiffuRecError, match=r"Beauty.txt: not found, and 'beauty' has no official "
+                                            r"download \(ml-100k, ml-1m have\): give --source FILE"):
+        fetch_raw("beauty", out, source=str(tmp_path / "Beauty.txt"))
+    with pytest.raises(DiffuRecError, match=r"^'beauty' has no official download"):
+        fetch_raw("beauty", out)
+    with pytest.raises(DiffuRecError, match="sha256 mismatch"):
+        fetch_raw("ml-100k", out, download_dir=tmp_path / "dl", url=f"{server}/ml-100k.zip",
+                  sha256="0" * 64)
+    assert list(out.parent.iterdir()) == []

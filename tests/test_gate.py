@@ -221,3 +221,85 @@ def test_cli_bad_input_is_one_line_and_writes_nothing(popularity_metrics, tmp_pa
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and str(broken) in err
     assert not out.exists()
+
+
+# --- thresholds as JSON, decision stamping, tags and gauges ------------------------------------
+
+def test_the_metric_names_are_docs_formats_six():
+    from diffurec.metrics import KS, METRIC_KEYS
+
+    assert KS == (5, 10, 20)
+    assert METRIC_KEYS == ("HR@5", "HR@10", "HR@20", "NDCG@5", "NDCG@10", "NDCG@20")
+
+
+def test_thresholds_json_is_checked_like_params_yaml(tmp_path):
+    assert gate.parse_thresholds(json.dumps(THRESHOLDS)) == \
+        gate.load_thresholds(write_params(tmp_path, THRESHOLDS))
+    with pytest.raises(DiffuRecError, match=r"^--thresholds: not valid JSON"):
+        gate.parse_thresholds("{min: 3}")
+    with pytest.raises(DiffuRecError, match=r"^--thresholds\.min\.HR@11: unknown metric"):
+        gate.parse_thresholds('{"min": {"HR@11": 1.0}}')
+    with pytest.raises(DiffuRecError, match=r"^--thresholds: expected a mapping"):
+        gate.parse_thresholds("[1, 2]")
+
+
+def test_cli_gate_takes_thresholds_as_json_instead_of_a_params_file(popularity_metrics, tmp_path):
+    thresholds = {"min": {"HR@10": 3.0, "NDCG@10": 1.5}, "min_margin_over_popularity": {"NDCG@10": 0.0}}
+    common = ["gate", "--candidate", str(popularity_metrics["tiny"]),
+              "--baseline", str(popularity_metrics["full"])]
+    params = write_params(tmp_path, thresholds)
+    assert main(common + ["--params", params, "--out", str(tmp_path / "from-yaml.json")]) == 0
+    assert main(common + ["--thresholds", json.dumps(thresholds),
+                          "--out", str(tmp_path / "from-json.json")]) == 0
+    from_yaml = json.loads((tmp_path / "from-yaml.json").read_text())
+    from_json = json.loads((tmp_path / "from-json.json").read_text())
+    assert from_yaml["params"] == params and from_json["params"] is None
+    for key in ("passed", "checks", "failed", "reason", "thresholds"):
+        assert from_json[key] == from_yaml[key]
+    assert from_json["failed"] == ["floor HR@10", "floor NDCG@10", "margin over popularity NDCG@10"]
+    with pytest.raises(SystemExit):  # one source of thresholds only
+        main(common + ["--params", params, "--thresholds", "{}", "--out", str(tmp_path / "x.json")])
+
+
+def test_stamp_decision_puts_passed_first_and_records_version_id_time_params():
+    from datetime import UTC, datetime, timedelta
+
+    decided = gate.decide(metrics_json(6.0, 2.5), THRESHOLDS, baseline=metrics_json(5.0, 2.0))
+    before = datetime.now(UTC).replace(microsecond=0)
+    stamped = gate.stamp_decision(decided, "rec", "3", "params.yaml")
+    assert list(stamped)[:6] == ["passed", "name", "version", "decision_id", "decided_at", "params"]
+    assert (stamped["passed"], stamped["name"], stamped["version"], stamped["params"]) == \
+        (True, "rec", "3", "params.yaml")
+    assert len(stamped["decision_id"]) == 32 and int(stamped["decision_id"], 16) >= 0
+    decided_at = datetime.fromisoformat(stamped["decided_at"])
+    assert decided_at.utcoffset() == timedelta(0)
+    assert before <= decided_at <= datetime.now(UTC)
+    for key in ("checks", "failed", "reason", "candidate", "baseline", "champion", "thresholds"):
+        assert stamped[key] == decided[key]
+    assert gate.stamp_decision(decided, None, None, None)["decision_id"] != stamped["decision_id"]
+
+
+def test_decision_tags_are_strings_promote_can_check():
+    decided = gate.decide(metrics_json(2.9, 2.5), THRESHOLDS, baseline=metrics_json(5.0, 2.0))
+    stamped = gate.stamp_decision(decided, "rec", "3", None)
+    tags = gate.decision_tags(stamped)
+    assert tags["gate_passed"] == "false"
+    assert tags["gate_decision_id"] == stamped["decision_id"]
+    assert tags["gate_decided_at"] == stamped["decided_at"]
+    assert tags["gate_reason"].startswith("rejected: 1 of 3 checks failed (floor HR@10)")
+    checks = json.loads(tags["gate_checks"])
+    assert checks[0] == {"name": "floor HR@10", "value": 2.9, "threshold": 3.0, "passed": False}
+    assert all(set(check) == {"name", "value", "threshold", "passed"} for check in checks)
+    stamped["reason"] = "x" * 5000
+    assert len(gate.decision_tags(stamped)["gate_reason"]) == 4000
+
+
+def test_decision_gauges_against_a_champion():
+    decided = gate.decide(metrics_json(7.6, 2.955), THRESHOLDS, baseline=metrics_json(5.0, 2.0),
+                          champion=champion(8.0, 3.0))
+    gauges = gate.decision_gauges(gate.stamp_decision(decided, "rec", "2", None))
+    assert gauges == pytest.approx({
+        "gate_passed": 1.0, "gate_checks_failed": 0.0, "gate_checks": 5.0,
+        "candidate_HR@10": 7.6, "candidate_NDCG@10": 2.955,
+        "champion_NDCG@10": 3.0, "relative_change_vs_champion_NDCG@10": -0.015,
+        "champion_HR@10": 8.0, "relative_change_vs_champion_HR@10": -0.05})

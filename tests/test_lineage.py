@@ -86,6 +86,15 @@ def test_cli_lineage_writes_every_key(tmp_path, repo_root, shared_data):
     assert record["params"] == {"data": params["data"], "train": params["train"]}
     assert record["splits_md5"] == lineage.dir_md5(splits)
     assert record["raw_data_md5"] == lineage.file_md5(shared_data / "ml-100k" / "ml-100k.inter")
+    # Keys sorted, so the same run writes the same bytes (DVC hashes runs/lineage.json).
+    assert list(json.loads(out.read_text())) == sorted(record)
+
+
+def test_write_lineage_sorts_keys_at_every_level(tmp_path):
+    record = {"splits_md5": None, "raw_data_md5": "ab", "params": {"train": {"lr": 0.1, "epochs": 3}}}
+    path = lineage.write_lineage(tmp_path / "lineage.json", record)
+    assert path.read_text() == ('{\n  "params": {\n    "train": {\n      "epochs": 3,\n      "lr": 0.1\n'
+                                '    }\n  },\n  "raw_data_md5": "ab",\n  "splits_md5": null\n}\n')
 
 
 def test_cli_lineage_bad_input_is_one_line(tmp_path, capsys):

@@ -18,6 +18,7 @@ import yaml
 
 from diffurec import registry
 from diffurec.cli import main
+from diffurec.errors import DiffuRecError
 from promotion_models import fit_on_first, fresh_tracking_uri, train_with_cli
 
 REPO = Path(__file__).resolve().parents[1]
@@ -207,3 +208,51 @@ def test_champion_is_re_evaluated_on_the_candidates_new_data(candidates, store, 
     # The wrong splits folder (the champion's own, max_len 50) is caught by its data version.
     assert main(args + ["--splits", str(ml100k_splits.path)]) == 2
     assert "not the candidate's splits" in capsys.readouterr().err
+
+
+def test_the_gate_stamps_the_decision_and_records_it_on_the_version(candidates, store):
+    v1 = register(candidates["first"])
+    decision = gate(candidates["first"], v1, store)
+    assert (decision["name"], decision["version"]) == ("rec", v1)
+    assert decision["params"] == str(store / "params.yaml")
+    tags = registry.get_version("rec", version=v1)["tags"]
+    assert tags["gate_decision_id"] == decision["decision_id"]
+    assert tags["gate_decided_at"] == decision["decided_at"]
+    assert tags["gate_passed"] == "true" and tags["gate_reason"] == decision["reason"]
+
+    # The metrics of another model are refused for this version, and nothing is written.
+    out = store / "wrong.json"
+    assert main(["gate", "--candidate", str(candidates["worse"][1]), "--params",
+                 str(store / "params.yaml"), "--model-name", "rec", "--version", v1,
+                 "--out", str(out)]) == 2
+    assert not out.exists()
+    assert registry.get_version("rec", version=v1)["tags"]["gate_decision_id"] == decision["decision_id"]
+
+
+def test_if_passed_returns_a_rejection_without_touching_the_registry(tmp_path):
+    from diffurec import promote as promotion
+
+    rejected = tmp_path / "decision.json"
+    rejected.write_text(json.dumps({"passed": False, "name": "rec", "version": "4",
+                                    "reason": "rejected: 1 of 1 checks failed"}))
+    # Nothing answers at this registry: any registry call would fail the promotion.
+    unreachable = "http://127.0.0.1:9"
+    result = promotion.promote("rec", None, rejected, unreachable, if_passed=True)
+    assert result == {"name": "rec", "version": "4", "promoted": False,
+                      "message": "not promoted: gate rejected rec v4 (rejected: 1 of 1 checks failed)"}
+    assert promotion.promotion_gauges(result, override=False) == {"promoted": 0.0}
+    with pytest.raises(DiffuRecError, match="--if-passed needs --decision"):
+        promotion.promote("rec", "4", None, unreachable, if_passed=True)
+    with pytest.raises(DiffuRecError, match="which version"):
+        promotion.promote("rec", None, None, unreachable)
+    promoted = {"promoted": True, "champion": "5", "version": "5"}
+    assert promotion.promotion_gauges(promoted, override=True) == \
+        {"promoted": 1.0, "champion_version": 5.0, "promotion_override": 1.0}
+
+
+def test_same_metrics_compares_the_keys_both_hold():
+    from diffurec.champion import same_metrics
+
+    registered = {"HR@10": 5.0, "NDCG@10": 2.0}
+    assert same_metrics(registered, {"HR@10": 5.0 + 1e-12, "NDCG@10": 2.0, "HR@5": 1.0})
+    assert not same_metrics(registered, {"HR@10": 5.0, "NDCG@10": 2.001})

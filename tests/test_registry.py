@@ -57,8 +57,8 @@ def test_register_logs_tags_and_loads_back_with_the_same_metrics(popularity, ml1
     assert registered["source"].startswith((tmp_path / "mlflow" / "artifacts").as_uri())
 
     client.set_registered_model_alias("pop", "champion", "1")
-    folder = registry.load_model_folder("models:/pop@champion", tracking_uri=tracking_uri,
-                                        dst=tmp_path / "download")
+    folder = registry.download_model_folder("models:/pop@champion", tracking_uri=tracking_uri,
+                                            dst=tmp_path / "download")
     assert (folder / "config.json").read_text() == (model_dir / "config.json").read_text()
     reloaded = evaluate(load_model_folder(folder), ml100k_splits, split="test", progress=False)
     assert reloaded["metrics"] == metrics["metrics"]
@@ -100,7 +100,7 @@ def test_unknown_versions_and_models_are_clear_errors(popularity, tracking_uri):
     with pytest.raises(DiffuRecError, match="version 9"):
         registry.get_version("pop", version="9", tracking_uri=tracking_uri)
     with pytest.raises(DiffuRecError, match="cannot load models:/nothing@champion"):
-        registry.load_model_folder("models:/nothing@champion", tracking_uri=tracking_uri)
+        registry.download_model_folder("models:/nothing@champion", tracking_uri=tracking_uri)
 
 
 def test_an_unreachable_tracking_server_is_one_clear_line(popularity, capsys):
@@ -112,3 +112,34 @@ def test_an_unreachable_tracking_server_is_one_clear_line(popularity, capsys):
                  "--tracking-uri", uri]) == 2
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("diffurec")]
     assert len(err) == 1 and err[0].startswith(f"diffurec register: error: MLflow store {uri}:")
+
+
+def test_without_a_recorded_commit_the_registry_takes_diffurec_git_commit(popularity, tracking_uri,
+                                                                          tmp_path, monkeypatch):
+    """The one git-commit reader (diffurec.lineage.git_commit): a container passes it in the env."""
+    import shutil
+
+    model_dir, metrics_path = popularity
+    folder = shutil.copytree(model_dir, tmp_path / "model")
+    summary = json.loads((folder / "train_summary.json").read_text())
+    summary["lineage"].pop("git_commit", None)
+    (folder / "train_summary.json").write_text(json.dumps(summary))
+    metrics = json.loads(metrics_path.read_text())
+    metrics["lineage"].pop("git_commit", None)
+    (tmp_path / "metrics.json").write_text(json.dumps(metrics))
+    monkeypatch.setenv("DIFFUREC_GIT_COMMIT", "0123abcd" * 5)
+    registry.register_model_folder(folder, tmp_path / "metrics.json", "pop", tracking_uri)
+    tags = registry.get_version("pop", version="1", tracking_uri=tracking_uri)["tags"]
+    assert tags["git_commit"] == "0123abcd" * 5
+
+
+def test_a_model_folder_of_another_format_version_is_refused(popularity, tracking_uri, tmp_path):
+    import shutil
+
+    model_dir, metrics_path = popularity
+    folder = shutil.copytree(model_dir, tmp_path / "model")
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "version": 2}))
+    with pytest.raises(DiffuRecError, match=r"config.json: expected diffurec-model version 1, "
+                                            r"found diffurec-model version 2"):
+        registry.register_model_folder(folder, metrics_path, "pop", tracking_uri)

@@ -35,6 +35,15 @@ def test_gauge_names_map_to_prometheus_metrics():
     assert telemetry.metric_for("rows-rejected") == ("diffurec_rows_rejected", {})
 
 
+def test_every_metric_name_becomes_one_metric_per_family_with_a_k_label():
+    from diffurec.metrics import METRIC_KEYS
+
+    assert {key: telemetry.metric_for(key) for key in METRIC_KEYS} == {
+        "HR@5": ("diffurec_hr", {"k": "5"}), "HR@10": ("diffurec_hr", {"k": "10"}),
+        "HR@20": ("diffurec_hr", {"k": "20"}), "NDCG@5": ("diffurec_ndcg", {"k": "5"}),
+        "NDCG@10": ("diffurec_ndcg", {"k": "10"}), "NDCG@20": ("diffurec_ndcg", {"k": "20"})}
+
+
 def test_without_a_pushgateway_steps_run_and_say_so_once(monkeypatch, caplog):
     monkeypatch.delenv("DIFFUREC_PUSHGATEWAY", raising=False)
     monkeypatch.setattr(telemetry, "_warned", False)

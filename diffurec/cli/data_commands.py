@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import Any
 
 FORMAT_HELP = ("input format: inter (RecBole), ml-100k (u.data), ml-1m (ratings.dat, '::'), "
                "movielens-csv (ratings.csv), csv, tsv, parquet, sequences ('user item1 item2 "
@@ -29,19 +30,21 @@ def _add_reader_options(parser: argparse.ArgumentParser, required: bool = True) 
     parser.add_argument("--sep", metavar="DELIM", help="override the format's delimiter")
 
 
-def _reader_kwargs(args) -> dict:
+def _reader_kwargs(args: argparse.Namespace) -> dict:
     return dict(format=args.format, user_col=args.user_col, item_col=args.item_col,
                 time_col=args.time_col, rating_col=args.rating_col, sep=args.sep)
 
 
-def register(subparsers) -> None:
+def register(subparsers: Any) -> None:
     """Add this group's subcommands to the `diffurec` parser."""
+    from diffurec.data.fetch import DATASETS  # the standard library only: --help stays fast
+
     fetch = subparsers.add_parser(
         "fetch", help="download a MovieLens archive, check its digest, unpack it",
-        description="Download ml-100k or ml-1m from GroupLens (or a mirror URL, or a local "
+        description=f"Download {' or '.join(DATASETS)} from GroupLens (or a mirror URL, or a local "
                     "archive), check its sha256 (md5 where only that is published) and unpack "
                     "it into OUT/<name>/.")
-    fetch.add_argument("dataset", choices=("ml-100k", "ml-1m"))
+    fetch.add_argument("dataset", choices=tuple(DATASETS))
     source = fetch.add_mutually_exclusive_group()
     source.add_argument("--url", help="mirror URL of the zip archive")
     source.add_argument("--from", dest="from_path", metavar="PATH", help="a local zip archive")
@@ -88,7 +91,7 @@ def register(subparsers) -> None:
     preprocess.set_defaults(func=run_preprocess)
 
 
-def run_fetch(args) -> dict:
+def run_fetch(args: argparse.Namespace) -> dict:
     from diffurec.data.fetch import fetch_dataset
 
     result = fetch_dataset(args.dataset, args.out, url=args.url, from_path=args.from_path,
@@ -98,7 +101,7 @@ def run_fetch(args) -> dict:
     return {"gauges": {"bytes": result["bytes"]}, "labels": {"dataset": args.dataset}}
 
 
-def run_validate(args) -> dict:
+def run_validate(args: argparse.Namespace) -> dict:
     from diffurec.errors import DiffuRecError
 
     if bool(args.input) == bool(args.splits):
@@ -129,7 +132,7 @@ def run_validate(args) -> dict:
             "labels": {"suite": report["suite"]}}
 
 
-def run_preprocess(args) -> dict:
+def run_preprocess(args: argparse.Namespace) -> dict:
     from diffurec.data.preprocess import preprocess_file
     from diffurec.errors import DiffuRecError
 

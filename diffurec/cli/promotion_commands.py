@@ -7,22 +7,20 @@
 
 from __future__ import annotations
 
-import json
-import logging
-import os
-import uuid
-from datetime import datetime, timezone
-from pathlib import Path
+import argparse
+import functools
+from collections.abc import Callable
+from typing import Any
 
 from diffurec.errors import DiffuRecError
 
-log = logging.getLogger(__name__)
+Handler = Callable[[argparse.Namespace], dict]
 
 TRACKING_HELP = ("MLflow tracking/registry URI (default: $MLFLOW_TRACKING_URI, else "
                  "sqlite:///runs/mlflow/mlflow.db)")
 
 
-def register(subparsers) -> None:
+def register(subparsers: Any) -> None:
     """Add this group's subcommands to the `diffurec` parser."""
     parser = subparsers.add_parser(
         "register",
@@ -39,7 +37,8 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "gate",
         help="decide whether a candidate may be promoted (floors, popularity margin, champion)",
-        description="Check a candidate's metrics against the thresholds in params.yaml (`gate:`): "
+        description="Check a candidate's metrics against the thresholds in params.yaml (`gate:`, "
+                    "or --thresholds JSON): "
                     "absolute floors, a margin over the popularity baseline and, when a champion "
                     "exists, the allowed change against it. The champion is re-evaluated on the "
                     "candidate's split when its data version differs (needs --splits). Writes the "
@@ -48,8 +47,12 @@ def register(subparsers) -> None:
     parser.add_argument("--candidate", required=True, metavar="JSON", help="candidate metrics JSON")
     parser.add_argument("--baseline", metavar="JSON",
                         help="popularity baseline metrics JSON, same split (for the margin checks)")
-    parser.add_argument("--params", default="params.yaml", metavar="YAML",
-                        help="file with the `gate:` thresholds (default: params.yaml)")
+    thresholds = parser.add_mutually_exclusive_group()
+    thresholds.add_argument("--params", default="params.yaml", metavar="YAML",
+                            help="file with the `gate:` thresholds (default: params.yaml)")
+    thresholds.add_argument("--thresholds", metavar="JSON",
+                            help="the thresholds as a JSON object (the `gate:` section), "
+                                 "instead of --params")
     parser.add_argument("--out", required=True, metavar="JSON", help="where to write the decision")
     parser.add_argument("--model-name", "--name", dest="name", metavar="NAME",
                         help="registered model: compare with its champion and tag the version "
@@ -84,12 +87,11 @@ def register(subparsers) -> None:
     parser.set_defaults(func=_registry_errors(run_promote))
 
 
-def _registry_errors(handler):
+def _registry_errors(handler: Handler) -> Handler:
     """Turn a failure of the MLflow store (unreachable server, bad URI) into one clear line."""
-    import functools
 
     @functools.wraps(handler)
-    def run(args):
+    def run(args: argparse.Namespace) -> dict:
         try:
             return handler(args)
         except DiffuRecError:
@@ -105,15 +107,16 @@ def _registry_errors(handler):
     return run
 
 
-def _add_registry_args(parser) -> None:
+def _add_registry_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-name", "--name", dest="name", default="diffurec", metavar="NAME",
                         help="registered model name (default: diffurec)")
     parser.add_argument("--tracking-uri", "--registry", dest="tracking_uri", metavar="URI",
                         help=TRACKING_HELP)
 
 
-def run_register(args) -> dict:
+def run_register(args: argparse.Namespace) -> dict:
     from diffurec import registry
+    from diffurec.files import write_json_atomic
 
     result = registry.register_model_folder(args.model, args.metrics, args.name, args.tracking_uri)
     if args.out:
@@ -124,161 +127,34 @@ def run_register(args) -> dict:
             "labels": {"model": result["name"], "version": result["version"]}}
 
 
-def run_gate(args) -> dict:
+def run_gate(args: argparse.Namespace) -> dict:
     from diffurec import gate
 
-    thresholds = gate.load_thresholds(args.params)
-    candidate = gate.read_metrics(args.candidate)
-    baseline = gate.read_metrics(args.baseline) if args.baseline else None
-    name = version = champion = None
-    mlflow_client = None
-    if args.name:
-        from diffurec import registry
-
-        mlflow_client = registry.client(args.tracking_uri)
-        target = registry.get_version(args.name, version=args.version, mlflow_client=mlflow_client)
-        name, version = args.name, target["version"]
-        if target["metrics"] and not _same_metrics(target["metrics"], candidate["metrics"]):
-            raise DiffuRecError(f"{args.candidate}: these metrics are not the ones registered "
-                                f"with {name} v{version}; pass the matching --version")
-        champion = champion_for(args.name, candidate, args.splits, mlflow_client, args.tracking_uri)
-
-    decision = gate.decide(candidate, thresholds, baseline=baseline, champion=champion)
-    decision = {"passed": decision.pop("passed"), "name": name, "version": version,
-                "decision_id": uuid.uuid4().hex,
-                "decided_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                "params": str(args.params), **decision}
-    write_json_atomic(args.out, decision)
-    if name is not None:
-        # Tag after the JSON is written: promote needs both, so an interrupted gate promotes nothing.
-        from diffurec import registry
-
-        registry.set_version_tags(name, version, {
-            "gate_passed": str(decision["passed"]).lower(),
-            "gate_decision_id": decision["decision_id"],
-            "gate_decided_at": decision["decided_at"],
-            "gate_reason": decision["reason"][:4000],
-            "gate_checks": json.dumps([{k: c[k] for k in ("name", "value", "threshold", "passed")}
-                                       for c in decision["checks"]])[:5000],
-        }, mlflow_client=mlflow_client)
+    if args.thresholds is not None:
+        thresholds, params = gate.parse_thresholds(args.thresholds), None
+    else:
+        thresholds, params = gate.load_thresholds(args.params), str(args.params)
+    decision = gate.gate_candidate(args.candidate, thresholds, args.out, params=params,
+                                   baseline_path=args.baseline, name=args.name, version=args.version,
+                                   splits_dir=args.splits, tracking_uri=args.tracking_uri)
     print(gate.format_table(decision))
     print(f"decision written to {args.out}")
-
-    gauges = {"gate_passed": 1.0 if decision["passed"] else 0.0,
-              "gate_checks_failed": float(len(decision["failed"])),
-              "gate_checks": float(len(decision["checks"]))}
-    for check in decision["checks"]:
-        gauges[f"candidate_{check['metric']}"] = candidate["metrics"][check["metric"]]
-        if check["kind"] == "change_vs_champion":
-            gauges[f"champion_{check['metric']}"] = check["reference"]
-            old = check["reference"]
-            if old > 0:
-                gauges[f"relative_change_vs_champion_{check['metric']}"] = \
-                    (candidate["metrics"][check["metric"]] - old) / old
-    labels = {"model": name or (candidate.get("model") or {}).get("name"), "version": version}
+    name, version = decision["name"], decision["version"]
     if args.fail_on_reject and not decision["passed"]:
         raise DiffuRecError(f"gate rejected {name or 'the candidate'}"
                             f"{' v' + version if version else ''}: {decision['reason']}")
-    return {"gauges": gauges, "labels": labels}
+    model = name or (decision["candidate"].get("model") or {}).get("name")
+    return {"gauges": gate.decision_gauges(decision), "labels": {"model": model, "version": version}}
 
 
-def champion_for(name: str, candidate: dict, splits_dir: str | None, mlflow_client,
-                 tracking_uri: str | None) -> dict | None:
-    """The current champion's metrics on the candidate's users, or None when there is none."""
-    from diffurec import gate, registry
-
-    current = registry.get_version(name, alias="champion", mlflow_client=mlflow_client)
-    if current is None:
-        return None
-    champion = {"version": current["version"], "metrics": current["metrics"],
-                "split": current["split"], "users": current["users"],
-                "data_version": current["data_version"], "re_evaluated": False}
-    registered = {"split": current["split"], "users": current["users"],
-                  "lineage": {"splits_md5": current["data_version"]}}
-    if gate.same_users(registered, candidate):
-        return champion
-    if not splits_dir:
-        raise DiffuRecError(
-            f"champion {name} v{current['version']} was measured on data version "
-            f"{current['data_version']} ({current['split']}, {current['users']} users), the candidate "
-            f"on {gate.data_version(candidate)} ({candidate.get('split')}, {candidate.get('users')} "
-            f"users): pass --splits DIR (the candidate's splits) to re-evaluate the champion")
-    folder = registry.load_model_folder(f"models:/{name}/{current['version']}",
-                                        tracking_uri=tracking_uri)
-    result = reevaluate(folder, splits_dir, candidate)
-    log.info("re-evaluated champion v%s on %s: %s", current["version"], splits_dir, result["metrics"])
-    champion.update(metrics=result["metrics"], split=result.get("split"), users=result.get("users"),
-                    data_version=gate.data_version(candidate), re_evaluated=True,
-                    registered_metrics=current["metrics"])
-    return champion
-
-
-def reevaluate(model_dir: Path, splits_dir: str, candidate: dict) -> dict:
-    """Evaluate a model folder on a splits folder with the candidate's evaluation settings."""
-    from diffurec import gate
-    from diffurec.data.splits import load_splits
-    from diffurec.evaluate import evaluate
-    from diffurec.model_folder import load_model_folder
-
-    splits = load_splits(splits_dir)
-    if candidate.get("users") is not None and splits.num_users != candidate["users"]:
-        raise DiffuRecError(f"{splits_dir}: {splits.num_users} users, but the candidate was "
-                            f"evaluated on {candidate['users']}: not the candidate's splits")
-    expected = gate.data_version(candidate)
-    if expected:
-        from diffurec.lineage import data_md5
-
-        found = data_md5(splits_dir)
-        if found != expected:
-            raise DiffuRecError(f"{splits_dir}: data version {found}, but the candidate was "
-                                f"evaluated on {expected}: not the candidate's splits")
-    model = load_model_folder(model_dir)
-    model = model[0] if isinstance(model, tuple) else model
-    settings = candidate.get("settings") or {}
-    options = {key: settings[key] for key in ("mask_history", "reverse_steps", "batch_size", "seed")
-               if settings.get(key) is not None}
-    return evaluate(model, splits, split=candidate.get("split", "test"), **options)
-
-
-def _same_metrics(a: dict, b: dict) -> bool:
-    return all(abs(float(a[key]) - float(b[key])) <= 1e-9 for key in a if key in b)
-
-
-def run_promote(args) -> dict:
+def run_promote(args: argparse.Namespace) -> dict:
     from diffurec import promote
+    from diffurec.files import write_json_atomic
 
-    version = args.version
-    if version is None and args.decision:
-        version = promote.read_decision(args.decision).get("version")
-    if version is None:
-        raise DiffuRecError("which version? pass --version (or --decision with a registered version)")
-    if args.if_passed and not args.override:
-        if not args.decision:
-            raise DiffuRecError("--if-passed needs --decision JSON")
-        decision = promote.read_decision(args.decision)
-        if not decision["passed"]:
-            message = (f"not promoted: gate rejected {args.name} v{version} "
-                       f"({decision.get('reason', 'see the decision')})")
-            if args.out:
-                write_json_atomic(args.out, {"name": args.name, "version": str(version),
-                                             "promoted": False, "message": message})
-            print(message)
-            return {"gauges": {"promoted": 0.0}, "labels": {"model": args.name, "version": str(version)}}
-    result = promote.promote(args.name, str(version), args.decision, args.tracking_uri,
-                             override=args.override, reason=args.reason)
+    result = promote.promote(args.name, args.version, args.decision, args.tracking_uri,
+                             override=args.override, reason=args.reason, if_passed=args.if_passed)
     if args.out:
         write_json_atomic(args.out, result)
     print(result["message"])
-    return {"gauges": {"promoted": 1.0 if result["promoted"] else 0.0,
-                       "champion_version": float(result["champion"]),
-                       "promotion_override": 1.0 if args.override else 0.0},
-            "labels": {"model": args.name, "version": str(version)}}
-
-
-def write_json_atomic(path: str | os.PathLike, data: dict) -> None:
-    """Write JSON through a temp file + rename, so readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temp.write_text(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
-    os.replace(temp, path)
+    return {"gauges": promote.promotion_gauges(result, args.override),
+            "labels": {"model": args.name, "version": result["version"]}}

@@ -15,7 +15,6 @@ Steps, in order (each one counted in stats.json):
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from pathlib import Path
@@ -26,20 +25,13 @@ import pandas as pd
 from diffurec.data.readers import read_interactions
 from diffurec.data.splits import DEFAULT_MAX_LEN, MIN_SEQUENCE_LENGTH, build_splits, write_splits
 from diffurec.errors import DiffuRecError
+from diffurec.files import file_md5
 
 log = logging.getLogger(__name__)
 
 DEDUP_POLICIES = ("keep-all", "keep-first")
 TIE_RULE_STABLE = "stable sort by timestamp: equal timestamps keep file order"
 TIE_RULE_FILE = "no timestamps: file order is the chronological order"
-
-
-def file_md5(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def kcore(frame: pd.DataFrame, k: int) -> pd.DataFrame:
@@ -109,12 +101,12 @@ def length_distribution(lengths: np.ndarray) -> dict:
     quantiles = np.percentile(lengths, [10, 25, 50, 75, 90, 99])
     edges = [3, 5, 10, 20, 50, 100, 200, 500, 1000]
     bins = {}
-    for lo, hi in zip(edges, edges[1:] + [None]):
+    for lo, hi in zip(edges, edges[1:] + [None], strict=True):
         inside = (lengths >= lo) & ((lengths < hi) if hi else True)
         bins[f"{lo}-{hi - 1}" if hi else f"{lo}+"] = int(inside.sum())
     return {"min": int(lengths.min()), "max": int(lengths.max()),
             "mean": round(float(lengths.mean()), 4),
-            **{f"p{p}": float(q) for p, q in zip((10, 25, 50, 75, 90, 99), quantiles)},
+            **{f"p{p}": float(q) for p, q in zip((10, 25, 50, 75, 90, 99), quantiles, strict=True)},
             "histogram": bins}
 
 
