@@ -7,9 +7,16 @@ from components import IMAGE
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
-def gate(candidate: Input[Metrics], baseline: Input[Metrics], splits: Input[Dataset],
-         registry_name: str, version: str, tracking_uri: str, thresholds: dict,
-         decision: Output[Artifact]) -> bool:
+def gate(
+    candidate: Input[Metrics],
+    baseline: Input[Metrics],
+    splits: Input[Dataset],
+    registry_name: str,
+    version: str,
+    tracking_uri: str,
+    thresholds: dict,
+    decision: Output[Artifact],
+) -> bool:
     """Run `diffurec gate` for `version` with `thresholds` (the `gate:` section of params.yaml);
     the decision JSON is an artifact, the return value (output `Output`: passed) a scalar for
     dsl.If. A plain return, not a named output: kfp's local runner resolves a condition on
@@ -18,9 +25,23 @@ def gate(candidate: Input[Metrics], baseline: Input[Metrics], splits: Input[Data
 
     from diffurec.cli import main
 
-    command = ["gate", "--candidate", candidate.path, "--baseline", baseline.path,
-               "--thresholds", json.dumps(thresholds), "--name", registry_name, "--version", version,
-               "--splits", splits.path, "--out", decision.path]
+    command = [
+        "gate",
+        "--candidate",
+        candidate.path,
+        "--baseline",
+        baseline.path,
+        "--thresholds",
+        json.dumps(thresholds),
+        "--name",
+        registry_name,
+        "--version",
+        version,
+        "--splits",
+        splits.path,
+        "--out",
+        decision.path,
+    ]
     if tracking_uri:
         command += ["--tracking-uri", tracking_uri]
     if main(command) != 0:

@@ -7,8 +7,7 @@ from components import IMAGE
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
-def register(model: Input[Model], metrics: Input[Metrics], registry_name: str,
-             tracking_uri: str) -> str:
+def register(model: Input[Model], metrics: Input[Metrics], registry_name: str, tracking_uri: str) -> str:
     """Run `diffurec register`; returns the new version number."""
     import json
     import os
@@ -17,8 +16,17 @@ def register(model: Input[Model], metrics: Input[Metrics], registry_name: str,
     from diffurec.cli import main
 
     out = os.path.join(tempfile.mkdtemp(prefix="register-"), "registered.json")
-    command = ["register", "--model", model.path, "--metrics", metrics.path,
-               "--name", registry_name, "--out", out]
+    command = [
+        "register",
+        "--model",
+        model.path,
+        "--metrics",
+        metrics.path,
+        "--name",
+        registry_name,
+        "--out",
+        out,
+    ]
     if tracking_uri:
         command += ["--tracking-uri", tracking_uri]
     if main(command) != 0:

@@ -21,8 +21,9 @@ log = logging.getLogger(__name__)
 REEVALUATION_SETTINGS = ("mask_history", "reverse_steps", "batch_size", "seed")
 
 
-def champion_for(name: str, candidate: dict, splits_dir: str | Path | None, mlflow_client: Any,
-                 tracking_uri: str | None) -> dict | None:
+def champion_for(
+    name: str, candidate: dict, splits_dir: str | Path | None, mlflow_client: Any, tracking_uri: str | None
+) -> dict | None:
     """The current champion of `name` with its metrics on the candidate's users, or None when
     there is no champion (docs/formats.md, the decision's `champion`)."""
     from diffurec import registry
@@ -30,11 +31,19 @@ def champion_for(name: str, candidate: dict, splits_dir: str | Path | None, mlfl
     current = registry.get_version(name, alias="champion", mlflow_client=mlflow_client)
     if current is None:
         return None
-    champion = {"version": current["version"], "metrics": current["metrics"],
-                "split": current["split"], "users": current["users"],
-                "data_version": current["data_version"], "re_evaluated": False}
-    registered = {"split": current["split"], "users": current["users"],
-                  "lineage": {"splits_md5": current["data_version"]}}
+    champion = {
+        "version": current["version"],
+        "metrics": current["metrics"],
+        "split": current["split"],
+        "users": current["users"],
+        "data_version": current["data_version"],
+        "re_evaluated": False,
+    }
+    registered = {
+        "split": current["split"],
+        "users": current["users"],
+        "lineage": {"splits_md5": current["data_version"]},
+    }
     if same_users(registered, candidate):
         return champion
     if not splits_dir:
@@ -42,14 +51,19 @@ def champion_for(name: str, candidate: dict, splits_dir: str | Path | None, mlfl
             f"champion {name} v{current['version']} was measured on data version "
             f"{current['data_version']} ({current['split']}, {current['users']} users), the candidate "
             f"on {data_version(candidate)} ({candidate.get('split')}, {candidate.get('users')} "
-            f"users): pass --splits DIR (the candidate's splits) to re-evaluate the champion")
-    folder = registry.download_model_folder(f"models:/{name}/{current['version']}",
-                                            tracking_uri=tracking_uri)
+            f"users): pass --splits DIR (the candidate's splits) to re-evaluate the champion"
+        )
+    folder = registry.download_model_folder(f"models:/{name}/{current['version']}", tracking_uri=tracking_uri)
     result = reevaluate(folder, splits_dir, candidate)
     log.info("re-evaluated champion v%s on %s: %s", current["version"], splits_dir, result["metrics"])
-    champion.update(metrics=result["metrics"], split=result.get("split"), users=result.get("users"),
-                    data_version=data_version(candidate), re_evaluated=True,
-                    registered_metrics=current["metrics"])
+    champion.update(
+        metrics=result["metrics"],
+        split=result.get("split"),
+        users=result.get("users"),
+        data_version=data_version(candidate),
+        re_evaluated=True,
+        registered_metrics=current["metrics"],
+    )
     return champion
 
 
@@ -63,14 +77,18 @@ def reevaluate(model_dir: str | Path, splits_dir: str | Path, candidate: dict) -
 
     splits = load_splits(splits_dir)
     if candidate.get("users") is not None and splits.num_users != candidate["users"]:
-        raise DiffuRecError(f"{splits_dir}: {splits.num_users} users, but the candidate was "
-                            f"evaluated on {candidate['users']}: not the candidate's splits")
+        raise DiffuRecError(
+            f"{splits_dir}: {splits.num_users} users, but the candidate was "
+            f"evaluated on {candidate['users']}: not the candidate's splits"
+        )
     expected = data_version(candidate)
     if expected:
         found = data_md5(splits_dir)
         if found != expected:
-            raise DiffuRecError(f"{splits_dir}: data version {found}, but the candidate was "
-                                f"evaluated on {expected}: not the candidate's splits")
+            raise DiffuRecError(
+                f"{splits_dir}: data version {found}, but the candidate was "
+                f"evaluated on {expected}: not the candidate's splits"
+            )
     model = load_model_folder(model_dir)
     settings = candidate.get("settings") or {}
     options = {key: settings[key] for key in REEVALUATION_SETTINGS if settings.get(key) is not None}
@@ -80,5 +98,6 @@ def reevaluate(model_dir: str | Path, splits_dir: str | Path, candidate: dict) -
 def same_metrics(registered: dict, candidate: dict) -> bool:
     """True when every metric both dicts hold is equal (to 1e-9): the candidate's metrics JSON is
     the one registered with the version."""
-    return all(abs(float(registered[key]) - float(candidate[key])) <= 1e-9
-               for key in registered if key in candidate)
+    return all(
+        abs(float(registered[key]) - float(candidate[key])) <= 1e-9 for key in registered if key in candidate
+    )

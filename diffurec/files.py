@@ -43,8 +43,9 @@ def read_yaml_mapping(path: str | os.PathLike, missing: str) -> dict:
         value = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
-        raise located(path, f"not valid YAML ({getattr(error, 'problem', error)})",
-                      row=mark.line + 1 if mark else None) from None
+        raise located(
+            path, f"not valid YAML ({getattr(error, 'problem', error)})", row=mark.line + 1 if mark else None
+        ) from None
     if not isinstance(value, dict):
         raise located(path, "expected a mapping of sections at the top level")
     return value

@@ -63,8 +63,9 @@ def check_thresholds(gate: object, source: str = "gate") -> dict:
         raise DiffuRecError(f"{source}: expected a mapping with keys {', '.join(THRESHOLD_SECTIONS)}")
     unknown = set(gate) - set(THRESHOLD_SECTIONS)
     if unknown:
-        raise DiffuRecError(f"{source}: unknown key {sorted(unknown)[0]!r} "
-                            f"(expected {', '.join(THRESHOLD_SECTIONS)})")
+        raise DiffuRecError(
+            f"{source}: unknown key {sorted(unknown)[0]!r} (expected {', '.join(THRESHOLD_SECTIONS)})"
+        )
     checked: dict = {}
     for section in THRESHOLD_SECTIONS:
         entries = gate.get(section) or {}
@@ -76,8 +77,11 @@ def check_thresholds(gate: object, source: str = "gate") -> dict:
             if metric not in METRIC_KEYS:
                 raise DiffuRecError(f"{where}: unknown metric (expected one of {', '.join(METRIC_KEYS)})")
             if section == "max_drop_vs_champion":
-                if not isinstance(threshold, dict) or len(threshold) != 1 or \
-                        next(iter(threshold)) not in DROP_KINDS:
+                if (
+                    not isinstance(threshold, dict)
+                    or len(threshold) != 1
+                    or next(iter(threshold)) not in DROP_KINDS
+                ):
                     raise DiffuRecError(f"{where}: expected {{relative: FRACTION}} or {{absolute: POINTS}}")
                 kind, value = next(iter(threshold.items()))
                 checked[section][metric] = {kind: _number(value, f"{where}.{kind}")}
@@ -115,12 +119,17 @@ def data_version(metrics_json: dict) -> str | None:
 
 def same_users(a: dict, b: dict) -> bool:
     """True when two metrics JSONs were measured on the same users (split + data version)."""
-    return (a.get("split") == b.get("split") and data_version(a) is not None
-            and data_version(a) == data_version(b) and a.get("users") == b.get("users"))
+    return (
+        a.get("split") == b.get("split")
+        and data_version(a) is not None
+        and data_version(a) == data_version(b)
+        and a.get("users") == b.get("users")
+    )
 
 
-def decide(candidate: dict, thresholds: dict, baseline: dict | None = None,
-           champion: dict | None = None) -> dict:
+def decide(
+    candidate: dict, thresholds: dict, baseline: dict | None = None, champion: dict | None = None
+) -> dict:
     """Run every check; return {"passed", "checks", "candidate", "champion", ...}.
 
     candidate, baseline: metrics JSON dicts. champion: {"version": str, "metrics": {...},
@@ -135,38 +144,79 @@ def decide(candidate: dict, thresholds: dict, baseline: dict | None = None,
     margins = thresholds["min_margin_over_popularity"]
     if margins:
         if baseline is None:
-            raise DiffuRecError("the gate has min_margin_over_popularity thresholds: "
-                                "pass the popularity baseline's metrics (--baseline)")
-        if baseline.get("split") != candidate.get("split") or \
-                baseline.get("users") != candidate.get("users") or \
-                (data_version(baseline) and data_version(candidate)
-                 and data_version(baseline) != data_version(candidate)):
+            raise DiffuRecError(
+                "the gate has min_margin_over_popularity thresholds: "
+                "pass the popularity baseline's metrics (--baseline)"
+            )
+        if (
+            baseline.get("split") != candidate.get("split")
+            or baseline.get("users") != candidate.get("users")
+            or (
+                data_version(baseline)
+                and data_version(candidate)
+                and data_version(baseline) != data_version(candidate)
+            )
+        ):
             raise DiffuRecError(
                 f"the baseline was measured on other users than the candidate "
                 f"(split {baseline.get('split')!r}/{candidate.get('split')!r}, users "
                 f"{baseline.get('users')}/{candidate.get('users')}, data version "
-                f"{data_version(baseline)}/{data_version(candidate)})")
+                f"{data_version(baseline)}/{data_version(candidate)})"
+            )
         for metric, margin in margins.items():
-            checks.append(_check(f"margin over popularity {metric}", "margin_over_popularity",
-                                 metric, values[metric] - baseline["metrics"][metric], margin,
-                                 reference=baseline["metrics"][metric]))
+            checks.append(
+                _check(
+                    f"margin over popularity {metric}",
+                    "margin_over_popularity",
+                    metric,
+                    values[metric] - baseline["metrics"][metric],
+                    margin,
+                    reference=baseline["metrics"][metric],
+                )
+            )
 
     drops = thresholds["max_drop_vs_champion"]
     if champion is not None and drops:
         for metric, rule in drops.items():
             old = float(champion["metrics"][metric])
-            (kind, allowed), = rule.items()
+            ((kind, allowed),) = rule.items()
             name = f"change vs champion v{champion['version']} {metric} ({kind})"
             if kind == "absolute":
-                checks.append(_check(name, "change_vs_champion", metric, values[metric] - old,
-                                     -allowed, reference=old, unit="points"))
+                checks.append(
+                    _check(
+                        name,
+                        "change_vs_champion",
+                        metric,
+                        values[metric] - old,
+                        -allowed,
+                        reference=old,
+                        unit="points",
+                    )
+                )
             elif old > 0:
-                checks.append(_check(name, "change_vs_champion", metric,
-                                     (values[metric] - old) / old, -allowed, reference=old,
-                                     unit="fraction"))
+                checks.append(
+                    _check(
+                        name,
+                        "change_vs_champion",
+                        metric,
+                        (values[metric] - old) / old,
+                        -allowed,
+                        reference=old,
+                        unit="fraction",
+                    )
+                )
             else:  # a zero champion: any candidate >= 0 keeps up, a relative change is undefined
-                checks.append(_check(name, "change_vs_champion", metric, values[metric] - old,
-                                     0.0, reference=old, unit="points"))
+                checks.append(
+                    _check(
+                        name,
+                        "change_vs_champion",
+                        metric,
+                        values[metric] - old,
+                        0.0,
+                        reference=old,
+                        unit="points",
+                    )
+                )
 
     failed = [check["name"] for check in checks if not check["passed"]]
     return {
@@ -174,19 +224,35 @@ def decide(candidate: dict, thresholds: dict, baseline: dict | None = None,
         "checks": checks,
         "failed": failed,
         "reason": _reason(checks, failed, champion),
-        "candidate": {key: candidate.get(key) for key in
-                      ("metrics", "split", "users", "model", "settings", "lineage")},
-        "baseline": None if baseline is None else {key: baseline.get(key) for key in
-                                                   ("metrics", "split", "users", "model")},
+        "candidate": {
+            key: candidate.get(key) for key in ("metrics", "split", "users", "model", "settings", "lineage")
+        },
+        "baseline": None
+        if baseline is None
+        else {key: baseline.get(key) for key in ("metrics", "split", "users", "model")},
         "champion": champion,
         "thresholds": thresholds,
     }
 
 
-def _check(name: str, kind: str, metric: str, value: float, threshold: float,
-           reference: float | None = None, unit: str = "points") -> dict:
-    check = {"name": name, "kind": kind, "metric": metric, "value": round(float(value), 6),
-             "threshold": float(threshold), "passed": bool(value >= threshold), "unit": unit}
+def _check(
+    name: str,
+    kind: str,
+    metric: str,
+    value: float,
+    threshold: float,
+    reference: float | None = None,
+    unit: str = "points",
+) -> dict:
+    check = {
+        "name": name,
+        "kind": kind,
+        "metric": metric,
+        "value": round(float(value), 6),
+        "threshold": float(threshold),
+        "passed": bool(value >= threshold),
+        "unit": unit,
+    }
     if reference is not None:
         check["reference"] = float(reference)
     return check
@@ -195,8 +261,9 @@ def _check(name: str, kind: str, metric: str, value: float, threshold: float,
 def _reason(checks: list[dict], failed: list[str], champion: dict | None) -> str:
     if not checks:
         return "no checks configured: passed by default"
-    scope = ("floors only (no champion yet)" if champion is None
-             else f"against champion v{champion['version']}")
+    scope = (
+        "floors only (no champion yet)" if champion is None else f"against champion v{champion['version']}"
+    )
     if failed:
         return f"rejected: {len(failed)} of {len(checks)} checks failed ({'; '.join(failed)}), {scope}"
     return f"passed all {len(checks)} checks, {scope}"
@@ -209,8 +276,10 @@ def format_table(decision: dict) -> str:
     title = f"gate: candidate {decision.get('name') or model.get('name', '?')}"
     if decision.get("version"):
         title += f" v{decision['version']}"
-    title += f" ({model.get('name', '?')}/{model.get('preset') or '-'}, {candidate.get('split')} split, " \
-             f"{candidate.get('users')} users)"
+    title += (
+        f" ({model.get('name', '?')}/{model.get('preset') or '-'}, {candidate.get('split')} split, "
+        f"{candidate.get('users')} users)"
+    )
     champion = decision["champion"]
     if champion is None:
         title += " | no champion yet: floors decide"
@@ -220,13 +289,24 @@ def format_table(decision: dict) -> str:
             title += " (re-evaluated on the candidate's split)"
     rows = [("check", "value", "threshold", "result")]
     for check in decision["checks"]:
-        rows.append((check["name"], _show(check["value"], check), ">= " + _show(check["threshold"], check),
-                     "pass" if check["passed"] else "FAIL"))
+        rows.append(
+            (
+                check["name"],
+                _show(check["value"], check),
+                ">= " + _show(check["threshold"], check),
+                "pass" if check["passed"] else "FAIL",
+            )
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     lines = [title]
     for row in rows:
-        lines.append("  " + "  ".join(cell.ljust(width) if i == 0 else cell.rjust(width)
-                                      for i, (cell, width) in enumerate(zip(row, widths, strict=True))))
+        lines.append(
+            "  "
+            + "  ".join(
+                cell.ljust(width) if i == 0 else cell.rjust(width)
+                for i, (cell, width) in enumerate(zip(row, widths, strict=True))
+            )
+        )
     verdict = "PASSED" if decision["passed"] else "REJECTED"
     lines.append(f"decision: {verdict} - {decision['reason']}")
     return "\n".join(lines)
@@ -240,33 +320,42 @@ def _show(value: float, check: dict) -> str:
     return f"{value:+.3f}"
 
 
-def stamp_decision(decision: dict, name: str | None, version: str | None,
-                   params: str | None) -> dict:
+def stamp_decision(decision: dict, name: str | None, version: str | None, params: str | None) -> dict:
     """`decide`'s result as written and recorded: `passed` first, then the registered version it
     is about (or None), a fresh decision_id, decided_at (UTC) and the thresholds' file."""
-    return {"passed": decision["passed"], "name": name, "version": version,
-            "decision_id": uuid.uuid4().hex,
-            "decided_at": datetime.now(UTC).isoformat(timespec="seconds"),
-            "params": params, **{key: value for key, value in decision.items() if key != "passed"}}
+    return {
+        "passed": decision["passed"],
+        "name": name,
+        "version": version,
+        "decision_id": uuid.uuid4().hex,
+        "decided_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "params": params,
+        **{key: value for key, value in decision.items() if key != "passed"},
+    }
 
 
 def decision_tags(decision: dict) -> dict[str, str]:
     """The tags a decision leaves on its model version; promote checks gate_decision_id."""
-    checks = [{key: check[key] for key in ("name", "value", "threshold", "passed")}
-              for check in decision["checks"]]
-    return {"gate_passed": str(decision["passed"]).lower(),
-            "gate_decision_id": decision["decision_id"],
-            "gate_decided_at": decision["decided_at"],
-            "gate_reason": decision["reason"][:4000],  # MLflow caps a tag's value
-            "gate_checks": json.dumps(checks)[:5000]}
+    checks = [
+        {key: check[key] for key in ("name", "value", "threshold", "passed")} for check in decision["checks"]
+    ]
+    return {
+        "gate_passed": str(decision["passed"]).lower(),
+        "gate_decision_id": decision["decision_id"],
+        "gate_decided_at": decision["decided_at"],
+        "gate_reason": decision["reason"][:4000],  # MLflow caps a tag's value
+        "gate_checks": json.dumps(checks)[:5000],
+    }
 
 
 def decision_gauges(decision: dict) -> dict[str, float]:
     """The gate's Prometheus gauges: outcome, check counts, the candidate's checked metrics and,
     against a champion, its value and the relative change."""
-    gauges = {"gate_passed": 1.0 if decision["passed"] else 0.0,
-              "gate_checks_failed": float(len(decision["failed"])),
-              "gate_checks": float(len(decision["checks"]))}
+    gauges = {
+        "gate_passed": 1.0 if decision["passed"] else 0.0,
+        "gate_checks_failed": float(len(decision["failed"])),
+        "gate_checks": float(len(decision["checks"])),
+    }
     values = decision["candidate"]["metrics"]
     for check in decision["checks"]:
         metric = check["metric"]
@@ -279,10 +368,17 @@ def decision_gauges(decision: dict) -> dict[str, float]:
     return gauges
 
 
-def gate_candidate(candidate_path: str | Path, thresholds: dict, out: str | Path,
-                   params: str | None = None, baseline_path: str | Path | None = None,
-                   name: str | None = None, version: str | None = None,
-                   splits_dir: str | Path | None = None, tracking_uri: str | None = None) -> dict:
+def gate_candidate(
+    candidate_path: str | Path,
+    thresholds: dict,
+    out: str | Path,
+    params: str | None = None,
+    baseline_path: str | Path | None = None,
+    name: str | None = None,
+    version: str | None = None,
+    splits_dir: str | Path | None = None,
+    tracking_uri: str | None = None,
+) -> dict:
     """The gate step: decide on the candidate's metrics, write the decision JSON to `out`, and
     return it.
 
@@ -306,12 +402,15 @@ def gate_candidate(candidate_path: str | Path, thresholds: dict, out: str | Path
         assert target is not None  # by number: a missing version raises
         registered = (name, target["version"])
         if target["metrics"] and not same_metrics(target["metrics"], candidate["metrics"]):
-            raise DiffuRecError(f"{candidate_path}: these metrics are not the ones registered "
-                                f"with {name} v{target['version']}; pass the matching --version")
+            raise DiffuRecError(
+                f"{candidate_path}: these metrics are not the ones registered "
+                f"with {name} v{target['version']}; pass the matching --version"
+            )
         champion = champion_for(name, candidate, splits_dir, mlflow_client, tracking_uri)
     name, version = registered or (None, None)
-    decision = stamp_decision(decide(candidate, thresholds, baseline=baseline, champion=champion),
-                              name, version, params)
+    decision = stamp_decision(
+        decide(candidate, thresholds, baseline=baseline, champion=champion), name, version, params
+    )
     write_json_atomic(out, decision)
     if registered is not None:
         # Tag after the JSON is written: promote needs both, so an interrupted gate promotes nothing.

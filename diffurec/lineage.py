@@ -36,8 +36,11 @@ GIT_COMMIT_ENV = "DIFFUREC_GIT_COMMIT"
 def dir_md5(path: str | Path) -> str:
     """DVC 3's hash of a folder: the md5 of its sorted JSON manifest of (md5, relpath), + '.dir'."""
     root = Path(path)
-    entries = [{"md5": file_md5(file), "relpath": file.relative_to(root).as_posix()}
-               for file in root.rglob("*") if file.is_file()]
+    entries = [
+        {"md5": file_md5(file), "relpath": file.relative_to(root).as_posix()}
+        for file in root.rglob("*")
+        if file.is_file()
+    ]
     entries.sort(key=lambda entry: entry["relpath"])
     manifest = json.dumps(entries, sort_keys=True).encode("utf-8")
     return hashlib.md5(manifest).hexdigest() + ".dir"
@@ -62,19 +65,29 @@ def git_commit(repo: str | Path | None = None) -> tuple[str | None, bool | None]
         return os.environ[GIT_COMMIT_ENV], None
     cwd = str(repo) if repo else None
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True,
-                                text=True, check=True).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True
+        ).stdout.strip()
         # Untracked run outputs are not code: only changes to tracked files make the tree dirty.
-        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                                cwd=cwd, capture_output=True, text=True, check=True).stdout
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
     except (OSError, subprocess.CalledProcessError):
         return None, None
     return commit, bool(status.strip())
 
 
-def build_lineage(raw: str | Path | None = None, splits: str | Path | None = None,
-                  params: dict | None = None, preset: str | None = None,
-                  repo: str | Path | None = None) -> dict:
+def build_lineage(
+    raw: str | Path | None = None,
+    splits: str | Path | None = None,
+    params: dict | None = None,
+    preset: str | None = None,
+    repo: str | Path | None = None,
+) -> dict:
     """The lineage object for a run on `raw` -> `splits` with `params` and `preset`."""
     commit, dirty = git_commit(repo)
     lineage: dict[str, Any] = {

@@ -66,7 +66,8 @@ def _locked(path: Path, timeout: float = LOCK_TIMEOUT_SECONDS) -> Iterator[None]
             except BlockingIOError:
                 if time.monotonic() > deadline:
                     raise DiffuRecError(
-                        f"{path}: another promotion holds the lock for over {timeout:.0f} s") from None
+                        f"{path}: another promotion holds the lock for over {timeout:.0f} s"
+                    ) from None
                 time.sleep(0.05)
         try:
             yield
@@ -74,9 +75,15 @@ def _locked(path: Path, timeout: float = LOCK_TIMEOUT_SECONDS) -> Iterator[None]
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def promote(name: str, version: str | None, decision_path: str | Path | None = None,
-            tracking_uri: str | None = None, override: bool = False,
-            reason: str | None = None, if_passed: bool = False) -> dict:
+def promote(
+    name: str,
+    version: str | None,
+    decision_path: str | Path | None = None,
+    tracking_uri: str | None = None,
+    override: bool = False,
+    reason: str | None = None,
+    if_passed: bool = False,
+) -> dict:
     """Make `version` (default: the decision's) the champion; return what was done: {"name",
     "version", "promoted", "message"}, and "champion" (its version now), "previous" ... when
     the registry was consulted. See the module docstring for the rules."""
@@ -90,17 +97,22 @@ def promote(name: str, version: str | None, decision_path: str | Path | None = N
             raise DiffuRecError("--if-passed needs --decision JSON")
         rejected = read_decision(decision_path)
         if not rejected["passed"]:
-            return {"name": name, "version": version, "promoted": False,
-                    "message": f"not promoted: gate rejected {name} v{version} "
-                               f"({rejected.get('reason', 'see the decision')})"}
+            return {
+                "name": name,
+                "version": version,
+                "promoted": False,
+                "message": f"not promoted: gate rejected {name} v{version} "
+                f"({rejected.get('reason', 'see the decision')})",
+            }
     if override and not (reason and reason.strip()):
         raise DiffuRecError("--override needs --reason TEXT (it is recorded on the model version)")
     decision: dict = {}  # under override nothing reads it
     if decision_path is not None:
         decision = read_decision(decision_path)
     elif not override:
-        raise DiffuRecError("refusing to promote without a gate decision (--decision FILE), "
-                            "or use --override --reason TEXT")
+        raise DiffuRecError(
+            "refusing to promote without a gate decision (--decision FILE), or use --override --reason TEXT"
+        )
     if not override:
         _check_decision(decision, decision_path, name, version)
 
@@ -115,9 +127,14 @@ def promote(name: str, version: str | None, decision_path: str | Path | None = N
         current_version = current["version"] if current else None
         if current_version == version:
             log.info("%s v%s is already the champion", name, version)
-            return {"name": name, "version": version, "promoted": False,
-                    "champion": version, "previous": _alias(mlflow_client, name, "previous"),
-                    "message": f"{name} v{version} is already the champion"}
+            return {
+                "name": name,
+                "version": version,
+                "promoted": False,
+                "champion": version,
+                "previous": _alias(mlflow_client, name, "previous"),
+                "message": f"{name} v{version} is already the champion",
+            }
         if not override:
             expected = (decision.get("champion") or {}).get("version")
             expected = str(expected) if expected is not None else None
@@ -125,28 +142,52 @@ def promote(name: str, version: str | None, decision_path: str | Path | None = N
                 raise DiffuRecError(
                     f"refusing to promote {name} v{version}: the champion is now "
                     f"{'v' + current_version if current_version else 'none'}, but the gate compared "
-                    f"against {'v' + expected if expected else 'no champion'}; run the gate again")
+                    f"against {'v' + expected if expected else 'no champion'}; run the gate again"
+                )
         promoted_at = datetime.now(UTC).isoformat(timespec="seconds")
         if current_version is not None:
             mlflow_client.set_registered_model_alias(name, "previous", current_version)
         mlflow_client.set_registered_model_alias(name, "champion", version)
         if _alias(mlflow_client, name, "challenger") == version:
             mlflow_client.delete_registered_model_alias(name, "challenger")
-        record = {"promoted_at": promoted_at, "promoted_from": current_version or "none",
-                  "promotion_override": str(bool(override)).lower()}
+        record = {
+            "promoted_at": promoted_at,
+            "promoted_from": current_version or "none",
+            "promotion_override": str(bool(override)).lower(),
+        }
         if override and reason:
             record["promotion_reason"] = reason.strip()
         registry.set_version_tags(name, version, record, mlflow_client=mlflow_client)
-        mlflow_client.set_registered_model_tag(name, "last_promotion", json.dumps(
-            {"version": version, "from": current_version, "at": promoted_at,
-             "override": bool(override), "reason": reason}))
-    message = (f"promoted {name} v{version} to champion"
-               + (f" (previous: v{current_version})" if current_version else " (first champion)")
-               + (f" by override: {reason.strip()}" if override and reason else ""))
+        mlflow_client.set_registered_model_tag(
+            name,
+            "last_promotion",
+            json.dumps(
+                {
+                    "version": version,
+                    "from": current_version,
+                    "at": promoted_at,
+                    "override": bool(override),
+                    "reason": reason,
+                }
+            ),
+        )
+    message = (
+        f"promoted {name} v{version} to champion"
+        + (f" (previous: v{current_version})" if current_version else " (first champion)")
+        + (f" by override: {reason.strip()}" if override and reason else "")
+    )
     log.info(message)
-    return {"name": name, "version": version, "promoted": True, "champion": version,
-            "previous": current_version, "override": bool(override), "reason": reason,
-            "promoted_at": promoted_at, "message": message}
+    return {
+        "name": name,
+        "version": version,
+        "promoted": True,
+        "champion": version,
+        "previous": current_version,
+        "override": bool(override),
+        "reason": reason,
+        "promoted_at": promoted_at,
+        "message": message,
+    }
 
 
 def promotion_gauges(result: dict, override: bool) -> dict[str, float]:
@@ -166,19 +207,29 @@ def _alias(mlflow_client: Any, name: str, alias: str) -> str | None:
 
 def _check_decision(decision: dict, path: str | Path | None, name: str, version: str) -> None:
     if decision.get("name") != name or str(decision.get("version")) != version:
-        raise located(path, f"decision is for {decision.get('name')} v{decision.get('version')}, "
-                            f"not {name} v{version}")
+        raise located(
+            path, f"decision is for {decision.get('name')} v{decision.get('version')}, not {name} v{version}"
+        )
     if not decision["passed"]:
-        raise located(path, f"refusing to promote {name} v{version}: the gate rejected it "
-                            f"({decision.get('reason', 'see checks')})")
+        raise located(
+            path,
+            f"refusing to promote {name} v{version}: the gate rejected it "
+            f"({decision.get('reason', 'see checks')})",
+        )
 
 
 def _check_registry_decision(target: dict, decision: dict, path: str | Path | None) -> None:
     tags = target["tags"]
     if tags.get("gate_decision_id") != decision.get("decision_id"):
-        raise located(path, f"refusing to promote: this decision is not the one recorded on "
-                            f"{target['name']} v{target['version']} (tag gate_decision_id="
-                            f"{tags.get('gate_decision_id', 'missing')}); run the gate again")
+        raise located(
+            path,
+            f"refusing to promote: this decision is not the one recorded on "
+            f"{target['name']} v{target['version']} (tag gate_decision_id="
+            f"{tags.get('gate_decision_id', 'missing')}); run the gate again",
+        )
     if tags.get("gate_passed") != "true":
-        raise located(path, f"refusing to promote: the registry records a failed gate for "
-                            f"{target['name']} v{target['version']}")
+        raise located(
+            path,
+            f"refusing to promote: the registry records a failed gate for "
+            f"{target['name']} v{target['version']}",
+        )

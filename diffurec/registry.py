@@ -41,7 +41,7 @@ def sqlite_path(tracking_uri: str) -> Path | None:
     """The database file of a sqlite tracking URI, None for any other store."""
     if not tracking_uri.startswith("sqlite:///"):
         return None
-    return Path(tracking_uri[len("sqlite:///"):])
+    return Path(tracking_uri[len("sqlite:///") :])
 
 
 def client(tracking_uri: str | None = None) -> Any:
@@ -72,8 +72,9 @@ def metric_name(key: str) -> str:
     return key.replace("@", "_at_")
 
 
-def register_model_folder(model_dir: str | Path, metrics_path: str | Path, name: str,
-                          tracking_uri: str | None = None) -> dict:
+def register_model_folder(
+    model_dir: str | Path, metrics_path: str | Path, name: str, tracking_uri: str | None = None
+) -> dict:
     """Log the folder and its metrics as a run, register it as a new version of `name`.
 
     Returns {"name", "version", "run_id", "source", "tracking_uri"}. The new version gets the
@@ -107,17 +108,21 @@ def register_model_folder(model_dir: str | Path, metrics_path: str | Path, name:
 
     uri = resolve_tracking_uri(tracking_uri)
     mlflow_client = client(uri)
-    run = mlflow_client.create_run(_experiment_id(mlflow_client, uri),
-                                   run_name=f"{name}-{config.get('model')}-{preset}",
-                                   tags={"diffurec.registered_model": name, **tags})
+    run = mlflow_client.create_run(
+        _experiment_id(mlflow_client, uri),
+        run_name=f"{name}-{config.get('model')}-{preset}",
+        tags={"diffurec.registered_model": name, **tags},
+    )
     run_id = run.info.run_id
     try:
         from mlflow.entities import Metric, Param
 
-        params = [Param(key, str(value)[:6000]) for key, value in sorted(config.items())
-                  if key not in ("format", "version") and not isinstance(value, (dict, list))]
-        metrics = [Metric(metric_name(key), float(metrics_json["metrics"][key]), 0, 0)
-                   for key in METRIC_KEYS]
+        params = [
+            Param(key, str(value)[:6000])
+            for key, value in sorted(config.items())
+            if key not in ("format", "version") and not isinstance(value, (dict, list))
+        ]
+        metrics = [Metric(metric_name(key), float(metrics_json["metrics"][key]), 0, 0) for key in METRIC_KEYS]
         mlflow_client.log_batch(run_id, metrics=metrics, params=params)
         mlflow_client.log_artifacts(run_id, str(model_dir), ARTIFACT_PATH)
         mlflow_client.log_dict(run_id, metrics_json, "metrics.json")
@@ -130,8 +135,13 @@ def register_model_folder(model_dir: str | Path, metrics_path: str | Path, name:
     version = mlflow_client.create_model_version(name, source=source, run_id=run_id, tags=tags)
     mlflow_client.set_registered_model_alias(name, "challenger", version.version)
     log.info("registered %s version %s (run %s)", name, version.version, run_id)
-    return {"name": name, "version": str(version.version), "run_id": run_id, "source": source,
-            "tracking_uri": uri}
+    return {
+        "name": name,
+        "version": str(version.version),
+        "run_id": run_id,
+        "source": source,
+        "tracking_uri": uri,
+    }
 
 
 def _ensure_registered_model(mlflow_client: Any, name: str) -> None:
@@ -139,14 +149,20 @@ def _ensure_registered_model(mlflow_client: Any, name: str) -> None:
 
     try:
         mlflow_client.create_registered_model(
-            name, description="DiffuRec recommender; aliases champion/previous/challenger")
+            name, description="DiffuRec recommender; aliases champion/previous/challenger"
+        )
     except MlflowException as error:
         if error.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
 
 
-def get_version(name: str, version: str | None = None, alias: str | None = None,
-                tracking_uri: str | None = None, mlflow_client: Any = None) -> dict | None:
+def get_version(
+    name: str,
+    version: str | None = None,
+    alias: str | None = None,
+    tracking_uri: str | None = None,
+    mlflow_client: Any = None,
+) -> dict | None:
     """A model version as a plain dict, by number or alias; None if the alias is not set."""
     from mlflow.exceptions import MlflowException
 
@@ -164,19 +180,28 @@ def get_version(name: str, version: str | None = None, alias: str | None = None,
     except MlflowException as error:
         if alias is not None and "not found" in str(error).lower():
             return None
-        raise DiffuRecError(f"registered model {name!r} version {version or alias}: "
-                            f"{_first_line(error)}") from error
+        raise DiffuRecError(
+            f"registered model {name!r} version {version or alias}: {_first_line(error)}"
+        ) from error
     tags = dict(found.tags or {})
     metrics = json.loads(tags["metrics"]) if "metrics" in tags else {}
-    return {"name": name, "version": str(found.version), "run_id": found.run_id,
-            "source": found.source, "tags": tags, "metrics": metrics,
-            "data_version": tags.get("data_version"), "split": tags.get("metrics_split"),
-            "users": int(tags["metrics_users"]) if tags.get("metrics_users", "").isdigit() else None,
-            "aliases": list(getattr(found, "aliases", []) or [])}
+    return {
+        "name": name,
+        "version": str(found.version),
+        "run_id": found.run_id,
+        "source": found.source,
+        "tags": tags,
+        "metrics": metrics,
+        "data_version": tags.get("data_version"),
+        "split": tags.get("metrics_split"),
+        "users": int(tags["metrics_users"]) if tags.get("metrics_users", "").isdigit() else None,
+        "aliases": list(getattr(found, "aliases", []) or []),
+    }
 
 
-def download_model_folder(model_uri: str, tracking_uri: str | None = None,
-                          dst: str | Path | None = None) -> Path:
+def download_model_folder(
+    model_uri: str, tracking_uri: str | None = None, dst: str | Path | None = None
+) -> Path:
     """Download a registered model folder, e.g. `models:/diffurec@champion`; return its path."""
     import tempfile
 
@@ -195,8 +220,9 @@ def download_model_folder(model_uri: str, tracking_uri: str | None = None,
     return Path(path)
 
 
-def set_version_tags(name: str, version: str, tags: dict, mlflow_client: Any = None,
-                     tracking_uri: str | None = None) -> None:
+def set_version_tags(
+    name: str, version: str, tags: dict, mlflow_client: Any = None, tracking_uri: str | None = None
+) -> None:
     mlflow_client = mlflow_client or client(tracking_uri)
     for key, value in tags.items():
         mlflow_client.set_model_version_tag(name, str(version), key, str(value))

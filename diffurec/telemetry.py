@@ -36,8 +36,12 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 JOB = "diffurec"
-LABEL_ENV = {"dataset": "DIFFUREC_DATASET", "model": "DIFFUREC_MODEL",
-             "version": "DIFFUREC_MODEL_VERSION", "run": "DIFFUREC_RUN_ID"}
+LABEL_ENV = {
+    "dataset": "DIFFUREC_DATASET",
+    "model": "DIFFUREC_MODEL",
+    "version": "DIFFUREC_MODEL_VERSION",
+    "run": "DIFFUREC_RUN_ID",
+}
 PUSH_TIMEOUT_SECONDS = 5.0
 _warned = False
 _progress_gauges: dict = {}
@@ -68,22 +72,29 @@ def metric_for(gauge: str) -> tuple[str, dict]:
     return f"diffurec_{name}", extra
 
 
-def build_registry(step: str, seconds: float, succeeded: bool, gauges: dict,
-                   now: float | None = None) -> CollectorRegistry:
+def build_registry(
+    step: str, seconds: float, succeeded: bool, gauges: dict, now: float | None = None
+) -> CollectorRegistry:
     """A CollectorRegistry holding what `report_step` pushes for one step."""
     from prometheus_client import CollectorRegistry, Gauge
 
     now = time.time() if now is None else now
     registry = CollectorRegistry()
-    Gauge("diffurec_step_duration_seconds", "Wall time of the last run of the step",
-          registry=registry).set(seconds)
-    Gauge("diffurec_step_success", "1 if the last run of the step succeeded, else 0",
-          registry=registry).set(1 if succeeded else 0)
-    Gauge("diffurec_step_last_run_timestamp_seconds", "Unix time the step last ended",
-          registry=registry).set(now)
+    Gauge("diffurec_step_duration_seconds", "Wall time of the last run of the step", registry=registry).set(
+        seconds
+    )
+    Gauge("diffurec_step_success", "1 if the last run of the step succeeded, else 0", registry=registry).set(
+        1 if succeeded else 0
+    )
+    Gauge("diffurec_step_last_run_timestamp_seconds", "Unix time the step last ended", registry=registry).set(
+        now
+    )
     if succeeded:
-        Gauge("diffurec_step_last_success_timestamp_seconds",
-              "Unix time the step last ended successfully", registry=registry).set(now)
+        Gauge(
+            "diffurec_step_last_success_timestamp_seconds",
+            "Unix time the step last ended successfully",
+            registry=registry,
+        ).set(now)
     by_metric: dict[str, list] = {}
     for gauge, value in (gauges or {}).items():
         if value is None:
@@ -95,8 +106,9 @@ def build_registry(step: str, seconds: float, succeeded: bool, gauges: dict,
         help_text = "diffurec gauge " + ", ".join(sorted(gauge for _, _, gauge in samples))
         gauge = Gauge(metric, help_text, labelnames=labelnames, registry=registry)
         for extra, value, _ in samples:
-            (gauge.labels(**{name: extra.get(name, "") for name in labelnames})
-             if labelnames else gauge).set(value)
+            (gauge.labels(**{name: extra.get(name, "") for name in labelnames}) if labelnames else gauge).set(
+                value
+            )
     return registry
 
 
@@ -117,12 +129,14 @@ def report_step(step: str, seconds: float, succeeded: bool, gauges: dict, labels
         registry = build_registry(step, seconds, succeeded, gauges)
         # pushadd (POST) replaces only the metrics pushed now, so a failed run keeps the
         # group's last_success timestamp (the "no successful retraining" alert needs it).
-        pushadd_to_gateway(address, job=JOB, registry=registry, grouping_key=grouping,
-                           timeout=PUSH_TIMEOUT_SECONDS)
+        pushadd_to_gateway(
+            address, job=JOB, registry=registry, grouping_key=grouping, timeout=PUSH_TIMEOUT_SECONDS
+        )
         log.debug("pushed %s metrics to %s %s", step, address, grouping)
     except Exception as error:  # the step's own result matters more than its metrics
-        log.warning("metrics not pushed to %s: %s", address,
-                    str(error).splitlines()[0] if str(error) else error)
+        log.warning(
+            "metrics not pushed to %s: %s", address, str(error).splitlines()[0] if str(error) else error
+        )
 
 
 def _label_name(name: str) -> str:
@@ -155,7 +169,8 @@ def training_progress(epoch: int, loss: float, samples_per_second: float, **labe
         _progress_gauges.update(
             epoch=Gauge("diffurec_training_epoch", "Epochs finished", names),
             loss=Gauge("diffurec_training_loss", "Mean training loss of the last epoch", names),
-            throughput=Gauge("diffurec_training_samples_per_second", "Training throughput", names))
+            throughput=Gauge("diffurec_training_samples_per_second", "Training throughput", names),
+        )
     values = {"epoch": epoch, "loss": loss, "throughput": samples_per_second}
     for key, gauge in _progress_gauges.items():
         (gauge.labels(**labels) if labels else gauge).set(values[key])

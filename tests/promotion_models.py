@@ -18,8 +18,10 @@ from diffurec.cli import main
 def lineage_file(splits_dir: Path, folder: Path) -> Path:
     from diffurec.lineage import build_lineage, write_lineage
 
-    return write_lineage(folder / "lineage.json",
-                         build_lineage(splits=splits_dir, params={"model": "popularity"}, preset="default"))
+    return write_lineage(
+        folder / "lineage.json",
+        build_lineage(splits=splits_dir, params={"model": "popularity"}, preset="default"),
+    )
 
 
 def train_with_cli(splits_dir: Path, folder: Path) -> tuple[Path, Path]:
@@ -27,10 +29,26 @@ def train_with_cli(splits_dir: Path, folder: Path) -> tuple[Path, Path]:
     folder.mkdir(parents=True, exist_ok=True)
     lineage = lineage_file(splits_dir, folder)
     model_dir, metrics = folder / "model", folder / "metrics.json"
-    assert main(["train", "--model", "popularity", "--splits", str(splits_dir), "--out", str(model_dir),
-                 "--lineage-json", str(lineage), "--no-progress"]) == 0
-    assert main(["evaluate", "--model", str(model_dir), "--splits", str(splits_dir),
-                 "--out", str(metrics)]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--model",
+                "popularity",
+                "--splits",
+                str(splits_dir),
+                "--out",
+                str(model_dir),
+                "--lineage-json",
+                str(lineage),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(["evaluate", "--model", str(model_dir), "--splits", str(splits_dir), "--out", str(metrics)]) == 0
+    )
     _ensure_splits_md5(metrics, lineage)
     return model_dir, metrics
 
@@ -45,8 +63,12 @@ def fit_on_first(splits, samples: int, folder: Path) -> tuple[Path, Path]:
     lineage = json.loads(lineage_file(splits.path, folder).read_text())
     model = build_model("popularity", splits.num_items, splits.max_len)
     model.fit(np.asarray(splits.train_targets)[:samples])
-    model_dir = save_model_folder(folder / "model", model, item_map_path=Path(splits.path) / "item_map.tsv",
-                                  summary={"fitted_on_samples": samples, "lineage": lineage})
+    model_dir = save_model_folder(
+        folder / "model",
+        model,
+        item_map_path=Path(splits.path) / "item_map.tsv",
+        summary={"fitted_on_samples": samples, "lineage": lineage},
+    )
     result = evaluate(model, splits, split="test", progress=False)
     result["lineage"] = lineage
     metrics = folder / "metrics.json"

@@ -24,31 +24,74 @@ CASES = {
     "missing file": ("absent.csv", None, [], ["absent.csv", "no such file"]),
     "empty file": ("empty.csv", b"", [], ["empty.csv", "file is empty"]),
     "header only": ("header.csv", HEADER.encode(), [], ["header.csv", "header", "no data rows"]),
-    "missing column": ("nocol.csv", b"user_id,timestamp\n1,100\n1,200\n1,300\n", [],
-                       ["nocol.csv", "row 1", "no item column", "'user_id', 'timestamp'"]),
-    "misnamed column": ("named.csv", b"user_id,product,timestamp\n1,2,100\n", ["--item-col", "item"],
-                        ["named.csv", "row 1", "column 'item'", "not found", "'product'"]),
-    "non-numeric timestamp": ("nonnum.csv", (HEADER + "1,2,100\n1,3,yesterday\n1,4,300\n").encode(), [],
-                              ["nonnum.csv", "row 3", "column 'timestamp'", "'yesterday' is not a number"]),
-    "negative timestamp": ("negative.csv", (HEADER + "1,2,100\n1,3,200\n1,4,-300\n").encode(), [],
-                           ["negative.csv", "row 4", "column 'timestamp'", "negative"]),
-    "null user id": ("nullid.csv", (HEADER + "1,2,100\n,3,200\n1,4,300\n").encode(), [],
-                     ["nullid.csv", "row 3", "column 'user_id'", "user id is empty"]),
-    "null item id in a tsv": ("nullitem.tsv", b"user_id\titem_id\n1\t2\n1\t\n", [],
-                              ["nullitem.tsv", "row 3", "column 'item_id'", "item id is empty"]),
-    "undecodable bytes": ("latin1.csv", (HEADER + "1,2,100\n").encode() + b"1,caf\xe9,200\n", [],
-                          ["latin1.csv", "row 3", "column 'item_id'", "not valid UTF-8"]),
+    "missing column": (
+        "nocol.csv",
+        b"user_id,timestamp\n1,100\n1,200\n1,300\n",
+        [],
+        ["nocol.csv", "row 1", "no item column", "'user_id', 'timestamp'"],
+    ),
+    "misnamed column": (
+        "named.csv",
+        b"user_id,product,timestamp\n1,2,100\n",
+        ["--item-col", "item"],
+        ["named.csv", "row 1", "column 'item'", "not found", "'product'"],
+    ),
+    "non-numeric timestamp": (
+        "nonnum.csv",
+        (HEADER + "1,2,100\n1,3,yesterday\n1,4,300\n").encode(),
+        [],
+        ["nonnum.csv", "row 3", "column 'timestamp'", "'yesterday' is not a number"],
+    ),
+    "negative timestamp": (
+        "negative.csv",
+        (HEADER + "1,2,100\n1,3,200\n1,4,-300\n").encode(),
+        [],
+        ["negative.csv", "row 4", "column 'timestamp'", "negative"],
+    ),
+    "null user id": (
+        "nullid.csv",
+        (HEADER + "1,2,100\n,3,200\n1,4,300\n").encode(),
+        [],
+        ["nullid.csv", "row 3", "column 'user_id'", "user id is empty"],
+    ),
+    "null item id in a tsv": (
+        "nullitem.tsv",
+        b"user_id\titem_id\n1\t2\n1\t\n",
+        [],
+        ["nullitem.tsv", "row 3", "column 'item_id'", "item id is empty"],
+    ),
+    "undecodable bytes": (
+        "latin1.csv",
+        (HEADER + "1,2,100\n").encode() + b"1,caf\xe9,200\n",
+        [],
+        ["latin1.csv", "row 3", "column 'item_id'", "not valid UTF-8"],
+    ),
     "truncated gzip": ("cut.csv.gz", _truncated_gzip, [], ["cut.csv.gz", "truncated gzip"]),
-    "wrong delimiter (header)": ("semi.csv", b"user_id;item_id;timestamp\n1;2;100\n", [],
-                                 ["semi.csv", "row 1", "wrong delimiter", "semicolon"]),
-    "wrong delimiter (u.data)": ("u.data", b"196,242,3,881250949\n", [],
-                                 ["u.data", "row 1", "expected 4 fields", "wrong delimiter"]),
-    "stray field (ratings.dat)": ("ratings.dat", b"1::2::5::978300760\n1::3::5::978300761::x\n", [],
-                                  ["ratings.dat", "row 2", "expected 4 fields", "found 5"]),
-    "no user long enough": ("short.txt", b"u1 a b\nu2 c d\nu3 e\n", [],
-                            ["short.txt", "no user has at least 3 interactions"]),
-    "sequence line without items": ("seq.txt", b"u1 a b c\nu2\n", [],
-                                    ["seq.txt", "row 2", "no items"]),
+    "wrong delimiter (header)": (
+        "semi.csv",
+        b"user_id;item_id;timestamp\n1;2;100\n",
+        [],
+        ["semi.csv", "row 1", "wrong delimiter", "semicolon"],
+    ),
+    "wrong delimiter (u.data)": (
+        "u.data",
+        b"196,242,3,881250949\n",
+        [],
+        ["u.data", "row 1", "expected 4 fields", "wrong delimiter"],
+    ),
+    "stray field (ratings.dat)": (
+        "ratings.dat",
+        b"1::2::5::978300760\n1::3::5::978300761::x\n",
+        [],
+        ["ratings.dat", "row 2", "expected 4 fields", "found 5"],
+    ),
+    "no user long enough": (
+        "short.txt",
+        b"u1 a b\nu2 c d\nu3 e\n",
+        [],
+        ["short.txt", "no user has at least 3 interactions"],
+    ),
+    "sequence line without items": ("seq.txt", b"u1 a b c\nu2\n", [], ["seq.txt", "row 2", "no items"]),
 }
 
 
@@ -78,13 +121,17 @@ def test_bad_input_in_a_subprocess_has_no_traceback(tmp_path):
     source = tmp_path / "bad.csv"
     source.write_text(HEADER + "1,2,100\n1,3,oops\n")
     out = tmp_path / "splits"
-    done = subprocess.run([sys.executable, "-m", "diffurec", "-q", "preprocess", "--input",
-                           str(source), "--out", str(out)], capture_output=True, text=True,
-                          timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "diffurec", "-q", "preprocess", "--input", str(source), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
         f"diffurec preprocess: error: {source}, row 3, column 'timestamp': timestamp 'oops' is "
-        f"not a number (unix seconds or an ISO 8601 date); 1 such row(s)"]
+        f"not a number (unix seconds or an ISO 8601 date); 1 such row(s)"
+    ]
     assert not out.exists()
 
 

@@ -42,8 +42,7 @@ def test_file_digests_match_the_published_test_vectors(tmp_path):
     abc.write_bytes(b"abc")
     assert file_md5(abc) == "900150983cd24fb0d6963f7d28e17f72"
     assert file_digest(abc) == file_md5(abc)
-    assert file_digest(abc, "sha256") == \
-        "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    assert file_digest(abc, "sha256") == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
     # Over several 1 MiB blocks: the same digest as hashing the bytes at once.
     big = tmp_path / "big"
     data = os.urandom(3 * (1 << 20) + 17)
@@ -54,10 +53,12 @@ def test_file_digests_match_the_published_test_vectors(tmp_path):
 def test_read_params_all_or_some_sections(tmp_path):
     params = tmp_path / "params.yaml"
     params.write_text("data:\n  dataset: ml-100k\ntrain:\n  epochs: 3\ngate:\n  min: {}\n")
-    assert read_params(params) == {"data": {"dataset": "ml-100k"}, "train": {"epochs": 3},
-                                   "gate": {"min": {}}}
-    assert read_params(params, ["train", "data"]) == {"train": {"epochs": 3},
-                                                      "data": {"dataset": "ml-100k"}}
+    assert read_params(params) == {
+        "data": {"dataset": "ml-100k"},
+        "train": {"epochs": 3},
+        "gate": {"min": {}},
+    }
+    assert read_params(params, ["train", "data"]) == {"train": {"epochs": 3}, "data": {"dataset": "ml-100k"}}
     with pytest.raises(DiffuRecError, match=f"{params}: no section 'registry'"):
         read_params(params, ["data", "registry"])
     with pytest.raises(DiffuRecError, match="missing.yaml: params file not found"):

@@ -15,21 +15,41 @@ from diffurec import gate
 from diffurec.cli import main
 from diffurec.errors import DiffuRecError
 
-THRESHOLDS = {"min": {"HR@10": 3.0, "NDCG@10": 1.5},
-              "min_margin_over_popularity": {"NDCG@10": 0.2},
-              "max_drop_vs_champion": {"NDCG@10": {"relative": 0.02}, "HR@10": {"absolute": 0.5}}}
+THRESHOLDS = {
+    "min": {"HR@10": 3.0, "NDCG@10": 1.5},
+    "min_margin_over_popularity": {"NDCG@10": 0.2},
+    "max_drop_vs_champion": {"NDCG@10": {"relative": 0.02}, "HR@10": {"absolute": 0.5}},
+}
 
 
 def metrics_json(hr10: float, ndcg10: float, split="test", users=943, splits_md5="abc.dir") -> dict:
-    values = {"HR@5": hr10 / 2, "HR@10": hr10, "HR@20": hr10 * 1.5,
-              "NDCG@5": ndcg10 / 2, "NDCG@10": ndcg10, "NDCG@20": ndcg10 * 1.2}
-    return {"metrics": values, "unit": "percent", "split": split, "users": users,
-            "model": {"name": "diffurec", "preset": "fast"}, "lineage": {"splits_md5": splits_md5}}
+    values = {
+        "HR@5": hr10 / 2,
+        "HR@10": hr10,
+        "HR@20": hr10 * 1.5,
+        "NDCG@5": ndcg10 / 2,
+        "NDCG@10": ndcg10,
+        "NDCG@20": ndcg10 * 1.2,
+    }
+    return {
+        "metrics": values,
+        "unit": "percent",
+        "split": split,
+        "users": users,
+        "model": {"name": "diffurec", "preset": "fast"},
+        "lineage": {"splits_md5": splits_md5},
+    }
 
 
 def champion(hr10: float, ndcg10: float, version="1") -> dict:
-    return {"version": version, "metrics": metrics_json(hr10, ndcg10)["metrics"],
-            "split": "test", "users": 943, "data_version": "abc.dir", "re_evaluated": False}
+    return {
+        "version": version,
+        "metrics": metrics_json(hr10, ndcg10)["metrics"],
+        "split": "test",
+        "users": 943,
+        "data_version": "abc.dir",
+        "re_evaluated": False,
+    }
 
 
 def by_name(decision: dict) -> dict:
@@ -71,8 +91,9 @@ def test_margin_needs_a_baseline_on_the_same_users():
     with pytest.raises(DiffuRecError, match="other users"):
         gate.decide(metrics_json(6.0, 2.5), THRESHOLDS, baseline=metrics_json(5.0, 2.0, split="valid"))
     with pytest.raises(DiffuRecError, match="other users"):
-        gate.decide(metrics_json(6.0, 2.5), THRESHOLDS,
-                    baseline=metrics_json(5.0, 2.0, splits_md5="other.dir"))
+        gate.decide(
+            metrics_json(6.0, 2.5), THRESHOLDS, baseline=metrics_json(5.0, 2.0, splits_md5="other.dir")
+        )
 
 
 def test_relative_and_absolute_change_against_the_champion():
@@ -98,19 +119,25 @@ def test_a_negative_allowed_drop_demands_an_improvement():
 
 
 def test_zero_champion_never_divides_by_zero():
-    decision = gate.decide(metrics_json(1.0, 0.0), THRESHOLDS | {"min": {}, "min_margin_over_popularity": {}},
-                           champion=champion(0.0, 0.0))
+    decision = gate.decide(
+        metrics_json(1.0, 0.0),
+        THRESHOLDS | {"min": {}, "min_margin_over_popularity": {}},
+        champion=champion(0.0, 0.0),
+    )
     assert decision["passed"] is True
     json.dumps(decision, allow_nan=False)
 
 
-@pytest.mark.parametrize("section, message", [
-    ({"min": {"HR@11": 1.0}}, "unknown metric"),
-    ({"min": {"HR@10": "high"}}, "finite number"),
-    ({"max_drop_vs_champion": {"NDCG@10": 0.02}}, "relative"),
-    ({"max_drop_vs_champion": {"NDCG@10": {"percent": 2}}}, "relative"),
-    ({"floors": {"HR@10": 1.0}}, "unknown key 'floors'"),
-])
+@pytest.mark.parametrize(
+    "section, message",
+    [
+        ({"min": {"HR@11": 1.0}}, "unknown metric"),
+        ({"min": {"HR@10": "high"}}, "finite number"),
+        ({"max_drop_vs_champion": {"NDCG@10": 0.02}}, "relative"),
+        ({"max_drop_vs_champion": {"NDCG@10": {"percent": 2}}}, "relative"),
+        ({"floors": {"HR@10": 1.0}}, "unknown key 'floors'"),
+    ],
+)
 def test_bad_thresholds_name_the_key(tmp_path, section, message):
     import yaml
 
@@ -150,6 +177,7 @@ def test_metrics_file_errors(tmp_path):
 
 # --- the command line on real metrics ------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def popularity_metrics(ml100k_splits, tmp_path_factory):
     """Test metrics of popularity fitted on all / on the first 2,000 training samples."""
@@ -178,11 +206,23 @@ def write_params(tmp_path, thresholds) -> str:
 
 
 def test_cli_gate_writes_the_decision_and_prints_the_table(popularity_metrics, tmp_path, capsys):
-    params = write_params(tmp_path, {"min": {"HR@10": 3.0, "NDCG@10": 1.5},
-                                     "min_margin_over_popularity": {"NDCG@10": 0.0}})
+    params = write_params(
+        tmp_path, {"min": {"HR@10": 3.0, "NDCG@10": 1.5}, "min_margin_over_popularity": {"NDCG@10": 0.0}}
+    )
     out = tmp_path / "decision.json"
-    status = main(["gate", "--candidate", str(popularity_metrics["full"]), "--baseline",
-                   str(popularity_metrics["full"]), "--params", params, "--out", str(out)])
+    status = main(
+        [
+            "gate",
+            "--candidate",
+            str(popularity_metrics["full"]),
+            "--baseline",
+            str(popularity_metrics["full"]),
+            "--params",
+            params,
+            "--out",
+            str(out),
+        ]
+    )
     assert status == 0
     decision = json.loads(out.read_text())
     assert decision["passed"] is True and decision["version"] is None
@@ -191,8 +231,19 @@ def test_cli_gate_writes_the_decision_and_prints_the_table(popularity_metrics, t
     assert "floor HR@10" in printed and "decision: PASSED" in printed
 
     # The 2,000-sample popularity misses both floors and the margin: rejected, still exit 0.
-    status = main(["gate", "--candidate", str(popularity_metrics["tiny"]), "--baseline",
-                   str(popularity_metrics["full"]), "--params", params, "--out", str(out)])
+    status = main(
+        [
+            "gate",
+            "--candidate",
+            str(popularity_metrics["tiny"]),
+            "--baseline",
+            str(popularity_metrics["full"]),
+            "--params",
+            params,
+            "--out",
+            str(out),
+        ]
+    )
     assert status == 0
     decision = json.loads(out.read_text())
     assert decision["passed"] is False
@@ -204,8 +255,18 @@ def test_cli_gate_writes_the_decision_and_prints_the_table(popularity_metrics, t
 def test_cli_fail_on_reject_exits_2_after_writing(popularity_metrics, tmp_path, capsys):
     params = write_params(tmp_path, {"min": {"HR@10": 3.0}})
     out = tmp_path / "decision.json"
-    status = main(["gate", "--candidate", str(popularity_metrics["tiny"]), "--params", params,
-                   "--out", str(out), "--fail-on-reject"])
+    status = main(
+        [
+            "gate",
+            "--candidate",
+            str(popularity_metrics["tiny"]),
+            "--params",
+            params,
+            "--out",
+            str(out),
+            "--fail-on-reject",
+        ]
+    )
     assert status == 2
     assert json.loads(out.read_text())["passed"] is False
     assert "gate rejected" in capsys.readouterr().err
@@ -225,6 +286,7 @@ def test_cli_bad_input_is_one_line_and_writes_nothing(popularity_metrics, tmp_pa
 
 # --- thresholds as JSON, decision stamping, tags and gauges ------------------------------------
 
+
 def test_the_metric_names_are_docs_formats_six():
     from diffurec.metrics import KS, METRIC_KEYS
 
@@ -233,8 +295,9 @@ def test_the_metric_names_are_docs_formats_six():
 
 
 def test_thresholds_json_is_checked_like_params_yaml(tmp_path):
-    assert gate.parse_thresholds(json.dumps(THRESHOLDS)) == \
-        gate.load_thresholds(write_params(tmp_path, THRESHOLDS))
+    assert gate.parse_thresholds(json.dumps(THRESHOLDS)) == gate.load_thresholds(
+        write_params(tmp_path, THRESHOLDS)
+    )
     with pytest.raises(DiffuRecError, match=r"^--thresholds: not valid JSON"):
         gate.parse_thresholds("{min: 3}")
     with pytest.raises(DiffuRecError, match=r"^--thresholds\.min\.HR@11: unknown metric"):
@@ -245,12 +308,19 @@ def test_thresholds_json_is_checked_like_params_yaml(tmp_path):
 
 def test_cli_gate_takes_thresholds_as_json_instead_of_a_params_file(popularity_metrics, tmp_path):
     thresholds = {"min": {"HR@10": 3.0, "NDCG@10": 1.5}, "min_margin_over_popularity": {"NDCG@10": 0.0}}
-    common = ["gate", "--candidate", str(popularity_metrics["tiny"]),
-              "--baseline", str(popularity_metrics["full"])]
+    common = [
+        "gate",
+        "--candidate",
+        str(popularity_metrics["tiny"]),
+        "--baseline",
+        str(popularity_metrics["full"]),
+    ]
     params = write_params(tmp_path, thresholds)
     assert main(common + ["--params", params, "--out", str(tmp_path / "from-yaml.json")]) == 0
-    assert main(common + ["--thresholds", json.dumps(thresholds),
-                          "--out", str(tmp_path / "from-json.json")]) == 0
+    assert (
+        main(common + ["--thresholds", json.dumps(thresholds), "--out", str(tmp_path / "from-json.json")])
+        == 0
+    )
     from_yaml = json.loads((tmp_path / "from-yaml.json").read_text())
     from_json = json.loads((tmp_path / "from-json.json").read_text())
     assert from_yaml["params"] == params and from_json["params"] is None
@@ -268,8 +338,12 @@ def test_stamp_decision_puts_passed_first_and_records_version_id_time_params():
     before = datetime.now(UTC).replace(microsecond=0)
     stamped = gate.stamp_decision(decided, "rec", "3", "params.yaml")
     assert list(stamped)[:6] == ["passed", "name", "version", "decision_id", "decided_at", "params"]
-    assert (stamped["passed"], stamped["name"], stamped["version"], stamped["params"]) == \
-        (True, "rec", "3", "params.yaml")
+    assert (stamped["passed"], stamped["name"], stamped["version"], stamped["params"]) == (
+        True,
+        "rec",
+        "3",
+        "params.yaml",
+    )
     assert len(stamped["decision_id"]) == 32 and int(stamped["decision_id"], 16) >= 0
     decided_at = datetime.fromisoformat(stamped["decided_at"])
     assert decided_at.utcoffset() == timedelta(0)
@@ -295,11 +369,20 @@ def test_decision_tags_are_strings_promote_can_check():
 
 
 def test_decision_gauges_against_a_champion():
-    decided = gate.decide(metrics_json(7.6, 2.955), THRESHOLDS, baseline=metrics_json(5.0, 2.0),
-                          champion=champion(8.0, 3.0))
+    decided = gate.decide(
+        metrics_json(7.6, 2.955), THRESHOLDS, baseline=metrics_json(5.0, 2.0), champion=champion(8.0, 3.0)
+    )
     gauges = gate.decision_gauges(gate.stamp_decision(decided, "rec", "2", None))
-    assert gauges == pytest.approx({
-        "gate_passed": 1.0, "gate_checks_failed": 0.0, "gate_checks": 5.0,
-        "candidate_HR@10": 7.6, "candidate_NDCG@10": 2.955,
-        "champion_NDCG@10": 3.0, "relative_change_vs_champion_NDCG@10": -0.015,
-        "champion_HR@10": 8.0, "relative_change_vs_champion_HR@10": -0.05})
+    assert gauges == pytest.approx(
+        {
+            "gate_passed": 1.0,
+            "gate_checks_failed": 0.0,
+            "gate_checks": 5.0,
+            "candidate_HR@10": 7.6,
+            "candidate_NDCG@10": 2.955,
+            "champion_NDCG@10": 3.0,
+            "relative_change_vs_champion_NDCG@10": -0.015,
+            "champion_HR@10": 8.0,
+            "relative_change_vs_champion_HR@10": -0.05,
+        }
+    )

@@ -34,8 +34,10 @@ def test_md5s_equal_dvc_hashes(tmp_path, shared_data):
     (folder / "a.txt").write_text("first\r\n")  # bytes as they are: DVC 3 does no dos2unix
     (folder / "sub" / "c.bin").write_bytes(bytes(range(256)))
     subprocess.run(DVC + ["add", "-q", "ml-100k.inter", "folder"], cwd=repo, check=True)
-    recorded = {name: yaml.safe_load((repo / f"{name}.dvc").read_text())["outs"][0]["md5"]
-                for name in ("ml-100k.inter", "folder")}
+    recorded = {
+        name: yaml.safe_load((repo / f"{name}.dvc").read_text())["outs"][0]["md5"]
+        for name in ("ml-100k.inter", "folder")
+    }
     assert lineage.data_md5(raw) == recorded["ml-100k.inter"]
     assert lineage.data_md5(folder) == recorded["folder"]
     assert recorded["folder"].endswith(".dir")
@@ -51,8 +53,9 @@ def test_build_lineage_records_commit_params_preset(tmp_path, monkeypatch):
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com"]
     subprocess.run(["git", "add", "tracked.txt"], cwd=repo, check=True)
     subprocess.run(git + ["commit", "-q", "-m", "one"], cwd=repo, check=True)
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True,
-                          check=True).stdout.strip()
+    head = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True
+    ).stdout.strip()
     raw = repo / "raw.txt"
     raw.write_text("u\ti\n")
     monkeypatch.delenv(lineage.GIT_COMMIT_ENV, raising=False)
@@ -77,9 +80,25 @@ def test_cli_lineage_writes_every_key(tmp_path, repo_root, shared_data):
     splits.mkdir()
     (splits / "format.json").write_text("{}\n")
     out = tmp_path / "out" / "lineage.json"
-    status = main(["pipeline", "lineage", "--raw", str(shared_data / "ml-100k" / "ml-100k.inter"),
-                   "--splits", str(splits), "--params", str(repo_root / "params.yaml"),
-                   "--sections", "data", "train", "--preset", "fast", "--out", str(out)])
+    status = main(
+        [
+            "pipeline",
+            "lineage",
+            "--raw",
+            str(shared_data / "ml-100k" / "ml-100k.inter"),
+            "--splits",
+            str(splits),
+            "--params",
+            str(repo_root / "params.yaml"),
+            "--sections",
+            "data",
+            "train",
+            "--preset",
+            "fast",
+            "--out",
+            str(out),
+        ]
+    )
     assert status == 0
     record = lineage.read_lineage(out)
     params = yaml.safe_load((repo_root / "params.yaml").read_text())
@@ -93,13 +112,23 @@ def test_cli_lineage_writes_every_key(tmp_path, repo_root, shared_data):
 def test_write_lineage_sorts_keys_at_every_level(tmp_path):
     record = {"splits_md5": None, "raw_data_md5": "ab", "params": {"train": {"lr": 0.1, "epochs": 3}}}
     path = lineage.write_lineage(tmp_path / "lineage.json", record)
-    assert path.read_text() == ('{\n  "params": {\n    "train": {\n      "epochs": 3,\n      "lr": 0.1\n'
-                                '    }\n  },\n  "raw_data_md5": "ab",\n  "splits_md5": null\n}\n')
+    assert path.read_text() == (
+        '{\n  "params": {\n    "train": {\n      "epochs": 3,\n      "lr": 0.1\n'
+        '    }\n  },\n  "raw_data_md5": "ab",\n  "splits_md5": null\n}\n'
+    )
 
 
 def test_cli_lineage_bad_input_is_one_line(tmp_path, capsys):
-    status = main(["pipeline", "lineage", "--raw", str(tmp_path / "missing.inter"),
-                   "--out", str(tmp_path / "lineage.json")])
+    status = main(
+        [
+            "pipeline",
+            "lineage",
+            "--raw",
+            str(tmp_path / "missing.inter"),
+            "--out",
+            str(tmp_path / "lineage.json"),
+        ]
+    )
     assert status == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "missing.inter" in err[0] and "not found" in err[0]

@@ -39,8 +39,11 @@ def archive_server(tmp_path, inter_slice):
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        yield (f"http://127.0.0.1:{server.server_address[1]}/ml-100k.zip",
-               hashlib.sha256(archive.read_bytes()).hexdigest(), server)
+        yield (
+            f"http://127.0.0.1:{server.server_address[1]}/ml-100k.zip",
+            hashlib.sha256(archive.read_bytes()).hexdigest(),
+            server,
+        )
     finally:
         server.shutdown()
         server.server_close()
@@ -48,8 +51,12 @@ def archive_server(tmp_path, inter_slice):
 
 def test_local_copy_is_copied_byte_for_byte(tmp_path, inter_slice):
     out = tmp_path / "data" / "raw" / "ml-100k.inter"
-    assert main(["pipeline", "fetch-raw", "--dataset", "ml-100k", "--source", str(inter_slice),
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            ["pipeline", "fetch-raw", "--dataset", "ml-100k", "--source", str(inter_slice), "--out", str(out)]
+        )
+        == 0
+    )
     assert out.read_bytes() == inter_slice.read_bytes()
 
 
@@ -57,9 +64,22 @@ def test_missing_copy_falls_back_to_the_official_archive(tmp_path, inter_slice, 
     url, sha256, server = archive_server
     out = tmp_path / "raw" / "ml-100k.inter"
     downloads = tmp_path / "downloads"
-    command = ["pipeline", "fetch-raw", "--dataset", "ml-100k", "--source",
-               str(tmp_path / "nowhere.inter"), "--out", str(out), "--download-dir", str(downloads),
-               "--url", url, "--sha256", sha256]
+    command = [
+        "pipeline",
+        "fetch-raw",
+        "--dataset",
+        "ml-100k",
+        "--source",
+        str(tmp_path / "nowhere.inter"),
+        "--out",
+        str(out),
+        "--download-dir",
+        str(downloads),
+        "--url",
+        url,
+        "--sha256",
+        sha256,
+    ]
     assert main(command) == 0
     # Same rows, same order, whole-second timestamps kept exactly: identical to the .inter slice.
     assert out.read_text() == inter_slice.read_text()
@@ -73,13 +93,43 @@ def test_missing_copy_falls_back_to_the_official_archive(tmp_path, inter_slice, 
 def test_wrong_checksum_and_unknown_dataset_fail_cleanly(tmp_path, archive_server, capsys):
     url, _, _ = archive_server
     out = tmp_path / "raw.inter"
-    assert main(["pipeline", "fetch-raw", "--dataset", "ml-100k", "--out", str(out),
-                 "--download-dir", str(tmp_path / "dl"), "--url", url, "--sha256", "0" * 64]) == 2
+    assert (
+        main(
+            [
+                "pipeline",
+                "fetch-raw",
+                "--dataset",
+                "ml-100k",
+                "--out",
+                str(out),
+                "--download-dir",
+                str(tmp_path / "dl"),
+                "--url",
+                url,
+                "--sha256",
+                "0" * 64,
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "sha256 mismatch" in err[0]
     assert not out.exists()
-    assert main(["pipeline", "fetch-raw", "--dataset", "beauty", "--source",
-                 str(tmp_path / "Beauty.txt"), "--out", str(out)]) == 2
+    assert (
+        main(
+            [
+                "pipeline",
+                "fetch-raw",
+                "--dataset",
+                "beauty",
+                "--source",
+                str(tmp_path / "Beauty.txt"),
+                "--out",
+                str(out),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "Beauty.txt: not found" in err[0]
     assert not out.exists()

@@ -22,17 +22,18 @@ from diffurec.errors import DiffuRecError
 from promotion_models import fit_on_first, fresh_tracking_uri, train_with_cli
 
 REPO = Path(__file__).resolve().parents[1]
-GATE = {"min": {"HR@10": 3.0, "NDCG@10": 1.5},
-        "max_drop_vs_champion": {"NDCG@10": {"relative": 0.02}}}
+GATE = {"min": {"HR@10": 3.0, "NDCG@10": 1.5}, "max_drop_vs_champion": {"NDCG@10": {"relative": 0.02}}}
 
 
 @pytest.fixture(scope="module")
 def candidates(ml100k_splits, tmp_path_factory):
     """Real popularity models on ML-100K, from worst to best: 2k samples, 20k samples, all."""
     folder = tmp_path_factory.mktemp("candidates")
-    return {"worse": fit_on_first(ml100k_splits, 2_000, folder / "worse"),
-            "first": fit_on_first(ml100k_splits, 20_000, folder / "first"),
-            "better": train_with_cli(ml100k_splits.path, folder / "better")}
+    return {
+        "worse": fit_on_first(ml100k_splits, 2_000, folder / "worse"),
+        "first": fit_on_first(ml100k_splits, 20_000, folder / "first"),
+        "better": train_with_cli(ml100k_splits.path, folder / "better"),
+    }
 
 
 @pytest.fixture
@@ -51,14 +52,40 @@ def register(candidate) -> str:
 
 def gate(candidate, version: str, store: Path) -> dict:
     out = store / f"decision-v{version}.json"
-    assert main(["gate", "--candidate", str(candidate[1]), "--params", str(store / "params.yaml"),
-                 "--model-name", "rec", "--version", version, "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "gate",
+                "--candidate",
+                str(candidate[1]),
+                "--params",
+                str(store / "params.yaml"),
+                "--model-name",
+                "rec",
+                "--version",
+                version,
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     return json.loads(out.read_text())
 
 
 def promote(version: str, store: Path, *extra: str) -> int:
-    return main(["promote", "--model-name", "rec", "--version", version,
-                 "--decision", str(store / f"decision-v{version}.json"), *extra])
+    return main(
+        [
+            "promote",
+            "--model-name",
+            "rec",
+            "--version",
+            version,
+            "--decision",
+            str(store / f"decision-v{version}.json"),
+            *extra,
+        ]
+    )
 
 
 def alias(name: str) -> str | None:
@@ -74,7 +101,10 @@ def test_first_promoted_on_floors_better_replaces_worse_refused(candidates, stor
     assert promote(v1, store) == 0
     assert (alias("champion"), alias("previous")) == ("1", None)
     printed = capsys.readouterr().out
-    assert "no champion yet: floors decide" in printed and "promoted rec v1 to champion (first champion)" in printed
+    assert (
+        "no champion yet: floors decide" in printed
+        and "promoted rec v1 to champion (first champion)" in printed
+    )
 
     v2 = register(candidates["better"])
     better = gate(candidates["better"], v2, store)
@@ -152,18 +182,27 @@ def test_two_racing_promotions_end_with_one_consistent_champion(candidates, stor
 
     # Each process runs the library's promote (the CLI's handler calls just this) and prints
     # the one-line refusal the CLI would print; importing only mlflow keeps the start short.
-    script = ("import sys\n"
-              "from diffurec.errors import DiffuRecError\n"
-              "from diffurec.promote import promote\n"
-              "try:\n"
-              "    print(promote('rec', sys.argv[1], sys.argv[2])['message'])\n"
-              "except DiffuRecError as error:\n"
-              "    print(error, file=sys.stderr)\n"
-              "    sys.exit(2)\n")
+    script = (
+        "import sys\n"
+        "from diffurec.errors import DiffuRecError\n"
+        "from diffurec.promote import promote\n"
+        "try:\n"
+        "    print(promote('rec', sys.argv[1], sys.argv[2])['message'])\n"
+        "except DiffuRecError as error:\n"
+        "    print(error, file=sys.stderr)\n"
+        "    sys.exit(2)\n"
+    )
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    processes = [subprocess.Popen(
-        [sys.executable, "-c", script, version, str(store / f"decision-v{version}.json")],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for version in contenders]
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, version, str(store / f"decision-v{version}.json")],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for version in contenders
+    ]
     results = [(process.wait(timeout=120), *process.communicate()) for process in processes]
     statuses = sorted(status for status, _, _ in results)
     assert statuses == [0, 2], results
@@ -174,8 +213,9 @@ def test_two_racing_promotions_end_with_one_consistent_champion(candidates, stor
     assert registry.get_version("rec", version=winner)["tags"]["promoted_from"] == "1"
 
 
-def test_champion_is_re_evaluated_on_the_candidates_new_data(candidates, store, shared_data, tmp_path,
-                                                             ml100k_splits, capsys):
+def test_champion_is_re_evaluated_on_the_candidates_new_data(
+    candidates, store, shared_data, tmp_path, ml100k_splits, capsys
+):
     """A candidate evaluated on other splits (max_len 20): the champion is scored on them first."""
     from diffurec.data.preprocess import preprocess_file
     from diffurec.data.splits import load_splits
@@ -190,8 +230,19 @@ def test_champion_is_re_evaluated_on_the_candidates_new_data(candidates, store, 
     candidate = fit_on_first(load_splits(new_splits), 200_000, tmp_path / "new")
     v2 = register(candidate)
     out = store / "decision-v2.json"
-    args = ["gate", "--candidate", str(candidate[1]), "--params", str(store / "params.yaml"),
-            "--model-name", "rec", "--version", v2, "--out", str(out)]
+    args = [
+        "gate",
+        "--candidate",
+        str(candidate[1]),
+        "--params",
+        str(store / "params.yaml"),
+        "--model-name",
+        "rec",
+        "--version",
+        v2,
+        "--out",
+        str(out),
+    ]
     assert main(args) == 2
     assert "pass --splits DIR" in capsys.readouterr().err and not out.exists()
 
@@ -199,8 +250,9 @@ def test_champion_is_re_evaluated_on_the_candidates_new_data(candidates, store, 
     decision = json.loads(out.read_text())
     champion = decision["champion"]
     assert champion["version"] == "1" and champion["re_evaluated"] is True
-    expected = evaluate(load_model_folder(candidates["first"][0]), load_splits(new_splits),
-                        split="test", progress=False)["metrics"]
+    expected = evaluate(
+        load_model_folder(candidates["first"][0]), load_splits(new_splits), split="test", progress=False
+    )["metrics"]
     assert champion["metrics"] == expected
     assert champion["registered_metrics"] == json.loads(candidates["first"][1].read_text())["metrics"]
     assert "re-evaluated on the candidate's split" in capsys.readouterr().out
@@ -222,9 +274,24 @@ def test_the_gate_stamps_the_decision_and_records_it_on_the_version(candidates, 
 
     # The metrics of another model are refused for this version, and nothing is written.
     out = store / "wrong.json"
-    assert main(["gate", "--candidate", str(candidates["worse"][1]), "--params",
-                 str(store / "params.yaml"), "--model-name", "rec", "--version", v1,
-                 "--out", str(out)]) == 2
+    assert (
+        main(
+            [
+                "gate",
+                "--candidate",
+                str(candidates["worse"][1]),
+                "--params",
+                str(store / "params.yaml"),
+                "--model-name",
+                "rec",
+                "--version",
+                v1,
+                "--out",
+                str(out),
+            ]
+        )
+        == 2
+    )
     assert not out.exists()
     assert registry.get_version("rec", version=v1)["tags"]["gate_decision_id"] == decision["decision_id"]
 
@@ -233,21 +300,31 @@ def test_if_passed_returns_a_rejection_without_touching_the_registry(tmp_path):
     from diffurec import promote as promotion
 
     rejected = tmp_path / "decision.json"
-    rejected.write_text(json.dumps({"passed": False, "name": "rec", "version": "4",
-                                    "reason": "rejected: 1 of 1 checks failed"}))
+    rejected.write_text(
+        json.dumps(
+            {"passed": False, "name": "rec", "version": "4", "reason": "rejected: 1 of 1 checks failed"}
+        )
+    )
     # Nothing answers at this registry: any registry call would fail the promotion.
     unreachable = "http://127.0.0.1:9"
     result = promotion.promote("rec", None, rejected, unreachable, if_passed=True)
-    assert result == {"name": "rec", "version": "4", "promoted": False,
-                      "message": "not promoted: gate rejected rec v4 (rejected: 1 of 1 checks failed)"}
+    assert result == {
+        "name": "rec",
+        "version": "4",
+        "promoted": False,
+        "message": "not promoted: gate rejected rec v4 (rejected: 1 of 1 checks failed)",
+    }
     assert promotion.promotion_gauges(result, override=False) == {"promoted": 0.0}
     with pytest.raises(DiffuRecError, match="--if-passed needs --decision"):
         promotion.promote("rec", "4", None, unreachable, if_passed=True)
     with pytest.raises(DiffuRecError, match="which version"):
         promotion.promote("rec", None, None, unreachable)
     promoted = {"promoted": True, "champion": "5", "version": "5"}
-    assert promotion.promotion_gauges(promoted, override=True) == \
-        {"promoted": 1.0, "champion_version": 5.0, "promotion_override": 1.0}
+    assert promotion.promotion_gauges(promoted, override=True) == {
+        "promoted": 1.0,
+        "champion_version": 5.0,
+        "promotion_override": 1.0,
+    }
 
 
 def test_same_metrics_compares_the_keys_both_hold():

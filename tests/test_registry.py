@@ -22,8 +22,9 @@ def tracking_uri(tmp_path):
     return fresh_tracking_uri(tmp_path)
 
 
-def test_register_logs_tags_and_loads_back_with_the_same_metrics(popularity, ml100k_splits,
-                                                                   tracking_uri, tmp_path, capsys):
+def test_register_logs_tags_and_loads_back_with_the_same_metrics(
+    popularity, ml100k_splits, tracking_uri, tmp_path, capsys
+):
     from diffurec.evaluate import evaluate
     from diffurec.lineage import data_md5
     from diffurec.model_folder import load_model_folder
@@ -31,8 +32,24 @@ def test_register_logs_tags_and_loads_back_with_the_same_metrics(popularity, ml1
     model_dir, metrics_path = popularity
     metrics = json.loads(metrics_path.read_text())
     out = tmp_path / "registered.json"
-    assert main(["register", "--model", str(model_dir), "--metrics", str(metrics_path),
-                 "--model-name", "pop", "--tracking-uri", tracking_uri, "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "register",
+                "--model",
+                str(model_dir),
+                "--metrics",
+                str(metrics_path),
+                "--model-name",
+                "pop",
+                "--tracking-uri",
+                tracking_uri,
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     registered = json.loads(out.read_text())
     assert registered["version"] == "1"
     assert "registered pop v1" in capsys.readouterr().out
@@ -57,8 +74,9 @@ def test_register_logs_tags_and_loads_back_with_the_same_metrics(popularity, ml1
     assert registered["source"].startswith((tmp_path / "mlflow" / "artifacts").as_uri())
 
     client.set_registered_model_alias("pop", "champion", "1")
-    folder = registry.download_model_folder("models:/pop@champion", tracking_uri=tracking_uri,
-                                            dst=tmp_path / "download")
+    folder = registry.download_model_folder(
+        "models:/pop@champion", tracking_uri=tracking_uri, dst=tmp_path / "download"
+    )
     assert (folder / "config.json").read_text() == (model_dir / "config.json").read_text()
     reloaded = evaluate(load_model_folder(folder), ml100k_splits, split="test", progress=False)
     assert reloaded["metrics"] == metrics["metrics"]
@@ -80,16 +98,41 @@ def test_bad_input_is_one_line_and_registers_nothing(popularity, tracking_uri, t
     model_dir, metrics_path = popularity
     not_a_model = tmp_path / "empty"
     not_a_model.mkdir()
-    status = main(["register", "--model", str(not_a_model), "--metrics", str(metrics_path),
-                   "--model-name", "pop", "--tracking-uri", tracking_uri])
+    status = main(
+        [
+            "register",
+            "--model",
+            str(not_a_model),
+            "--metrics",
+            str(metrics_path),
+            "--model-name",
+            "pop",
+            "--tracking-uri",
+            tracking_uri,
+        ]
+    )
     assert status == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and str(not_a_model / "config.json") in err
 
     broken = tmp_path / "metrics.json"
     broken.write_text(json.dumps({"metrics": {"HR@10": 1.0}}))
-    assert main(["register", "--model", str(model_dir), "--metrics", str(broken),
-                 "--model-name", "pop", "--tracking-uri", tracking_uri]) == 2
+    assert (
+        main(
+            [
+                "register",
+                "--model",
+                str(model_dir),
+                "--metrics",
+                str(broken),
+                "--model-name",
+                "pop",
+                "--tracking-uri",
+                tracking_uri,
+            ]
+        )
+        == 2
+    )
     assert "has no 'HR@5'" in capsys.readouterr().err
     assert registry.client(tracking_uri).search_registered_models() == []
 
@@ -108,14 +151,17 @@ def test_an_unreachable_tracking_server_is_one_clear_line(popularity, capsys):
 
     model_dir, metrics_path = popularity
     uri = f"http://127.0.0.1:{free_port()}"
-    assert main(["register", "--model", str(model_dir), "--metrics", str(metrics_path),
-                 "--tracking-uri", uri]) == 2
+    assert (
+        main(["register", "--model", str(model_dir), "--metrics", str(metrics_path), "--tracking-uri", uri])
+        == 2
+    )
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("diffurec")]
     assert len(err) == 1 and err[0].startswith(f"diffurec register: error: MLflow store {uri}:")
 
 
-def test_without_a_recorded_commit_the_registry_takes_diffurec_git_commit(popularity, tracking_uri,
-                                                                          tmp_path, monkeypatch):
+def test_without_a_recorded_commit_the_registry_takes_diffurec_git_commit(
+    popularity, tracking_uri, tmp_path, monkeypatch
+):
     """The one git-commit reader (diffurec.lineage.git_commit): a container passes it in the env."""
     import shutil
 
@@ -140,6 +186,9 @@ def test_a_model_folder_of_another_format_version_is_refused(popularity, trackin
     folder = shutil.copytree(model_dir, tmp_path / "model")
     config = json.loads((folder / "config.json").read_text())
     (folder / "config.json").write_text(json.dumps({**config, "version": 2}))
-    with pytest.raises(DiffuRecError, match=r"config.json: expected diffurec-model version 1, "
-                                            r"found diffurec-model version 2"):
+    with pytest.raises(
+        DiffuRecError,
+        match=r"config.json: expected diffurec-model version 1, "
+        r"found diffurec-model version 2",
+    ):
         registry.register_model_folder(folder, metrics_path, "pop", tracking_uri)

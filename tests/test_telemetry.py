@@ -39,9 +39,13 @@ def test_every_metric_name_becomes_one_metric_per_family_with_a_k_label():
     from diffurec.metrics import METRIC_KEYS
 
     assert {key: telemetry.metric_for(key) for key in METRIC_KEYS} == {
-        "HR@5": ("diffurec_hr", {"k": "5"}), "HR@10": ("diffurec_hr", {"k": "10"}),
-        "HR@20": ("diffurec_hr", {"k": "20"}), "NDCG@5": ("diffurec_ndcg", {"k": "5"}),
-        "NDCG@10": ("diffurec_ndcg", {"k": "10"}), "NDCG@20": ("diffurec_ndcg", {"k": "20"})}
+        "HR@5": ("diffurec_hr", {"k": "5"}),
+        "HR@10": ("diffurec_hr", {"k": "10"}),
+        "HR@20": ("diffurec_hr", {"k": "20"}),
+        "NDCG@5": ("diffurec_ndcg", {"k": "5"}),
+        "NDCG@10": ("diffurec_ndcg", {"k": "10"}),
+        "NDCG@20": ("diffurec_ndcg", {"k": "20"}),
+    }
 
 
 def test_without_a_pushgateway_steps_run_and_say_so_once(monkeypatch, caplog):
@@ -62,20 +66,32 @@ def test_an_unreachable_pushgateway_costs_a_warning_not_the_step(monkeypatch, ca
 
 
 def test_evaluation_metrics_per_k_with_labels_reach_prometheus(prometheus_servers, run_id):  # noqa: F811
-    telemetry.report_step("evaluate", 1.25, True,
-                          gauges={"HR@10": 5.3, "HR@20": 8.27, "NDCG@10": 2.32, "users_per_second": 900.0},
-                          labels={"model": "popularity", "version": "7"})
+    telemetry.report_step(
+        "evaluate",
+        1.25,
+        True,
+        gauges={"HR@10": 5.3, "HR@20": 8.27, "NDCG@10": 2.32, "users_per_second": 900.0},
+        labels={"model": "popularity", "version": "7"},
+    )
     result = prometheus_servers.wait_for(f'diffurec_hr{{run="{run_id}", k="10"}}')
     assert value(result) == pytest.approx(5.3)
     labels = result[0]["metric"]
-    assert {key: labels[key] for key in ("job", "step", "dataset", "model", "version", "run", "k")} == \
-        {"job": "diffurec", "step": "evaluate", "dataset": "ml-100k", "model": "popularity",
-         "version": "7", "run": run_id, "k": "10"}
+    assert {key: labels[key] for key in ("job", "step", "dataset", "model", "version", "run", "k")} == {
+        "job": "diffurec",
+        "step": "evaluate",
+        "dataset": "ml-100k",
+        "model": "popularity",
+        "version": "7",
+        "run": run_id,
+        "k": "10",
+    }
     assert value(prometheus_servers.query(f'diffurec_hr{{run="{run_id}", k="20"}}')) == pytest.approx(8.27)
     assert value(prometheus_servers.query(f'diffurec_ndcg{{run="{run_id}", k="10"}}')) == pytest.approx(2.32)
     assert value(prometheus_servers.query(f'diffurec_users_per_second{{run="{run_id}"}}')) == 900.0
-    assert value(prometheus_servers.query(
-        f'diffurec_step_duration_seconds{{run="{run_id}", step="evaluate"}}')) == 1.25
+    assert (
+        value(prometheus_servers.query(f'diffurec_step_duration_seconds{{run="{run_id}", step="evaluate"}}'))
+        == 1.25
+    )
     assert value(prometheus_servers.query(f'diffurec_step_success{{run="{run_id}"}}')) == 1.0
 
 
@@ -87,8 +103,10 @@ def test_a_failed_run_keeps_the_last_success_time(prometheus_servers, run_id):  
     failed = prometheus_servers.wait_for(f'diffurec_step_success{{run="{run_id}", step="train"}} == 0')
     assert value(failed) == 0.0
     assert value(prometheus_servers.query(query)) == succeeded_at
-    assert value(prometheus_servers.query(
-        f'diffurec_step_duration_seconds{{run="{run_id}", step="train"}}')) == 2.0
+    assert (
+        value(prometheus_servers.query(f'diffurec_step_duration_seconds{{run="{run_id}", step="train"}}'))
+        == 2.0
+    )
     # Gauges of the successful run that the failed one did not push stay as they were.
     assert value(prometheus_servers.query(f'diffurec_samples_per_second{{run="{run_id}"}}')) == 1234.5
 
@@ -96,8 +114,17 @@ def test_a_failed_run_keeps_the_last_success_time(prometheus_servers, run_id):  
 def test_every_cli_step_is_reported(prometheus_servers, run_id, tmp_path):  # noqa: F811
     from diffurec.cli import main
 
-    status = main(["gate", "--candidate", str(tmp_path / "missing.json"), "--params",
-                   str(tmp_path / "params.yaml"), "--out", str(tmp_path / "decision.json")])
+    status = main(
+        [
+            "gate",
+            "--candidate",
+            str(tmp_path / "missing.json"),
+            "--params",
+            str(tmp_path / "params.yaml"),
+            "--out",
+            str(tmp_path / "decision.json"),
+        ]
+    )
     assert status == 2
     result = prometheus_servers.wait_for(f'diffurec_step_success{{run="{run_id}", step="gate"}}')
     assert value(result) == 0.0

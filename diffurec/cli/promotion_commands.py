@@ -1,8 +1,8 @@
 """`diffurec` subcommands for the promotion layer (see diffurec/cli/__init__.py for the contract).
 
-    register       model folder + metrics JSON -> a new registered model version (MLflow)
-    gate           candidate metrics -> decision JSON (+ tag on the version), a table of checks
-    promote        move `champion` to a version whose gate passed (`previous` keeps the old one)
+register       model folder + metrics JSON -> a new registered model version (MLflow)
+gate           candidate metrics -> decision JSON (+ tag on the version), a table of checks
+promote        move `champion` to a version whose gate passed (`previous` keeps the old one)
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ from diffurec.errors import DiffuRecError
 
 Handler = Callable[[argparse.Namespace], dict]
 
-TRACKING_HELP = ("MLflow tracking/registry URI (default: $MLFLOW_TRACKING_URI, else "
-                 "sqlite:///runs/mlflow/mlflow.db)")
+TRACKING_HELP = (
+    "MLflow tracking/registry URI (default: $MLFLOW_TRACKING_URI, else sqlite:///runs/mlflow/mlflow.db)"
+)
 
 
 def register(subparsers: Any) -> None:
@@ -26,8 +27,9 @@ def register(subparsers: Any) -> None:
         "register",
         help="register a trained model folder and its metrics in the MLflow registry",
         description="Log a model folder (artifacts), its parameters and metrics as an MLflow run "
-                    "and register it as a new version of MODEL_NAME, tagged with metrics, preset, "
-                    "data version and git commit. The new version gets the alias `challenger`.")
+        "and register it as a new version of MODEL_NAME, tagged with metrics, preset, "
+        "data version and git commit. The new version gets the alias `challenger`.",
+    )
     parser.add_argument("--model", required=True, metavar="DIR", help="model folder (diffurec train)")
     parser.add_argument("--metrics", required=True, metavar="JSON", help="its metrics (diffurec evaluate)")
     _add_registry_args(parser)
@@ -38,51 +40,76 @@ def register(subparsers: Any) -> None:
         "gate",
         help="decide whether a candidate may be promoted (floors, popularity margin, champion)",
         description="Check a candidate's metrics against the thresholds in params.yaml (`gate:`, "
-                    "or --thresholds JSON): "
-                    "absolute floors, a margin over the popularity baseline and, when a champion "
-                    "exists, the allowed change against it. The champion is re-evaluated on the "
-                    "candidate's split when its data version differs (needs --splits). Writes the "
-                    "decision JSON, tags the model version, prints a table. Exit status 0 whether "
-                    "it passed or not (the decision is data) unless --fail-on-reject.")
+        "or --thresholds JSON): "
+        "absolute floors, a margin over the popularity baseline and, when a champion "
+        "exists, the allowed change against it. The champion is re-evaluated on the "
+        "candidate's split when its data version differs (needs --splits). Writes the "
+        "decision JSON, tags the model version, prints a table. Exit status 0 whether "
+        "it passed or not (the decision is data) unless --fail-on-reject.",
+    )
     parser.add_argument("--candidate", required=True, metavar="JSON", help="candidate metrics JSON")
-    parser.add_argument("--baseline", metavar="JSON",
-                        help="popularity baseline metrics JSON, same split (for the margin checks)")
+    parser.add_argument(
+        "--baseline",
+        metavar="JSON",
+        help="popularity baseline metrics JSON, same split (for the margin checks)",
+    )
     thresholds = parser.add_mutually_exclusive_group()
-    thresholds.add_argument("--params", default="params.yaml", metavar="YAML",
-                            help="file with the `gate:` thresholds (default: params.yaml)")
-    thresholds.add_argument("--thresholds", metavar="JSON",
-                            help="the thresholds as a JSON object (the `gate:` section), "
-                                 "instead of --params")
+    thresholds.add_argument(
+        "--params",
+        default="params.yaml",
+        metavar="YAML",
+        help="file with the `gate:` thresholds (default: params.yaml)",
+    )
+    thresholds.add_argument(
+        "--thresholds",
+        metavar="JSON",
+        help="the thresholds as a JSON object (the `gate:` section), instead of --params",
+    )
     parser.add_argument("--out", required=True, metavar="JSON", help="where to write the decision")
-    parser.add_argument("--model-name", "--name", dest="name", metavar="NAME",
-                        help="registered model: compare with its champion and tag the version "
-                             "(without it only the floors and margins are checked, nothing is tagged)")
+    parser.add_argument(
+        "--model-name",
+        "--name",
+        dest="name",
+        metavar="NAME",
+        help="registered model: compare with its champion and tag the version "
+        "(without it only the floors and margins are checked, nothing is tagged)",
+    )
     parser.add_argument("--version", help="the candidate's version (default: the latest)")
-    parser.add_argument("--tracking-uri", "--registry", dest="tracking_uri", metavar="URI",
-                        help=TRACKING_HELP)
-    parser.add_argument("--splits", metavar="DIR",
-                        help="the candidate's splits folder, to re-evaluate the champion on it "
-                             "when the champion was measured on another data version")
-    parser.add_argument("--fail-on-reject", action="store_true",
-                        help="exit with status 2 when the gate rejects the candidate")
+    parser.add_argument(
+        "--tracking-uri", "--registry", dest="tracking_uri", metavar="URI", help=TRACKING_HELP
+    )
+    parser.add_argument(
+        "--splits",
+        metavar="DIR",
+        help="the candidate's splits folder, to re-evaluate the champion on it "
+        "when the champion was measured on another data version",
+    )
+    parser.add_argument(
+        "--fail-on-reject", action="store_true", help="exit with status 2 when the gate rejects the candidate"
+    )
     parser.set_defaults(func=_registry_errors(run_gate))
 
     parser = subparsers.add_parser(
         "promote",
         help="move the `champion` alias to a version that passed its gate",
         description="Make VERSION the champion (the old champion becomes `previous`), under a "
-                    "file lock. Refused unless the decision JSON is for this version, passed, is "
-                    "the one recorded on the registry, and the champion has not moved since the "
-                    "gate ran; --override --reason TEXT skips these checks and is recorded.")
+        "file lock. Refused unless the decision JSON is for this version, passed, is "
+        "the one recorded on the registry, and the champion has not moved since the "
+        "gate ran; --override --reason TEXT skips these checks and is recorded.",
+    )
     _add_registry_args(parser)
     parser.add_argument("--version", help="version to promote (default: the decision's)")
     parser.add_argument("--decision", metavar="JSON", help="the gate decision for this version")
-    parser.add_argument("--override", action="store_true",
-                        help="promote without a passing decision (needs --reason)")
+    parser.add_argument(
+        "--override", action="store_true", help="promote without a passing decision (needs --reason)"
+    )
     parser.add_argument("--reason", help="why the override (recorded on the version)")
-    parser.add_argument("--if-passed", action="store_true",
-                        help="when the decision did not pass, say so and exit 0 without "
-                             "promoting (for pipelines that always run this step)")
+    parser.add_argument(
+        "--if-passed",
+        action="store_true",
+        help="when the decision did not pass, say so and exit 0 without "
+        "promoting (for pipelines that always run this step)",
+    )
     parser.add_argument("--out", metavar="JSON", help="write what was done here")
     parser.set_defaults(func=_registry_errors(run_promote))
 
@@ -102,16 +129,26 @@ def _registry_errors(handler: Handler) -> Handler:
             from diffurec import registry
 
             text = str(error).strip().splitlines()
-            raise DiffuRecError(f"MLflow store {registry.resolve_tracking_uri(args.tracking_uri)}: "
-                                f"{text[0] if text else type(error).__name__}") from error
+            raise DiffuRecError(
+                f"MLflow store {registry.resolve_tracking_uri(args.tracking_uri)}: "
+                f"{text[0] if text else type(error).__name__}"
+            ) from error
+
     return run
 
 
 def _add_registry_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model-name", "--name", dest="name", default="diffurec", metavar="NAME",
-                        help="registered model name (default: diffurec)")
-    parser.add_argument("--tracking-uri", "--registry", dest="tracking_uri", metavar="URI",
-                        help=TRACKING_HELP)
+    parser.add_argument(
+        "--model-name",
+        "--name",
+        dest="name",
+        default="diffurec",
+        metavar="NAME",
+        help="registered model name (default: diffurec)",
+    )
+    parser.add_argument(
+        "--tracking-uri", "--registry", dest="tracking_uri", metavar="URI", help=TRACKING_HELP
+    )
 
 
 def run_register(args: argparse.Namespace) -> dict:
@@ -121,10 +158,14 @@ def run_register(args: argparse.Namespace) -> dict:
     result = registry.register_model_folder(args.model, args.metrics, args.name, args.tracking_uri)
     if args.out:
         write_json_atomic(args.out, result)
-    print(f"registered {result['name']} v{result['version']} (run {result['run_id']}) "
-          f"in {result['tracking_uri']}")
-    return {"gauges": {"registered_version": float(result["version"])},
-            "labels": {"model": result["name"], "version": result["version"]}}
+    print(
+        f"registered {result['name']} v{result['version']} (run {result['run_id']}) "
+        f"in {result['tracking_uri']}"
+    )
+    return {
+        "gauges": {"registered_version": float(result["version"])},
+        "labels": {"model": result["name"], "version": result["version"]},
+    }
 
 
 def run_gate(args: argparse.Namespace) -> dict:
@@ -134,15 +175,25 @@ def run_gate(args: argparse.Namespace) -> dict:
         thresholds, params = gate.parse_thresholds(args.thresholds), None
     else:
         thresholds, params = gate.load_thresholds(args.params), str(args.params)
-    decision = gate.gate_candidate(args.candidate, thresholds, args.out, params=params,
-                                   baseline_path=args.baseline, name=args.name, version=args.version,
-                                   splits_dir=args.splits, tracking_uri=args.tracking_uri)
+    decision = gate.gate_candidate(
+        args.candidate,
+        thresholds,
+        args.out,
+        params=params,
+        baseline_path=args.baseline,
+        name=args.name,
+        version=args.version,
+        splits_dir=args.splits,
+        tracking_uri=args.tracking_uri,
+    )
     print(gate.format_table(decision))
     print(f"decision written to {args.out}")
     name, version = decision["name"], decision["version"]
     if args.fail_on_reject and not decision["passed"]:
-        raise DiffuRecError(f"gate rejected {name or 'the candidate'}"
-                            f"{' v' + version if version else ''}: {decision['reason']}")
+        raise DiffuRecError(
+            f"gate rejected {name or 'the candidate'}"
+            f"{' v' + version if version else ''}: {decision['reason']}"
+        )
     model = name or (decision["candidate"].get("model") or {}).get("name")
     return {"gauges": gate.decision_gauges(decision), "labels": {"model": model, "version": version}}
 
@@ -151,10 +202,19 @@ def run_promote(args: argparse.Namespace) -> dict:
     from diffurec import promote
     from diffurec.files import write_json_atomic
 
-    result = promote.promote(args.name, args.version, args.decision, args.tracking_uri,
-                             override=args.override, reason=args.reason, if_passed=args.if_passed)
+    result = promote.promote(
+        args.name,
+        args.version,
+        args.decision,
+        args.tracking_uri,
+        override=args.override,
+        reason=args.reason,
+        if_passed=args.if_passed,
+    )
     if args.out:
         write_json_atomic(args.out, result)
     print(result["message"])
-    return {"gauges": promote.promotion_gauges(result, args.override),
-            "labels": {"model": args.name, "version": result["version"]}}
+    return {
+        "gauges": promote.promotion_gauges(result, args.override),
+        "labels": {"model": args.name, "version": result["version"]},
+    }

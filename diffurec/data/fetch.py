@@ -41,11 +41,17 @@ class Dataset:
 
 GROUPLENS = "https://files.grouplens.org/datasets/movielens"
 DATASETS = {
-    "ml-100k": Dataset("ml-100k", f"{GROUPLENS}/ml-100k.zip", "ml-100k", "u.data",
-                       sha256="50d2a982c66986937beb9ffb3aa76efe955bf3d5c6b761f4e3a7cd717c6a3229",
-                       md5="0e33842e24a9c977be4e0107933c0723"),
-    "ml-1m": Dataset("ml-1m", f"{GROUPLENS}/ml-1m.zip", "ml-1m", "ratings.dat",
-                     md5="c4d9eecfca2ab87c1945afe126590906"),
+    "ml-100k": Dataset(
+        "ml-100k",
+        f"{GROUPLENS}/ml-100k.zip",
+        "ml-100k",
+        "u.data",
+        sha256="50d2a982c66986937beb9ffb3aa76efe955bf3d5c6b761f4e3a7cd717c6a3229",
+        md5="0e33842e24a9c977be4e0107933c0723",
+    ),
+    "ml-1m": Dataset(
+        "ml-1m", f"{GROUPLENS}/ml-1m.zip", "ml-1m", "ratings.dat", md5="c4d9eecfca2ab87c1945afe126590906"
+    ),
 }
 
 
@@ -59,8 +65,14 @@ def _download(url: str, target: Path, timeout: float) -> None:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response, open(target, "wb") as f:
             total = int(response.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc=f"fetch {Path(url).name}",
-                      disable=None, leave=False) as bar:
+            with tqdm(
+                total=total,
+                unit="B",
+                unit_scale=True,
+                desc=f"fetch {Path(url).name}",
+                disable=None,
+                leave=False,
+            ) as bar:
                 while block := response.read(1 << 16):
                     f.write(block)
                     bar.update(len(block))
@@ -77,16 +89,24 @@ def _safe_extract(archive: Path, target: Path) -> None:
             for member in zf.infolist():
                 resolved = (target / member.filename).resolve()
                 if not resolved.is_relative_to(target.resolve()):
-                    raise DiffuRecError(f"{archive}: member {member.filename!r} would unpack "
-                                        f"outside the output folder; refusing")
+                    raise DiffuRecError(
+                        f"{archive}: member {member.filename!r} would unpack "
+                        f"outside the output folder; refusing"
+                    )
             zf.extractall(target)
     except zipfile.BadZipFile as error:
         raise DiffuRecError(f"{archive}: not a valid zip archive ({error})") from None
 
 
-def fetch_dataset(name: str, out: str | os.PathLike, url: str | None = None,
-                  from_path: str | os.PathLike | None = None, sha256: str | None = None,
-                  md5: str | None = None, timeout: float = 60.0) -> dict:
+def fetch_dataset(
+    name: str,
+    out: str | os.PathLike,
+    url: str | None = None,
+    from_path: str | os.PathLike | None = None,
+    sha256: str | None = None,
+    md5: str | None = None,
+    timeout: float = 60.0,
+) -> dict:
     """Fetch dataset `name` into out/<folder>/; returns what was fetched and checked.
 
     Without url/from_path it downloads from the official source. sha256/md5 override the
@@ -123,8 +143,10 @@ def fetch_dataset(name: str, out: str | os.PathLike, url: str | None = None,
             _download(source, archive, timeout)
         actual = file_digest(archive, expected[0])
         if actual != expected[1]:
-            raise DiffuRecError(f"{source}: {expected[0]} mismatch: expected {expected[1]}, got "
-                                f"{actual} (corrupt download, or a different file)")
+            raise DiffuRecError(
+                f"{source}: {expected[0]} mismatch: expected {expected[1]}, got "
+                f"{actual} (corrupt download, or a different file)"
+            )
         unpacked = tmp / "unpacked"
         _safe_extract(archive, unpacked)
         if not (unpacked / dataset.folder / dataset.ratings).is_file():
@@ -136,14 +158,24 @@ def fetch_dataset(name: str, out: str | os.PathLike, url: str | None = None,
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     log.info("fetched %s into %s (%s ok)", name, final, expected[0])
-    return {"dataset": name, "source": source, "folder": str(final),
-            "ratings": str(final / dataset.ratings), "bytes": size,
-            "checksum": {"algorithm": expected[0], "value": expected[1]}}
+    return {
+        "dataset": name,
+        "source": source,
+        "folder": str(final),
+        "ratings": str(final / dataset.ratings),
+        "bytes": size,
+        "checksum": {"algorithm": expected[0], "value": expected[1]},
+    }
 
 
-def fetch_raw(dataset: str, out: str | Path, source: str | None = None,
-              download_dir: str | Path = "runs/downloads", url: str | None = None,
-              sha256: str | None = None) -> dict:
+def fetch_raw(
+    dataset: str,
+    out: str | Path,
+    source: str | None = None,
+    download_dir: str | Path = "runs/downloads",
+    url: str | None = None,
+    sha256: str | None = None,
+) -> dict:
     """Write the raw interaction log to `out`, atomically: a byte-for-byte copy of `source` when
     that file exists, else the official `dataset` archive (checksum checked, unpacked once into
     `download_dir` and reused) rewritten as RecBole .inter.
@@ -162,8 +194,10 @@ def fetch_raw(dataset: str, out: str | Path, source: str | None = None,
         else:
             if dataset not in DATASETS:
                 where = f"{source}: not found, and " if source else ""
-                raise DiffuRecError(f"{where}{dataset!r} has no official download "
-                                    f"({', '.join(DATASETS)} have): give --source FILE")
+                raise DiffuRecError(
+                    f"{where}{dataset!r} has no official download "
+                    f"({', '.join(DATASETS)} have): give --source FILE"
+                )
             if local is not None:
                 log.warning("%s not found: using the official %s download", local, dataset)
             origin = official_ratings(dataset, download_dir, url, sha256)
@@ -175,8 +209,9 @@ def fetch_raw(dataset: str, out: str | Path, source: str | None = None,
     return {"path": str(out), "md5": file_md5(out), "origin": origin, "bytes": out.stat().st_size}
 
 
-def official_ratings(dataset: str, download_dir: str | Path, url: str | None = None,
-                     sha256: str | None = None) -> str:
+def official_ratings(
+    dataset: str, download_dir: str | Path, url: str | None = None, sha256: str | None = None
+) -> str:
     """The ratings file of an official archive, downloaded (and checksum-checked) only once."""
     spec = DATASETS[dataset]
     ratings = Path(download_dir) / spec.folder / spec.ratings
@@ -194,8 +229,9 @@ def write_inter(ratings: str | Path, out: str | Path) -> None:
     frame = read_interactions(ratings)
     with open(out, "w") as handle:
         handle.write(INTER_HEADER)
-        for user, item, rating, timestamp in zip(frame["user"], frame["item"], frame["rating"],
-                                                 frame["timestamp"], strict=True):
+        for user, item, rating, timestamp in zip(
+            frame["user"], frame["item"], frame["rating"], frame["timestamp"], strict=True
+        ):
             # Whole seconds stay whole: `:g` would round 881250949 to 8.8125e+08.
             stamp = int(timestamp) if float(timestamp).is_integer() else repr(float(timestamp))
             handle.write(f"{user}\t{item}\t{rating:g}\t{stamp}\n")
