@@ -35,7 +35,8 @@ optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
 lengths = history_lengths(splits.train_inputs) if model.trims_padding else None
 order = epoch_batches(len(splits.train_targets), batch_size, 1997, 1, lengths)[:batches]
 started = time.perf_counter()
-train_batches(LossModule(model), optimizer, splits.train_inputs, splits.train_targets, order, lengths, dev, progress=False)
+train_batches(LossModule(model), optimizer, splits.train_inputs, splits.train_targets, order, lengths, dev,
+              progress=False)
 print(json.dumps({{"preset": preset, "batches": len(order), "batch_size": batch_size,
                   "seconds": round(time.perf_counter() - started, 2),
                   "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
@@ -45,7 +46,9 @@ print(json.dumps({{"preset": preset, "batches": len(order), "batch_size": batch_
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--presets", default="paper,fast")
     parser.add_argument("--batches", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=512)
@@ -53,19 +56,32 @@ def main() -> None:
     parser.add_argument("--out", default="memory_ml1m")
     args = parser.parse_args()
     splits = dataset_splits("ml-1m")  # preprocess once, outside the measured processes
-    arrays_mib = sum(getattr(splits, n).nbytes for n in ("train_inputs", "train_targets", "train_users")) / 2 ** 20
+    arrays_mib = (
+        sum(getattr(splits, n).nbytes for n in ("train_inputs", "train_targets", "train_users")) / 2**20
+    )
     rows = []
     for preset in args.presets.split(","):
-        code = CHILD.format(preset=preset, batches=args.batches,
-                            batch_size=args.batch_size, threads=args.threads)
+        code = CHILD.format(
+            preset=preset, batches=args.batches, batch_size=args.batch_size, threads=args.threads
+        )
         # `python -c` imports from its working folder: benchmarks/, for `common`.
-        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                              cwd=REPO / "benchmarks")
+        done = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO / "benchmarks"
+        )
         rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
-    write_result(args.out, {"machine": machine(), "dataset": "ml-1m", "users": splits.num_users,
-                            "items": splits.num_items, "train_samples": int(len(splits.train_targets)),
-                            "memory_mapped_train_arrays_mib": round(arrays_mib, 1), "presets": rows,
-                            "note": "peak RSS includes the memory-mapped pages the batches touched"})
+    write_result(
+        args.out,
+        {
+            "machine": machine(),
+            "dataset": "ml-1m",
+            "users": splits.num_users,
+            "items": splits.num_items,
+            "train_samples": int(len(splits.train_targets)),
+            "memory_mapped_train_arrays_mib": round(arrays_mib, 1),
+            "presets": rows,
+            "note": "peak RSS includes the memory-mapped pages the batches touched",
+        },
+    )
 
 
 if __name__ == "__main__":

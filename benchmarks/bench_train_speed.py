@@ -17,11 +17,26 @@ import time
 
 import numpy as np
 
-from common import batch_lengths, dataset_splits, forward_flops_per_sample, machine, matmul_flops_per_second, write_result
+from common import (
+    batch_lengths,
+    dataset_splits,
+    forward_flops_per_sample,
+    machine,
+    matmul_flops_per_second,
+    write_result,
+)
 
 
-def measure_preset(splits, preset: str, batches_to_time: int, warmup: int, batch_size: int, device: str,
-                   seed: int = 1997, hyper: dict | None = None) -> dict:
+def measure_preset(
+    splits,
+    preset: str,
+    batches_to_time: int,
+    warmup: int,
+    batch_size: int,
+    device: str,
+    seed: int = 1997,
+    hyper: dict | None = None,
+) -> dict:
     import torch
 
     from diffurec import device as devices
@@ -36,34 +51,65 @@ def measure_preset(splits, preset: str, batches_to_time: int, warmup: int, batch
     batches = epoch_batches(len(splits.train_targets), batch_size, seed, 1, lengths)
     computed = batch_lengths(splits, batches, model.trims_padding)
     loss_module = LossModule(model)
-    train_batches(loss_module, optimizer, splits.train_inputs, splits.train_targets, batches[:warmup], lengths,
-                  dev, progress=False)
-    timed = batches[warmup:warmup + batches_to_time]
+    train_batches(
+        loss_module,
+        optimizer,
+        splits.train_inputs,
+        splits.train_targets,
+        batches[:warmup],
+        lengths,
+        dev,
+        progress=False,
+    )
+    timed = batches[warmup : warmup + batches_to_time]
     devices.synchronize(dev)
     started = time.perf_counter()
-    train_batches(loss_module, optimizer, splits.train_inputs, splits.train_targets, timed, lengths, dev,
-                  desc=f"{preset}", progress=False)
+    train_batches(
+        loss_module,
+        optimizer,
+        splits.train_inputs,
+        splits.train_targets,
+        timed,
+        lengths,
+        dev,
+        desc=f"{preset}",
+        progress=False,
+    )
     devices.synchronize(dev)
     seconds = time.perf_counter() - started
     samples = sum(len(b) for b in timed)
-    flops = sum(3 * len(b) * forward_flops_per_sample(model.config, int(length))
-                for b, length in zip(timed, computed[warmup:warmup + batches_to_time]))
-    epoch_flops = sum(3 * len(b) * forward_flops_per_sample(model.config, int(length))
-                      for b, length in zip(batches, computed))
+    flops = sum(
+        3 * len(b) * forward_flops_per_sample(model.config, int(length))
+        for b, length in zip(timed, computed[warmup : warmup + batches_to_time], strict=True)
+    )
+    epoch_flops = sum(
+        3 * len(b) * forward_flops_per_sample(model.config, int(length))
+        for b, length in zip(batches, computed, strict=True)
+    )
     # extrapolate by FLOPs share: the timed batches are a random sample of the epoch's lengths
     epoch_seconds = seconds * epoch_flops / flops
-    return {"preset": preset, "batch_size": batch_size, "timed_batches": len(timed), "warmup_batches": warmup,
-            "epoch_batches": len(batches), "timed_samples": samples, "seconds": round(seconds, 3),
-            "samples_per_second": round(samples / seconds, 1), "model_flops_per_second": flops / seconds,
-            "mean_computed_length": round(float(np.mean(computed)), 2),
-            "epoch_tflop": round(epoch_flops / 1e12, 3),
-            "beauty_epoch_seconds_extrapolated": round(epoch_seconds, 1),
-            "extrapolation": f"{len(timed)} of {len(batches)} batches timed; epoch time = timed seconds x "
-                             "(epoch FLOPs / timed FLOPs)"}
+    return {
+        "preset": preset,
+        "batch_size": batch_size,
+        "timed_batches": len(timed),
+        "warmup_batches": warmup,
+        "epoch_batches": len(batches),
+        "timed_samples": samples,
+        "seconds": round(seconds, 3),
+        "samples_per_second": round(samples / seconds, 1),
+        "model_flops_per_second": flops / seconds,
+        "mean_computed_length": round(float(np.mean(computed)), 2),
+        "epoch_tflop": round(epoch_flops / 1e12, 3),
+        "beauty_epoch_seconds_extrapolated": round(epoch_seconds, 1),
+        "extrapolation": f"{len(timed)} of {len(batches)} batches timed; epoch time = timed seconds x "
+        "(epoch FLOPs / timed FLOPs)",
+    }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--presets", default="paper,fast")
     parser.add_argument("--batches", type=int, default=12, help="timed batches per preset")
     parser.add_argument("--warmup", type=int, default=2)
@@ -73,8 +119,6 @@ def main() -> None:
     parser.add_argument("--out", default="train_speed")
     args = parser.parse_args()
 
-    import torch
-
     from diffurec import device as devices
 
     dev = devices.choose_device(args.device)
@@ -82,8 +126,10 @@ def main() -> None:
     splits = dataset_splits("beauty")
     peak_dtype = "bfloat16" if dev.type == "cuda" else "float32"
     peak = matmul_flops_per_second(str(dev), peak_dtype, n=4096 if dev.type == "cuda" else 1024)
-    presets = [measure_preset(splits, p, args.batches, args.warmup, args.batch_size, str(dev))
-               for p in args.presets.split(",")]
+    presets = [
+        measure_preset(splits, p, args.batches, args.warmup, args.batch_size, str(dev))
+        for p in args.presets.split(",")
+    ]
     for row in presets:
         row["mfu"] = round(row["model_flops_per_second"] / peak, 4)
     by_name = {row["preset"]: row for row in presets}
@@ -91,16 +137,24 @@ def main() -> None:
     if "paper" in by_name:
         for row in presets:
             speedups[f"{row['preset']}_vs_paper_epoch_speedup"] = round(
-                by_name["paper"]["beauty_epoch_seconds_extrapolated"] / row["beauty_epoch_seconds_extrapolated"], 2)
-    write_result(args.out, {
-        "machine": {**machine(), "threads_used": threads, "device": str(dev)},
-        "note": "shared 2-core machine (other jobs running, see load_average): absolute numbers are "
-                "pessimistic; ratios within this run are comparable",
-        "matmul_peak_flops_per_second": peak, "matmul_dtype": peak_dtype,
-        "presets": presets, **speedups,
-        "targets": {"paper_mfu_cpu": ">= 0.3", "trimming_preset_epoch_speedup": ">= 5x vs paper"},
-        "reference_anchor": {"samples_per_second": 135, "beauty_epoch_minutes": 16, "mfu": 0.3},
-    })
+                by_name["paper"]["beauty_epoch_seconds_extrapolated"]
+                / row["beauty_epoch_seconds_extrapolated"],
+                2,
+            )
+    write_result(
+        args.out,
+        {
+            "machine": {**machine(), "threads_used": threads, "device": str(dev)},
+            "note": "shared 2-core machine (other jobs running, see load_average): absolute numbers are "
+            "pessimistic; ratios within this run are comparable",
+            "matmul_peak_flops_per_second": peak,
+            "matmul_dtype": peak_dtype,
+            "presets": presets,
+            **speedups,
+            "targets": {"paper_mfu_cpu": ">= 0.3", "trimming_preset_epoch_speedup": ">= 5x vs paper"},
+            "reference_anchor": {"samples_per_second": 135, "beauty_epoch_minutes": 16, "mfu": 0.3},
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -59,10 +59,16 @@ def machine() -> dict:
     """Facts needed to read a timing: CPU, cores, load (the machine here is shared), torch."""
     import torch
 
-    info = {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
-            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "load_average_1_5_15": [round(x, 2) for x in os.getloadavg()], "nice": os.nice(0),
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+    info = {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "load_average_1_5_15": [round(x, 2) for x in os.getloadavg()],
+        "nice": os.nice(0),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
     try:
         for line in open("/proc/cpuinfo"):
             if line.startswith("model name"):
@@ -73,8 +79,9 @@ def machine() -> dict:
     return info
 
 
-def matmul_flops_per_second(device: str = "cpu", dtype_name: str = "float32", n: int = 1024,
-                            seconds: float = 3.0) -> float:
+def matmul_flops_per_second(
+    device: str = "cpu", dtype_name: str = "float32", n: int = 1024, seconds: float = 3.0
+) -> float:
     """Best dense n x n matmul throughput over about `seconds` (2 n^3 FLOPs per product)."""
     import torch
 
@@ -92,7 +99,7 @@ def matmul_flops_per_second(device: str = "cpu", dtype_name: str = "float32", n:
             a @ b
         if device != "cpu":
             torch.cuda.synchronize()
-        best = max(best, 4 * 2 * n ** 3 / (time.perf_counter() - started))
+        best = max(best, 4 * 2 * n**3 / (time.perf_counter() - started))
     return best
 
 
@@ -113,8 +120,12 @@ def forward_flops_per_sample(config: dict, length: int) -> float:
 def write_result(name: str, result: dict) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
-    result = {"benchmark": name, "written_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-              "command": " ".join([Path(sys.executable).name] + sys.argv), **result}
+    result = {
+        "benchmark": name,
+        "written_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "command": " ".join([Path(sys.executable).name] + sys.argv),
+        **result,
+    }
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
     return path

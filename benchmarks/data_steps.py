@@ -37,8 +37,12 @@ def timed(args: list[str]) -> tuple[dict, int]:
     steadier number on a shared machine; wall time is what a pipeline step waits."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "diffurec", "-q", *args], capture_output=True,
-                          text=True, env={**os.environ, "GX_ANALYTICS_ENABLED": "false"})
+    done = subprocess.run(
+        [sys.executable, "-m", "diffurec", "-q", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "GX_ANALYTICS_ENABLED": "false"},
+    )
     wall = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
@@ -57,25 +61,36 @@ def main() -> None:
         for name in args.only or DATASETS:
             source = SHARED / DATASETS[name]
             splits = Path(work) / name / "splits"
-            validate_s, validate_rc = timed(["validate", "--input", str(source),
-                                             "--out", str(Path(work) / name / "raw_report")])
-            preprocess_s, preprocess_rc = timed(["preprocess", "--input", str(source),
-                                                 "--out", str(splits)])
-            splits_s, splits_rc = timed(["validate", "--splits", str(splits),
-                                         "--out", str(Path(work) / name / "splits_report")])
+            validate_s, validate_rc = timed(
+                ["validate", "--input", str(source), "--out", str(Path(work) / name / "raw_report")]
+            )
+            preprocess_s, preprocess_rc = timed(["preprocess", "--input", str(source), "--out", str(splits)])
+            splits_s, splits_rc = timed(
+                ["validate", "--splits", str(splits), "--out", str(Path(work) / name / "splits_report")]
+            )
             stats = json.loads((splits / "stats.json").read_text()) if preprocess_rc == 0 else {}
             results[name] = {
                 "file": DATASETS[name],
-                **{k: stats.get(k) for k in ("users", "items", "interactions", "train_samples",
-                                             "rows_dropped")},
-                "validate_raw": validate_s, "validate_raw_exit": validate_rc,
-                "preprocess": preprocess_s, "preprocess_exit": preprocess_rc,
-                "validate_splits": splits_s, "validate_splits_exit": splits_rc,
+                **{
+                    k: stats.get(k)
+                    for k in ("users", "items", "interactions", "train_samples", "rows_dropped")
+                },
+                "validate_raw": validate_s,
+                "validate_raw_exit": validate_rc,
+                "preprocess": preprocess_s,
+                "preprocess_exit": preprocess_rc,
+                "validate_splits": splits_s,
+                "validate_splits_exit": splits_rc,
             }
             print(name, json.dumps(results[name]), flush=True)
-    report = {"benchmark": "data_steps", "machine": platform.machine(),
-              "cpus": os.cpu_count(), "python": platform.python_version(),
-              "load_average_1m_at_end": os.getloadavg()[0], "datasets": results}
+    report = {
+        "benchmark": "data_steps",
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "load_average_1m_at_end": os.getloadavg()[0],
+        "datasets": results,
+    }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.out}")

@@ -30,28 +30,57 @@ def write(path: Path, result: dict) -> None:
     tmp.replace(path)
 
 
-def reproduce(splits, dataset: str, device: str, budget_minutes: float, sasrec_minutes: float, smoke: bool,
-              workdir: Path) -> dict:
+def reproduce(
+    splits,
+    dataset: str,
+    device: str,
+    budget_minutes: float,
+    sasrec_minutes: float,
+    smoke: bool,
+    workdir: Path,
+) -> dict:
     from diffurec.evaluate import evaluate
     from diffurec.model_folder import load_model_folder
     from diffurec.train import TrainSettings, train
 
     rows = {}
-    runs = (("diffurec", "paper", budget_minutes, 20, "reference"), ("sasrec", "default", sasrec_minutes, 5, "ndcg"),
-            ("popularity", "default", None, 1, "ndcg"))
+    runs = (
+        ("diffurec", "paper", budget_minutes, 20, "reference"),
+        ("sasrec", "default", sasrec_minutes, 5, "ndcg"),
+        ("popularity", "default", None, 1, "ndcg"),
+    )
     for name, preset, minutes, eval_every, rule in runs:
-        settings = TrainSettings(model=name, preset=preset, epochs=2 if smoke else 500, batch_size=512, lr=1e-3,
-                                 eval_every=1 if smoke else eval_every, patience=5, stop_rule=rule,
-                                 max_minutes=minutes, device=device, eval_batch_size=4096, progress=False)
+        settings = TrainSettings(
+            model=name,
+            preset=preset,
+            epochs=2 if smoke else 500,
+            batch_size=512,
+            lr=1e-3,
+            eval_every=1 if smoke else eval_every,
+            patience=5,
+            stop_rule=rule,
+            max_minutes=minutes,
+            device=device,
+            eval_batch_size=4096,
+            progress=False,
+        )
         started = time.perf_counter()
         folder = workdir / f"{dataset}-{name}"
         summary = train(splits, folder, settings)
         result = evaluate(load_model_folder(folder, device), splits, "test", batch_size=4096, progress=False)
-        row = {"preset": preset, "epochs_run": summary["epochs_run"], "best_epoch": summary["best_epoch"],
-               "stop_reason": summary["stop_reason"], "train_seconds": summary["train_seconds"],
-               "samples_per_second": summary["samples_per_second"], "best_valid": summary["best_valid"],
-               "test": result["metrics"], "test_reverse_steps": result["settings"]["reverse_steps"],
-               "test_seconds": result["seconds"], "wall_seconds": round(time.perf_counter() - started, 1)}
+        row = {
+            "preset": preset,
+            "epochs_run": summary["epochs_run"],
+            "best_epoch": summary["best_epoch"],
+            "stop_reason": summary["stop_reason"],
+            "train_seconds": summary["train_seconds"],
+            "samples_per_second": summary["samples_per_second"],
+            "best_valid": summary["best_valid"],
+            "test": result["metrics"],
+            "test_reverse_steps": result["settings"]["reverse_steps"],
+            "test_seconds": result["seconds"],
+            "wall_seconds": round(time.perf_counter() - started, 1),
+        }
         if name == "diffurec" and dataset in PAPER_TEST:
             paper = PAPER_TEST[dataset]
             row["relative_to_paper"] = {k: round(result["metrics"][k] / v - 1, 4) for k, v in paper.items()}
@@ -61,11 +90,15 @@ def reproduce(splits, dataset: str, device: str, budget_minutes: float, sasrec_m
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--smoke", action="store_true", help="tiny budgets and data slices; runs on the CPU")
     parser.add_argument("--datasets", default="beauty,toys")
     parser.add_argument("--paper-minutes", type=float, default=2.4, help="training budget of each paper run")
-    parser.add_argument("--sasrec-minutes", type=float, default=0.35, help="training budget of each SASRec+ run")
+    parser.add_argument(
+        "--sasrec-minutes", type=float, default=0.35, help="training budget of each SASRec+ run"
+    )
     parser.add_argument("--out", default=str(RESULTS / "gpu_check.json"))
     args = parser.parse_args()
 
@@ -80,8 +113,14 @@ def main() -> None:
     devices.configure(device, None)
     started = time.perf_counter()
     out = Path(args.out)
-    result = {"benchmark": "gpu_check", "smoke": args.smoke, "machine": machine(), "device": str(device),
-              "written_utc": None, "sections": {}}
+    result = {
+        "benchmark": "gpu_check",
+        "smoke": args.smoke,
+        "machine": machine(),
+        "device": str(device),
+        "written_utc": None,
+        "sections": {},
+    }
 
     def save(section: str, value) -> None:
         result["sections"][section] = value
@@ -90,8 +129,9 @@ def main() -> None:
         write(out, result)
 
     peak_dtype = "bfloat16" if device.type == "cuda" else "float32"
-    peak = matmul_flops_per_second(str(device), peak_dtype, n=256 if args.smoke else 8192,
-                                   seconds=0.3 if args.smoke else 3.0)
+    peak = matmul_flops_per_second(
+        str(device), peak_dtype, n=256 if args.smoke else 8192, seconds=0.3 if args.smoke else 3.0
+    )
     save("matmul", {"dtype": peak_dtype, "flops_per_second": peak})
 
     beauty = dataset_splits("beauty")
@@ -101,8 +141,14 @@ def main() -> None:
     for preset, batch_size in (("paper", 512), ("fast", 512), ("fast", 8192)):
         if args.smoke:
             batch_size = min(batch_size, 256)
-        row = measure_preset(beauty, preset, batches_to_time=2 if args.smoke else 40,
-                             warmup=1 if args.smoke else 5, batch_size=batch_size, device=str(device))
+        row = measure_preset(
+            beauty,
+            preset,
+            batches_to_time=2 if args.smoke else 40,
+            warmup=1 if args.smoke else 5,
+            batch_size=batch_size,
+            device=str(device),
+        )
         row["mfu"] = round(row["model_flops_per_second"] / peak, 4)
         throughput.append(row)
         save("throughput", throughput)
@@ -112,8 +158,18 @@ def main() -> None:
             splits = dataset_splits(dataset)
             if args.smoke:
                 splits = subset(splits, users=256, samples=1024)
-            save(f"reproduction_{dataset}", reproduce(splits, dataset, str(device), args.paper_minutes,
-                                                      args.sasrec_minutes, args.smoke, Path(tmp)))
+            save(
+                f"reproduction_{dataset}",
+                reproduce(
+                    splits,
+                    dataset,
+                    str(device),
+                    args.paper_minutes,
+                    args.sasrec_minutes,
+                    args.smoke,
+                    Path(tmp),
+                ),
+            )
     save("done", True)
     print(json.dumps(result, indent=2))
 

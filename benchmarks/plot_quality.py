@@ -29,10 +29,18 @@ def quality_rows() -> list[dict]:
             continue
         for run in runs:
             metrics = next(iter(run["test"].values()))["metrics"]
-            rows.append({"dataset": dataset, "model": f"{run['model']} {run['preset']}", "file": path.name,
-                         "epochs": run["epochs_run"], "stop": run["stop_reason"],
-                         "train_minutes": round(run["train_seconds"] / 60, 1),
-                         "HR@10": metrics["HR@10"], "NDCG@10": metrics["NDCG@10"]})
+            rows.append(
+                {
+                    "dataset": dataset,
+                    "model": f"{run['model']} {run['preset']}",
+                    "file": path.name,
+                    "epochs": run["epochs_run"],
+                    "stop": run["stop_reason"],
+                    "train_minutes": round(run["train_seconds"] / 60, 1),
+                    "HR@10": metrics["HR@10"],
+                    "NDCG@10": metrics["NDCG@10"],
+                }
+            )
     order = {"popularity": 0, "sasrec": 1, "diffurec": 2}
     return sorted(rows, key=lambda r: (r["dataset"], order.get(r["model"].split()[0], 3), r["model"]))
 
@@ -45,22 +53,27 @@ def plot(rows: list[dict], out) -> None:
 
     datasets = sorted({r["dataset"] for r in rows})
     fig, axes = plt.subplots(1, len(datasets), figsize=(5 * len(datasets), 4), squeeze=False)
-    for ax, dataset in zip(axes[0], datasets):
+    for ax, dataset in zip(axes[0], datasets, strict=True):
         mine = [r for r in rows if r["dataset"] == dataset]
         xs = range(len(mine))
         ax.bar([x - 0.2 for x in xs], [r["HR@10"] for r in mine], 0.4, label="HR@10")
         ax.bar([x + 0.2 for x in xs], [r["NDCG@10"] for r in mine], 0.4, label="NDCG@10")
         for metric, color in (("HR@10", "C0"), ("NDCG@10", "C1")):
             if dataset in PAPER_TEST:
-                ax.axhline(PAPER_TEST[dataset][metric], color=color, linestyle="--", linewidth=1,
-                           label=f"paper DiffuRec {metric}")
+                ax.axhline(
+                    PAPER_TEST[dataset][metric],
+                    color=color,
+                    linestyle="--",
+                    linewidth=1,
+                    label=f"paper DiffuRec {metric}",
+                )
         ax.set_xticks(list(xs), [r["model"].replace(" ", "\n") for r in mine], fontsize=8)
         ax.set_xlim(-0.7, max(len(mine), 4) - 0.3)
         ax.set_title(dataset)
         ax.set_ylabel("test metric (%)")
     legend = {}  # one legend below the panels, so it never covers a bar
     for ax in axes[0]:
-        legend.update(zip(*reversed(ax.get_legend_handles_labels())))
+        legend.update(zip(*reversed(ax.get_legend_handles_labels()), strict=True))
     fig.legend(legend.values(), legend.keys(), loc="lower center", ncol=len(legend), fontsize=8)
     fig.suptitle("Test quality, full ranking, one evaluator")
     fig.tight_layout(rect=(0, 0.07, 1, 1))
@@ -74,8 +87,10 @@ def main() -> None:
     print("| dataset | model | epochs | stop | train min | test HR@10 | test NDCG@10 | file |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['dataset']} | {r['model']} | {r['epochs']} | {r['stop']} | {r['train_minutes']} | "
-              f"{r['HR@10']:.2f} | {r['NDCG@10']:.2f} | {r['file']} |")
+        print(
+            f"| {r['dataset']} | {r['model']} | {r['epochs']} | {r['stop']} | {r['train_minutes']} | "
+            f"{r['HR@10']:.2f} | {r['NDCG@10']:.2f} | {r['file']} |"
+        )
     print(f"wrote {RESULTS / 'quality.png'}")
 
 

@@ -14,8 +14,22 @@ def evaluate(model: Input[Model], splits: Input[Dataset], split: str, metrics: O
 
     from diffurec.cli import main
 
-    if main(["evaluate", "--model", model.path, "--splits", splits.path, "--split", split,
-             "--out", metrics.path]) != 0:
+    if (
+        main(
+            [
+                "evaluate",
+                "--model",
+                model.path,
+                "--splits",
+                splits.path,
+                "--split",
+                split,
+                "--out",
+                metrics.path,
+            ]
+        )
+        != 0
+    ):
         raise RuntimeError("diffurec evaluate failed (the line above says why)")
     for key, value in json.load(open(metrics.path))["metrics"].items():
         metrics.log_metric(key, value)

@@ -16,13 +16,27 @@ def fetch_raw(dataset: str, source: str, raw: Output[Dataset]):
 
     os.makedirs(raw.path, exist_ok=True)
     raw_file = os.path.join(raw.path, f"{dataset}.inter")
-    command = ["pipeline", "fetch-raw", "--dataset", dataset, "--out", raw_file,
-               "--download-dir", os.path.join(raw.path, os.pardir, "downloads")]
+    command = [
+        "pipeline",
+        "fetch-raw",
+        "--dataset",
+        dataset,
+        "--out",
+        raw_file,
+        "--download-dir",
+        os.path.join(raw.path, os.pardir, "downloads"),
+    ]
     if source:
         command += ["--source", source]
     if main(command) != 0:
         raise RuntimeError("diffurec pipeline fetch-raw failed (the line above says why)")
     from diffurec.files import file_md5
 
-    raw.metadata.update({"file": os.path.basename(raw_file), "md5": file_md5(raw_file),
-                         "dataset": dataset, "source": source or "official"})
+    raw.metadata.update(
+        {
+            "file": os.path.basename(raw_file),
+            "md5": file_md5(raw_file),
+            "dataset": dataset,
+            "source": source or "official",
+        }
+    )

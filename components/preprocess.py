@@ -14,13 +14,21 @@ def preprocess(raw: Input[Dataset], max_len: int, splits: Output[Dataset]):
 
     from diffurec.cli import main
 
-    status = main(["preprocess", "--input", os.path.join(raw.path, raw.metadata["file"]),
-                   "--out", splits.path, "--max-len", str(max_len)])
+    status = main(
+        [
+            "preprocess",
+            "--input",
+            os.path.join(raw.path, raw.metadata["file"]),
+            "--out",
+            splits.path,
+            "--max-len",
+            str(max_len),
+        ]
+    )
     if status != 0:
         raise RuntimeError("diffurec preprocess failed (the line above says why)")
     from diffurec.lineage import dir_md5
 
     stats = json.load(open(os.path.join(splits.path, "stats.json")))
-    splits.metadata.update({key: stats[key] for key in ("users", "items", "interactions")
-                            if key in stats})
+    splits.metadata.update({key: stats[key] for key in ("users", "items", "interactions") if key in stats})
     splits.metadata["md5"] = dir_md5(splits.path)

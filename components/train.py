@@ -7,8 +7,14 @@ from components import IMAGE
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
-def train(raw: Input[Dataset], splits: Input[Dataset], settings: dict, data_params: dict,
-          model: Output[Model], curves: Output[HTML]):
+def train(
+    raw: Input[Dataset],
+    splits: Input[Dataset],
+    settings: dict,
+    data_params: dict,
+    model: Output[Model],
+    curves: Output[HTML],
+):
     """Run `diffurec train --settings` with `settings` (params.yaml's `train:` section, the
     fields of diffurec.train_settings.TrainSettings) and the run's lineage (the data parameters
     and the settings); the Model is the model folder, `curves` the training curves (curve.png)
@@ -21,17 +27,37 @@ def train(raw: Input[Dataset], splits: Input[Dataset], settings: dict, data_para
     from diffurec.lineage import build_lineage, write_lineage
 
     lineage_file = model.path + ".lineage.json"
-    write_lineage(lineage_file, build_lineage(
-        raw=os.path.join(raw.path, raw.metadata["file"]), splits=splits.path,
-        params={"data": data_params, "train": settings}, preset=settings.get("preset")))
-    command = ["train", "--splits", splits.path, "--out", model.path,
-               "--settings", json.dumps(settings), "--lineage-json", lineage_file]
+    write_lineage(
+        lineage_file,
+        build_lineage(
+            raw=os.path.join(raw.path, raw.metadata["file"]),
+            splits=splits.path,
+            params={"data": data_params, "train": settings},
+            preset=settings.get("preset"),
+        ),
+    )
+    command = [
+        "train",
+        "--splits",
+        splits.path,
+        "--out",
+        model.path,
+        "--settings",
+        json.dumps(settings),
+        "--lineage-json",
+        lineage_file,
+    ]
     if main(command) != 0:
         raise RuntimeError("diffurec train failed (the line above says why)")
     summary = json.load(open(os.path.join(model.path, "train_summary.json")))
-    model.metadata.update({"model": summary["model"], "preset": summary["preset"],
-                           "best_epoch": summary.get("best_epoch"),
-                           "epochs": summary.get("epochs_run", summary.get("epochs"))})
+    model.metadata.update(
+        {
+            "model": summary["model"],
+            "preset": summary["preset"],
+            "best_epoch": summary.get("best_epoch"),
+            "epochs": summary.get("epochs_run", summary.get("epochs")),
+        }
+    )
     png = os.path.join(model.path, "curve.png")
     with open(curves.path, "w") as page:
         page.write(f"<html><body><h2>{summary['model']} / {summary['preset']}: training curves</h2>")

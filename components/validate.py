@@ -26,8 +26,11 @@ def validate(data: Input[Dataset], kind: str, report: Output[HTML], summary: Out
     else:
         raise ValueError(f"kind must be 'raw' or 'splits', got {kind!r}")
     status = main(command + ["--out", out])
-    result = json.load(open(os.path.join(out, "report.json"))) \
-        if os.path.isfile(os.path.join(out, "report.json")) else None
+    result = (
+        json.load(open(os.path.join(out, "report.json")))
+        if os.path.isfile(os.path.join(out, "report.json"))
+        else None
+    )
     if result is not None:
         # One self-contained page for the Kubeflow UI (Data Docs spread over many files).
         rows = "".join(
@@ -35,15 +38,19 @@ def validate(data: Input[Dataset], kind: str, report: Output[HTML], summary: Out
             f"<td>{html.escape(str(r.get('expectation', '')))}</td>"
             f"<td>{html.escape(str((r.get('kwargs') or {}).get('column') or ''))}</td>"
             f"<td>{html.escape(str(r.get('severity', '')))}</td>"
-            f"<td>{'ok' if r.get('success') else 'FAILED'}</td></tr>" for r in result["results"])
+            f"<td>{'ok' if r.get('success') else 'FAILED'}</td></tr>"
+            for r in result["results"]
+        )
         with open(report.path, "w") as page:
-            page.write(f"<html><body><h2>{html.escape(result['suite'])}: "
-                       f"{'passed' if result['success'] else 'FAILED'}</h2>"
-                       f"<p>{result['expectations_evaluated']}/{result['expectations_expected']} "
-                       f"expectations evaluated, {result['failed']} failed, "
-                       f"{result['warnings']} warning(s)</p><table border=1><tr><th>table</th>"
-                       f"<th>expectation</th><th>column</th><th>severity</th><th>result</th>"
-                       f"</tr>{rows}</table></body></html>")
+            page.write(
+                f"<html><body><h2>{html.escape(result['suite'])}: "
+                f"{'passed' if result['success'] else 'FAILED'}</h2>"
+                f"<p>{result['expectations_evaluated']}/{result['expectations_expected']} "
+                f"expectations evaluated, {result['failed']} failed, "
+                f"{result['warnings']} warning(s)</p><table border=1><tr><th>table</th>"
+                f"<th>expectation</th><th>column</th><th>severity</th><th>result</th>"
+                f"</tr>{rows}</table></body></html>"
+            )
         summary.log_metric("expectations_evaluated", result["expectations_evaluated"])
         summary.log_metric("expectations_failed", result["failed"])
         summary.log_metric("expectations_warnings", result["warnings"])

@@ -23,7 +23,9 @@ DEFAULT_BATCH_SIZE = 1024
 DEFAULT_SEED = 1997
 
 
-def target_ranks(scores: torch.Tensor, targets: torch.Tensor, masked: torch.Tensor | None = None) -> torch.Tensor:
+def target_ranks(
+    scores: torch.Tensor, targets: torch.Tensor, masked: torch.Tensor | None = None
+) -> torch.Tensor:
     """1-based rank of each target among items 1..N, ties counted against the target.
 
     scores: [B, N+1] (column 0, padding, is ignored); targets: [B] in 1..N; masked: optional
@@ -66,8 +68,9 @@ def model_device(model: torch.nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def _history_mask(history: tuple[np.ndarray, np.ndarray], users: np.ndarray, targets: np.ndarray,
-                  num_columns: int, device) -> torch.Tensor:
+def _history_mask(
+    history: tuple[np.ndarray, np.ndarray], users: np.ndarray, targets: np.ndarray, num_columns: int, device
+) -> torch.Tensor:
     """Bool [B, N+1]: True at the items each user's input history holds, except the target."""
     items, offsets = history
     starts, ends = offsets[users], offsets[users + 1]
@@ -81,10 +84,17 @@ def _history_mask(history: tuple[np.ndarray, np.ndarray], users: np.ndarray, tar
     return mask
 
 
-def evaluate(model, splits, split: str = "test", mask_history: bool = False,
-             reverse_steps: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
-             seed: int = DEFAULT_SEED, device: str | torch.device | None = None,
-             progress: bool | None = None) -> dict:
+def evaluate(
+    model,
+    splits,
+    split: str = "test",
+    mask_history: bool = False,
+    reverse_steps: int | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    seed: int = DEFAULT_SEED,
+    device: str | torch.device | None = None,
+    progress: bool | None = None,
+) -> dict:
     """Full-ranking metrics of `model` on `split` ('valid' or 'test') in the metrics-JSON shape.
 
     `reverse_steps` (DiffuRec) defaults to the model's preset; `device` defaults to where the
@@ -99,7 +109,7 @@ def evaluate(model, splits, split: str = "test", mask_history: bool = False,
     num_users, num_columns = len(targets), splits.num_items + 1
     if device is not None:
         model.to(device)
-    device = model_device(model)
+    on = model_device(model)  # where the model is, whatever `device` said
     history = splits.history(split) if mask_history else None
     steps = reverse_steps if reverse_steps is not None else model.config.get("reverse_steps")
 
@@ -108,7 +118,7 @@ def evaluate(model, splits, split: str = "test", mask_history: bool = False,
     order = np.argsort(lengths, kind="stable") if trims else np.arange(num_users)
 
     torch.manual_seed(seed)
-    if device.type == "cuda":
+    if on.type == "cuda":
         torch.cuda.manual_seed_all(seed)
     was_training = model.training
     model.eval()
@@ -118,38 +128,53 @@ def evaluate(model, splits, split: str = "test", mask_history: bool = False,
         batches = range(0, num_users, batch_size)
         disable = None if progress is None else not progress  # None: bar only on a terminal
         for lo in tqdm(batches, desc=f"evaluate {split}", unit="batch", disable=disable, leave=False):
-            users = order[lo:lo + batch_size]
+            users = order[lo : lo + batch_size]
             batch = torch.from_numpy(inputs[users].astype(np.int64))
             if trims:
-                batch = batch[:, -max(int(lengths[users].max()), 1):]
-            batch = batch.to(device, non_blocking=True)
-            batch_targets = torch.from_numpy(targets[users]).to(device)
-            with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16,
-                                                 enabled=device.type == "cuda"):
+                batch = batch[:, -max(int(lengths[users].max()), 1) :]
+            batch = batch.to(on, non_blocking=True)
+            batch_targets = torch.from_numpy(targets[users]).to(on)
+            with torch.no_grad(), torch.autocast(on.type, dtype=torch.bfloat16, enabled=on.type == "cuda"):
                 scores = model.score(batch, reverse_steps=reverse_steps)
-            masked = (_history_mask(history, users, targets[users], num_columns, device)
-                      if mask_history else None)
+            masked = (
+                _history_mask(history, users, targets[users], num_columns, on)
+                if history is not None
+                else None
+            )
             for key, value in ranking_totals(target_ranks(scores, batch_targets, masked)).items():
                 totals[key] += value
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        if on.type == "cuda":
+            torch.cuda.synchronize(on)
     finally:
         model.train(was_training)
     seconds = time.perf_counter() - started
     metrics = {key: 100.0 * totals[key] / num_users for key in METRIC_KEYS}
-    logger.info("%s on %s (%d users): HR@10 %.4f NDCG@10 %.4f in %.1f s", model.config["name"],
-                split, num_users, metrics["HR@10"], metrics["NDCG@10"], seconds)
+    logger.info(
+        "%s on %s (%d users): HR@10 %.4f NDCG@10 %.4f in %.1f s",
+        model.config["name"],
+        split,
+        num_users,
+        metrics["HR@10"],
+        metrics["NDCG@10"],
+        seconds,
+    )
     return {
         "metrics": metrics,
         "unit": "percent",
         "split": split,
         "users": int(num_users),
         "model": {"name": model.config["name"], "preset": model.config.get("preset")},
-        "settings": {"mask_history": bool(mask_history), "exclude_padding": True,
-                     "ties": "pessimistic", "reverse_steps": steps, "batch_size": int(batch_size),
-                     "seed": int(seed), "device": str(device),
-                     "autocast": "bf16" if device.type == "cuda" else None,
-                     "sorted_by_length": trims},
+        "settings": {
+            "mask_history": bool(mask_history),
+            "exclude_padding": True,
+            "ties": "pessimistic",
+            "reverse_steps": steps,
+            "batch_size": int(batch_size),
+            "seed": int(seed),
+            "device": str(on),
+            "autocast": "bf16" if on.type == "cuda" else None,
+            "sorted_by_length": trims,
+        },
         "seconds": round(seconds, 4),
         "users_per_second": round(num_users / seconds, 2) if seconds > 0 else math.inf,
         "lineage": {},

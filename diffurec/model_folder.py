@@ -16,11 +16,13 @@ import json
 import logging
 import shutil
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from diffurec.errors import DiffuRecError
 from diffurec.files import atomic_folder, read_json_object, write_json_atomic
+
+if TYPE_CHECKING:  # reading a config or summary (register, gate) needs no torch
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +49,9 @@ def read_item_map(path: Path) -> list[str]:
         for row, line in enumerate(f, start=2):
             parts = line.rstrip("\n").split("\t", 1)
             if len(parts) != 2 or parts[0] != str(row - 1):
-                raise DiffuRecError(f"{path}, row {row}: expected '{row - 1}<TAB>original_id', found {line.strip()!r}")
+                raise DiffuRecError(
+                    f"{path}, row {row}: expected '{row - 1}<TAB>original_id', found {line.strip()!r}"
+                )
             ids.append(parts[1])
     return ids
 
@@ -61,15 +65,18 @@ def plot_curve(curve: dict, path: Path) -> None:
 
     fig, loss_axis = plt.subplots(figsize=(7, 4), dpi=100)
     train = curve.get("train", [])
-    loss_axis.plot([r["epoch"] for r in train], [r["loss"] for r in train], color="tab:blue", label="train loss")
+    loss_axis.plot(
+        [r["epoch"] for r in train], [r["loss"] for r in train], color="tab:blue", label="train loss"
+    )
     loss_axis.set_xlabel("epoch")
     loss_axis.set_ylabel("training loss", color="tab:blue")
     valid = curve.get("valid", [])
     if valid:
         metric_axis = loss_axis.twinx()
         for key, color in (("NDCG@10", "tab:red"), ("HR@10", "tab:orange")):
-            metric_axis.plot([r["epoch"] for r in valid], [r[key] for r in valid], "o-", color=color,
-                             label=f"valid {key}")
+            metric_axis.plot(
+                [r["epoch"] for r in valid], [r[key] for r in valid], "o-", color=color, label=f"valid {key}"
+            )
         metric_axis.set_ylabel("validation metric (%)")
         metric_axis.legend(loc="center right")
     fig.suptitle(curve.get("title", "training curve"))
@@ -78,8 +85,14 @@ def plot_curve(curve: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def save_model_folder(folder, model: torch.nn.Module, item_ids: list[str] | None = None,
-                      item_map_path=None, curve: dict | None = None, summary: dict | None = None) -> Path:
+def save_model_folder(
+    folder,
+    model: torch.nn.Module,
+    item_ids: list[str] | None = None,
+    item_map_path=None,
+    curve: dict | None = None,
+    summary: dict | None = None,
+) -> Path:
     """Write `model` (its config and state dict) as a model folder, atomically.
 
     The item map is copied from `item_map_path` (the splits folder's) when given, otherwise
@@ -89,7 +102,12 @@ def save_model_folder(folder, model: torch.nn.Module, item_ids: list[str] | None
 
     folder = Path(folder)
     with atomic_folder(folder) as tmp:
-        config = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "model": model.config["name"], **model.config}
+        config = {
+            "format": FORMAT_NAME,
+            "version": FORMAT_VERSION,
+            "model": model.config["name"],
+            **model.config,
+        }
         write_json_atomic(tmp / "config.json", config)
         state = {key: value.detach().cpu().contiguous() for key, value in model.state_dict().items()}
         save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": FORMAT_NAME})
@@ -115,8 +133,10 @@ def read_config(folder: str | Path) -> dict:
     path = folder / "config.json"
     config = read_json_object(path, "missing: not a model folder; run 'diffurec train' first")
     if config.get("format") != FORMAT_NAME or config.get("version") != FORMAT_VERSION:
-        raise DiffuRecError(f"{path}: expected {FORMAT_NAME} version {FORMAT_VERSION}, "
-                            f"found {config.get('format')} version {config.get('version')}")
+        raise DiffuRecError(
+            f"{path}: expected {FORMAT_NAME} version {FORMAT_VERSION}, "
+            f"found {config.get('format')} version {config.get('version')}"
+        )
     return config
 
 

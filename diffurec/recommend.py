@@ -49,7 +49,10 @@ def read_histories(path, item_index: dict[str, int]) -> tuple[list[str], np.ndar
             for column, item in enumerate(rest.split(), start=2):
                 index = item_index.get(item)
                 if index is None:
-                    raise DiffuRecError(f"{path}, row {row}, column {column}: item {item!r} is not in the model's item_map.tsv")
+                    raise DiffuRecError(
+                        f"{path}, row {row}, column {column}: item {item!r} is not in the model's "
+                        "item_map.tsv"
+                    )
                 items.append(index)
             users.append(user)
             offsets.append(len(items))
@@ -58,9 +61,16 @@ def read_histories(path, item_index: dict[str, int]) -> tuple[list[str], np.ndar
     return users, np.asarray(items, dtype=np.int32), np.asarray(offsets, dtype=np.int64)
 
 
-def top_k_items(model, inputs: np.ndarray, top_k: int, history: tuple[np.ndarray, np.ndarray] | None = None,
-                reverse_steps: int | None = None, batch_size: int = 1024, seed: int = 1997,
-                device: torch.device | str = "cpu") -> tuple[np.ndarray, np.ndarray]:
+def top_k_items(
+    model,
+    inputs: np.ndarray,
+    top_k: int,
+    history: tuple[np.ndarray, np.ndarray] | None = None,
+    reverse_steps: int | None = None,
+    batch_size: int = 1024,
+    seed: int = 1997,
+    device: torch.device | str = "cpu",
+) -> tuple[np.ndarray, np.ndarray]:
     """(item indices [U, K], scores [U, K]) of the best items 1..N per input row.
 
     `history` (CSR items, offsets), when given, removes those items from each row's ranking.
@@ -79,10 +89,10 @@ def top_k_items(model, inputs: np.ndarray, top_k: int, history: tuple[np.ndarray
     torch.manual_seed(seed)
     model.eval()
     for lo in range(0, len(inputs), batch_size):
-        rows = order[lo:lo + batch_size]
+        rows = order[lo : lo + batch_size]
         batch = torch.from_numpy(inputs[rows].astype(np.int64))
         if trims:
-            batch = batch[:, -max(int(lengths[rows].max()), 1):]
+            batch = batch[:, -max(int(lengths[rows].max()), 1) :]
         with torch.no_grad(), devices.autocast(device):
             scores = model.score(batch.to(device), reverse_steps=reverse_steps).float().contiguous()
         scores[:, 0] = -torch.inf
@@ -90,8 +100,11 @@ def top_k_items(model, inputs: np.ndarray, top_k: int, history: tuple[np.ndarray
             items, offsets = history
             starts, ends = offsets[rows], offsets[rows + 1]
             row_index = np.repeat(np.arange(len(rows)), ends - starts)
-            columns = np.concatenate([items[s:e] for s, e in zip(starts, ends)]).astype(np.int64) \
-                if len(row_index) else np.zeros(0, dtype=np.int64)
+            columns = (
+                np.concatenate([items[s:e] for s, e in zip(starts, ends, strict=True)]).astype(np.int64)
+                if len(row_index)
+                else np.zeros(0, dtype=np.int64)
+            )
             scores[torch.from_numpy(row_index).to(device), torch.from_numpy(columns).to(device)] = -torch.inf
         values, indices = scores.topk(top_k, dim=1)
         out_items[rows] = indices.cpu().numpy()
@@ -99,31 +112,55 @@ def top_k_items(model, inputs: np.ndarray, top_k: int, history: tuple[np.ndarray
     return out_items, out_scores
 
 
-def recommend_to_file(model_dir, out, splits_dir=None, histories_path=None, top_k: int = 10,
-                      mask_history: bool = False, reverse_steps: int | None = None,
-                      batch_size: int = 1024, seed: int = 1997, device="cpu") -> dict:
+def recommend_to_file(
+    model_dir,
+    out,
+    splits_dir=None,
+    histories_path=None,
+    top_k: int = 10,
+    mask_history: bool = False,
+    reverse_steps: int | None = None,
+    batch_size: int = 1024,
+    seed: int = 1997,
+    device="cpu",
+) -> dict:
     """Load a model folder, build the histories, write the recommendations TSV atomically."""
     from diffurec.model_folder import load_model_folder, read_item_map
 
     model = load_model_folder(model_dir, device)
     item_ids = read_item_map(Path(model_dir) / "item_map.tsv")
     if len(item_ids) != model.config["num_items"]:
-        raise DiffuRecError(f"{Path(model_dir) / 'item_map.tsv'}: {len(item_ids)} items, config.json says {model.config['num_items']}")
+        raise DiffuRecError(
+            f"{Path(model_dir) / 'item_map.tsv'}: {len(item_ids)} items, config.json says "
+            f"{model.config['num_items']}"
+        )
     if splits_dir is not None:
         from diffurec.data.splits import load_splits
 
         splits = load_splits(splits_dir)
         if splits.item_ids != item_ids:
-            raise DiffuRecError(f"{Path(splits_dir) / 'item_map.tsv'}: item ids differ from the model's item_map.tsv")
+            raise DiffuRecError(
+                f"{Path(splits_dir) / 'item_map.tsv'}: item ids differ from the model's item_map.tsv"
+            )
         users = splits.user_ids
         items, offsets = np.asarray(splits.seq_items), np.asarray(splits.seq_offsets)
     else:
-        users, items, offsets = read_histories(histories_path, {item: i for i, item in enumerate(item_ids, start=1)})
+        users, items, offsets = read_histories(
+            histories_path, {item: i for i, item in enumerate(item_ids, start=1)}
+        )
     inputs = windows(items, offsets, model.config["max_len"])
     started = time.perf_counter()
     try:
-        top_items, top_scores = top_k_items(model, inputs, top_k, (items, offsets) if mask_history else None,
-                                            reverse_steps, batch_size, seed, device)
+        top_items, top_scores = top_k_items(
+            model,
+            inputs,
+            top_k,
+            (items, offsets) if mask_history else None,
+            reverse_steps,
+            batch_size,
+            seed,
+            device,
+        )
     except ValueError as error:
         raise DiffuRecError(f"recommend {model_dir}: {error}") from None
     seconds = time.perf_counter() - started
@@ -134,13 +171,18 @@ def recommend_to_file(model_dir, out, splits_dir=None, histories_path=None, top_
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
             f.write("user_id\trank\titem_id\tscore\n")
-            for user, row_items, row_scores in zip(users, top_items, top_scores):
-                for rank, (item, score) in enumerate(zip(row_items, row_scores), start=1):
+            for user, row_items, row_scores in zip(users, top_items, top_scores, strict=True):
+                for rank, (item, score) in enumerate(zip(row_items, row_scores, strict=True), start=1):
                     f.write(f"{user}\t{rank}\t{item_ids[item - 1]}\t{score:.6g}\n")
         os.replace(tmp, out)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     logger.info("wrote top-%d items for %d users to %s in %.1f s", top_k, len(users), out, seconds)
-    return {"users": len(users), "seconds": seconds, "users_per_second": len(users) / max(seconds, 1e-9),
-            "model": model.config["name"], "out": str(out)}
+    return {
+        "users": len(users),
+        "seconds": seconds,
+        "users_per_second": len(users) / max(seconds, 1e-9),
+        "model": model.config["name"],
+        "out": str(out),
+    }

@@ -26,13 +26,27 @@ STOP_RULES = ("ndcg", "reference")
 
 # Settings that change the trained weights: a checkpoint is only resumed when they match.
 # (epochs, max_minutes, device, threads and paths may change between the runs.)
-RESULT_SETTINGS = ("model", "preset", "hyper", "batch_size", "lr", "weight_decay", "lr_step",
-                   "lr_gamma", "eval_every", "patience", "stop_rule", "seed", "eval_batch_size",
-                   "eval_reverse_steps")
+RESULT_SETTINGS = (
+    "model",
+    "preset",
+    "hyper",
+    "batch_size",
+    "lr",
+    "weight_decay",
+    "lr_step",
+    "lr_gamma",
+    "eval_every",
+    "patience",
+    "stop_rule",
+    "seed",
+    "eval_batch_size",
+    "eval_reverse_steps",
+)
 
 
-def setting(default: Any, help: str, *, choices: tuple[str, ...] | None = None,
-            metavar: str | None = None) -> Any:
+def setting(
+    default: Any, help: str, *, choices: tuple[str, ...] | None = None, metavar: str | None = None
+) -> Any:
     """A TrainSettings field: its default and what `diffurec train --help` says of it."""
     metadata = {"help": help, "choices": choices, "metavar": metavar}
     if isinstance(default, dict):
@@ -45,10 +59,16 @@ class TrainSettings:
     """Everything a training run depends on; the defaults are the reference's (diffurec-reference.md §2)."""
 
     model: str = setting("diffurec", "model to train", choices=MODEL_NAMES)
-    preset: str | None = setting(None, "preset of the model (diffurec: paper, fast, fast-init; "
-                                       "sasrec: default, dense); default: the model's default")
-    hyper: dict[str, Any] = setting({}, "override one model hyperparameter, e.g. --set dropout=0.2 "
-                                        "(repeatable; params.yaml: a mapping)", metavar="KEY=VALUE")
+    preset: str | None = setting(
+        None,
+        "preset of the model (diffurec: paper, fast, fast-init; "
+        "sasrec: default, dense); default: the model's default",
+    )
+    hyper: dict[str, Any] = setting(
+        {},
+        "override one model hyperparameter, e.g. --set dropout=0.2 (repeatable; params.yaml: a mapping)",
+        metavar="KEY=VALUE",
+    )
     epochs: int = setting(500, "maximum number of epochs")
     batch_size: int = setting(512, "global batch size (all ranks)")
     lr: float = setting(1e-3, "Adam learning rate")
@@ -57,19 +77,25 @@ class TrainSettings:
     lr_gamma: float = setting(0.1, "StepLR factor")
     eval_every: int = setting(20, "validate every N epochs (and after the last)")
     patience: int = setting(5, "stop after N validations without improvement")
-    stop_rule: str = setting("ndcg", "ndcg: improvement = higher validation NDCG@10; reference: "
-                                     "any of the six metrics higher", choices=STOP_RULES)
-    max_minutes: float | None = setting(None, "time budget (over resumed runs too); training stops "
-                                              "mid-epoch when it is spent (checked after every batch; "
-                                              "every 20 under DDP), then one last validation runs")
+    stop_rule: str = setting(
+        "ndcg",
+        "ndcg: improvement = higher validation NDCG@10; reference: any of the six metrics higher",
+        choices=STOP_RULES,
+    )
+    max_minutes: float | None = setting(
+        None,
+        "time budget (over resumed runs too); training stops "
+        "mid-epoch when it is spent (checked after every batch; "
+        "every 20 under DDP), then one last validation runs",
+    )
     seed: int = setting(1997, "random seed")
     device: str = setting("auto", "auto, cpu, cuda or cuda:N")
     threads: int | None = setting(None, "CPU threads per process (default: cores / local ranks)")
     eval_batch_size: int = setting(1024, "users per validation batch")
-    eval_reverse_steps: int | None = setting(None, "DiffuRec reverse steps during validation "
-                                                   "(default: the preset's)")
-    checkpoint_dir: str | None = setting(None, "write a checkpoint here after every epoch",
-                                         metavar="DIR")
+    eval_reverse_steps: int | None = setting(
+        None, "DiffuRec reverse steps during validation (default: the preset's)"
+    )
+    checkpoint_dir: str | None = setting(None, "write a checkpoint here after every epoch", metavar="DIR")
     resume: bool = setting(False, "continue from the checkpoint in checkpoint_dir if there is one")
     progress: bool | None = setting(None, "progress bars (default: only on a terminal)")
 
@@ -129,8 +155,9 @@ def _typed(value: Any, hint: Any, where: str) -> Any:
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if kind is int and isinstance(value, bool) or not isinstance(value, kind):
-        raise DiffuRecError(f"{where}: expected {kind.__name__}{' or null' if optional else ''}, "
-                            f"got {value!r}")
+        raise DiffuRecError(
+            f"{where}: expected {kind.__name__}{' or null' if optional else ''}, got {value!r}"
+        )
     return value
 
 
@@ -164,28 +191,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         text = f.metadata["help"]
         options: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS}
         if f.name == "hyper":
-            parser.add_argument("--set", action="append", metavar=f.metadata["metavar"], help=text,
-                                **options)
+            parser.add_argument("--set", action="append", metavar=f.metadata["metavar"], help=text, **options)
         elif f.name == "progress":
-            parser.add_argument("--no-progress", action="store_const", const=False,
-                                help="no progress bars (default: only on a terminal)", **options)
+            parser.add_argument(
+                "--no-progress",
+                action="store_const",
+                const=False,
+                help="no progress bars (default: only on a terminal)",
+                **options,
+            )
         elif kind is bool:
-            parser.add_argument(f"--{flag(f.name)}", action="store_const", const=True,
-                                help=text, **options)
+            parser.add_argument(f"--{flag(f.name)}", action="store_const", const=True, help=text, **options)
         else:
             shown = "" if default is None else f" (default: {default})"
-            parser.add_argument(f"--{flag(f.name)}", type=kind, choices=f.metadata["choices"],
-                                metavar=f.metadata["metavar"], help=text + shown, **options)
+            parser.add_argument(
+                f"--{flag(f.name)}",
+                type=kind,
+                choices=f.metadata["choices"],
+                metavar=f.metadata["metavar"],
+                help=text + shown,
+                **options,
+            )
 
 
-def from_arguments(args: argparse.Namespace, base: dict[str, Any] | None = None,
-                   source: str = "train settings") -> TrainSettings:
+def from_arguments(
+    args: argparse.Namespace, base: dict[str, Any] | None = None, source: str = "train settings"
+) -> TrainSettings:
     """Settings from `base` (a params file's section or --settings) with the given flags on top."""
     values = dict(base or {})
     for f in dataclasses.fields(TrainSettings):
         if hasattr(args, f.name):
             value = getattr(args, f.name)
             # --set adds to (does not replace) the base's hyperparameters.
-            values[f.name] = {**values.get("hyper", {}), **parse_hyper(value)} if f.name == "hyper" \
-                else value
+            values[f.name] = {**values.get("hyper", {}), **parse_hyper(value)} if f.name == "hyper" else value
     return TrainSettings.from_mapping(values, source=source)

@@ -25,96 +25,134 @@ from diffurec.errors import DiffuRecError
 def register(subparsers: Any) -> None:
     """Add the `pipeline` group to the `diffurec` parser."""
     group = subparsers.add_parser(
-        "pipeline", help="run, compile or submit the whole pipeline (DVC / Kubeflow)",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = group.add_subparsers(dest="pipeline_command", metavar="PIPELINE_COMMAND",
-                                    required=True)
+        "pipeline",
+        help="run, compile or submit the whole pipeline (DVC / Kubeflow)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = group.add_subparsers(dest="pipeline_command", metavar="PIPELINE_COMMAND", required=True)
 
     run = commands.add_parser(
-        "run", help="run the whole pipeline with `dvc repro` and print where the results are",
+        "run",
+        help="run the whole pipeline with `dvc repro` and print where the results are",
         description="Run dvc.yaml's stages (raw -> validate -> preprocess -> train -> evaluate -> "
-                    "register -> gate -> promote) with `dvc repro` in the repository, push the "
-                    "DVC-tracked data to the default remote, and print where the metrics, the "
-                    "model and the gate decision are. Stages whose inputs did not change are "
-                    "skipped. Parameters: params.yaml (try `dvc exp run -S train.max_minutes=0`).")
-    run.add_argument("--repo", metavar="DIR", help="repository with dvc.yaml (default: the "
-                     "current folder if it has one, else this checkout)")
+        "register -> gate -> promote) with `dvc repro` in the repository, push the "
+        "DVC-tracked data to the default remote, and print where the metrics, the "
+        "model and the gate decision are. Stages whose inputs did not change are "
+        "skipped. Parameters: params.yaml (try `dvc exp run -S train.max_minutes=0`).",
+    )
+    run.add_argument(
+        "--repo",
+        metavar="DIR",
+        help="repository with dvc.yaml (default: the current folder if it has one, else this checkout)",
+    )
     run.add_argument("--force", action="store_true", help="re-run every stage (dvc repro --force)")
     run.add_argument("--no-push", action="store_true", help="do not `dvc push` afterwards")
     run.set_defaults(func=run_pipeline)
 
-    set_help = ("override a pipeline argument, e.g. --set source=FILE, or one key of a dict "
-                "argument, e.g. --set train.preset=paper --set train.epochs=3 (repeatable)")
+    set_help = (
+        "override a pipeline argument, e.g. --set source=FILE, or one key of a dict "
+        "argument, e.g. --set train.preset=paper --set train.epochs=3 (repeatable)"
+    )
     local = commands.add_parser(
-        "local", help="run the Kubeflow pipeline locally (kfp SubprocessRunner, this venv)",
+        "local",
+        help="run the Kubeflow pipeline locally (kfp SubprocessRunner, this venv)",
         description="Run the same pipeline as on a cluster with kfp's local SubprocessRunner: "
-                    "every step in this virtual environment, artifacts under --root. Arguments "
-                    "default to params.yaml; the data source to params.yaml's local copy when it "
-                    "exists, else the official download; the registry to $MLFLOW_TRACKING_URI, "
-                    "else runs/mlflow/mlflow.db (the one `pipeline run` uses).")
-    local.add_argument("--root", default="runs/kfp", metavar="DIR",
-                       help="pipeline root for artifacts (default: runs/kfp)")
-    local.add_argument("--params", default="params.yaml", metavar="YAML",
-                       help="parameters (default: params.yaml)")
+        "every step in this virtual environment, artifacts under --root. Arguments "
+        "default to params.yaml; the data source to params.yaml's local copy when it "
+        "exists, else the official download; the registry to $MLFLOW_TRACKING_URI, "
+        "else runs/mlflow/mlflow.db (the one `pipeline run` uses).",
+    )
+    local.add_argument(
+        "--root", default="runs/kfp", metavar="DIR", help="pipeline root for artifacts (default: runs/kfp)"
+    )
+    local.add_argument(
+        "--params", default="params.yaml", metavar="YAML", help="parameters (default: params.yaml)"
+    )
     local.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help=set_help)
     local.set_defaults(func=run_local)
 
     compile_ = commands.add_parser(
-        "compile", help="compile the Kubeflow pipeline to a spec file",
+        "compile",
+        help="compile the Kubeflow pipeline to a spec file",
         description="Compile pipelines/diffurec_pipeline.py (defaults from params.yaml) to the "
-                    "spec the Kubeflow UI uploads.")
-    compile_.add_argument("--out", metavar="YAML",
-                          help="spec file (default: pipelines/diffurec_pipeline.yaml)")
+        "spec the Kubeflow UI uploads.",
+    )
+    compile_.add_argument(
+        "--out", metavar="YAML", help="spec file (default: pipelines/diffurec_pipeline.yaml)"
+    )
     compile_.add_argument("--params", metavar="YAML", help="parameters (default: params.yaml)")
     compile_.set_defaults(func=run_compile)
 
     submit = commands.add_parser(
-        "submit", help="compile and submit the pipeline (or a recurring run) to Kubeflow",
+        "submit",
+        help="compile and submit the pipeline (or a recurring run) to Kubeflow",
         description="Compile the pipeline and start a run on a Kubeflow Pipelines endpoint "
-                    "(kfp.Client), or create a recurring run with --recurring CRON.")
-    submit.add_argument("--host", default=os.environ.get("KFP_HOST"),
-                        help="Kubeflow Pipelines API endpoint (default: $KFP_HOST)")
-    submit.add_argument("--token", default=None,
-                        help="bearer token (default: $KFP_TOKEN; never printed)")
-    submit.add_argument("--namespace", default=os.environ.get("KFP_NAMESPACE"),
-                        help="Kubeflow profile namespace (default: $KFP_NAMESPACE)")
+        "(kfp.Client), or create a recurring run with --recurring CRON.",
+    )
+    submit.add_argument(
+        "--host",
+        default=os.environ.get("KFP_HOST"),
+        help="Kubeflow Pipelines API endpoint (default: $KFP_HOST)",
+    )
+    submit.add_argument("--token", default=None, help="bearer token (default: $KFP_TOKEN; never printed)")
+    submit.add_argument(
+        "--namespace",
+        default=os.environ.get("KFP_NAMESPACE"),
+        help="Kubeflow profile namespace (default: $KFP_NAMESPACE)",
+    )
     submit.add_argument("--experiment", default="diffurec", help="experiment name (default: diffurec)")
     submit.add_argument("--run-name", help="run (or recurring run) name")
-    submit.add_argument("--service-account", default="diffurec-pipeline-runner",
-                        help="Kubernetes service account of the run's pods "
-                             "(default: diffurec-pipeline-runner, from k8s/)")
-    submit.add_argument("--recurring", metavar="CRON",
-                        help="create a recurring run on this cron schedule (6 fields, seconds "
-                             "first, e.g. '0 0 3 * * *') instead of one run")
+    submit.add_argument(
+        "--service-account",
+        default="diffurec-pipeline-runner",
+        help="Kubernetes service account of the run's pods (default: diffurec-pipeline-runner, from k8s/)",
+    )
+    submit.add_argument(
+        "--recurring",
+        metavar="CRON",
+        help="create a recurring run on this cron schedule (6 fields, seconds "
+        "first, e.g. '0 0 3 * * *') instead of one run",
+    )
     submit.add_argument("--params", metavar="YAML", help="parameters (default: params.yaml)")
     submit.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help=set_help)
-    submit.add_argument("--timeout", type=float, default=10.0,
-                        help="seconds to wait for the endpoint to answer (default: 10)")
+    submit.add_argument(
+        "--timeout", type=float, default=10.0, help="seconds to wait for the endpoint to answer (default: 10)"
+    )
     submit.set_defaults(func=run_submit)
 
     fetch = commands.add_parser(
-        "fetch-raw", help="the raw log for the pipeline: a local copy or the official download",
+        "fetch-raw",
+        help="the raw log for the pipeline: a local copy or the official download",
         description="Write the raw interaction log to OUT: a copy of --source when that file "
-                    "exists, else the official DATASET archive (checksum checked, cached in "
-                    "--download-dir) converted to RecBole's .inter format.")
+        "exists, else the official DATASET archive (checksum checked, cached in "
+        "--download-dir) converted to RecBole's .inter format.",
+    )
     fetch.add_argument("--dataset", required=True, help="dataset name (ml-100k, ml-1m, ...)")
     fetch.add_argument("--source", help="local copy of the raw log (used when it exists)")
     fetch.add_argument("--out", required=True, metavar="FILE", help="where to write the raw log")
-    fetch.add_argument("--download-dir", default="runs/downloads", metavar="DIR",
-                       help="where official archives are unpacked and kept (default: runs/downloads)")
+    fetch.add_argument(
+        "--download-dir",
+        default="runs/downloads",
+        metavar="DIR",
+        help="where official archives are unpacked and kept (default: runs/downloads)",
+    )
     fetch.add_argument("--url", help="a mirror of the official archive (default: the official URL)")
     fetch.add_argument("--sha256", help="the mirror archive's sha256 (default: the published digest)")
     fetch.set_defaults(func=run_fetch_raw)
 
     lineage = commands.add_parser(
-        "lineage", help="write the lineage JSON of a run (data md5s, git commit, params, preset)",
+        "lineage",
+        help="write the lineage JSON of a run (data md5s, git commit, params, preset)",
         description="DVC-style md5 of the raw file and of the splits folder, the git commit "
-                    "(or $DIFFUREC_GIT_COMMIT), the parameters and the preset, as JSON.")
+        "(or $DIFFUREC_GIT_COMMIT), the parameters and the preset, as JSON.",
+    )
     lineage.add_argument("--raw", metavar="FILE", help="raw interaction log")
     lineage.add_argument("--splits", metavar="DIR", help="splits folder")
     lineage.add_argument("--params", metavar="YAML", help="params file (default: none)")
-    lineage.add_argument("--sections", nargs="+", metavar="NAME",
-                         help="params sections to record (default: all)")
+    lineage.add_argument(
+        "--sections", nargs="+", metavar="NAME", help="params sections to record (default: all)"
+    )
     lineage.add_argument("--preset", help="the model preset")
     lineage.add_argument("--out", required=True, metavar="JSON", help="where to write it")
     lineage.set_defaults(func=run_lineage)
@@ -128,11 +166,9 @@ def run_pipeline(args: argparse.Namespace) -> dict[str, Any]:
     decision, promotion = result["decision"], result["promotion"]
     print(f"\npipeline finished in {result['seconds']:.0f} s ({root})")
     if result["metrics"]:
-        print("  test metrics (percent): " +
-              "  ".join(f"{k} {v:.2f}" for k, v in result["metrics"].items()))
+        print("  test metrics (percent): " + "  ".join(f"{k} {v:.2f}" for k, v in result["metrics"].items()))
     if decision:
-        print(f"  gate: {'PASSED' if decision.get('passed') else 'REJECTED'} - "
-              f"{decision.get('reason', '')}")
+        print(f"  gate: {'PASSED' if decision.get('passed') else 'REJECTED'} - {decision.get('reason', '')}")
     if promotion:
         print(f"  promotion: {promotion.get('message', promotion)}")
     width = max(len(name) for name in runners.RUN_OUTPUTS)
@@ -150,8 +186,11 @@ def run_local(args: argparse.Namespace) -> dict[str, Any]:
     result = runners.run_local(args.root, args.params, args.set)
     run_dir, passed = result["run_dir"], result["passed"]
     print(f"\nkfp local run finished in {result['seconds']:.0f} s; artifacts under {run_dir}")
-    for name, sub in (("metrics", "evaluate/metrics"), ("model", "train/model"),
-                      ("gate decision", "gate/decision")):
+    for name, sub in (
+        ("metrics", "evaluate/metrics"),
+        ("model", "train/model"),
+        ("gate decision", "gate/decision"),
+    ):
         print(f"  {name.ljust(13)}  {run_dir / sub}")
     print(f"  gate passed: {passed}; promote step {'ran' if result['promoted'] else 'skipped'}")
     gauges = {"pipeline_seconds": result["seconds"]}
@@ -174,17 +213,34 @@ def run_submit(args: argparse.Namespace) -> dict[str, Any]:
 
     if not args.host:
         raise DiffuRecError("no Kubeflow endpoint: pass --host URL or set $KFP_HOST")
-    print(runners.submit(args.host, args.token or os.environ.get("KFP_TOKEN"), args.namespace,
-                         args.experiment, args.run_name, args.service_account, args.recurring,
-                         args.params, args.set, args.timeout))
+    print(
+        runners.submit(
+            args.host,
+            args.token or os.environ.get("KFP_TOKEN"),
+            args.namespace,
+            args.experiment,
+            args.run_name,
+            args.service_account,
+            args.recurring,
+            args.params,
+            args.set,
+            args.timeout,
+        )
+    )
     return {"labels": {"runner": "kubeflow"}}
 
 
 def run_fetch_raw(args: argparse.Namespace) -> dict[str, Any]:
     from diffurec.data.fetch import fetch_raw
 
-    result = fetch_raw(args.dataset, args.out, source=args.source, download_dir=args.download_dir,
-                       url=args.url, sha256=args.sha256)
+    result = fetch_raw(
+        args.dataset,
+        args.out,
+        source=args.source,
+        download_dir=args.download_dir,
+        url=args.url,
+        sha256=args.sha256,
+    )
     print(f"raw log {result['path']} (md5 {result['md5']}) from {result['origin']}")
     return {"gauges": {"raw_bytes": float(result["bytes"])}, "labels": {"dataset": args.dataset}}
 
@@ -196,6 +252,8 @@ def run_lineage(args: argparse.Namespace) -> dict[str, Any]:
     params = read_params(args.params, args.sections) if args.params else {}
     lineage = build_lineage(raw=args.raw, splits=args.splits, params=params, preset=args.preset)
     write_lineage(args.out, lineage)
-    print(f"lineage written to {args.out}: raw {lineage['raw_data_md5']}, splits "
-          f"{lineage['splits_md5']}, commit {lineage['git_commit']}")
+    print(
+        f"lineage written to {args.out}: raw {lineage['raw_data_md5']}, splits "
+        f"{lineage['splits_md5']}, commit {lineage['git_commit']}"
+    )
     return {}

@@ -67,18 +67,21 @@ def build_pipeline(cluster: bool = True, params: dict | None = None):
     ConfigMap) for kfp's local runner; everything else is identical."""
     defaults = default_arguments(params or load_params())
 
-    @dsl.pipeline(name=PIPELINE_NAME,
-                  description="Validate, preprocess, train, evaluate, register, gate and promote "
-                              "a DiffuRec sequential recommender (same steps as dvc.yaml).")
+    @dsl.pipeline(
+        name=PIPELINE_NAME,
+        description="Validate, preprocess, train, evaluate, register, gate and promote "
+        "a DiffuRec sequential recommender (same steps as dvc.yaml).",
+    )
     def diffurec_pipeline(
-            dataset: str = defaults["dataset"],
-            source: str = defaults["source"],
-            max_len: int = defaults["max_len"],
-            train: dict = defaults["train"],
-            split: str = defaults["split"],
-            registry_name: str = defaults["registry_name"],
-            tracking_uri: str = defaults["tracking_uri"],
-            gate_thresholds: dict = defaults["gate_thresholds"]):
+        dataset: str = defaults["dataset"],
+        source: str = defaults["source"],
+        max_len: int = defaults["max_len"],
+        train: dict = defaults["train"],
+        split: str = defaults["split"],
+        registry_name: str = defaults["registry_name"],
+        tracking_uri: str = defaults["tracking_uri"],
+        gate_thresholds: dict = defaults["gate_thresholds"],
+    ):
         # The source location can hold new data under the same path: always fetch again.
         raw_task = fetch_raw(dataset=dataset, source=source).set_caching_options(False)
         kubernetes.mount_pvc(raw_task, pvc_name=DATA_PVC, mount_path=DATA_MOUNT)
@@ -93,61 +96,84 @@ def build_pipeline(cluster: bool = True, params: dict | None = None):
         # The data parameters, recorded with the train settings in the model's lineage.
         data_params = {"dataset": dataset, "source": source, "max_len": max_len}
         # Training is the expensive step: cached on (data, parameters, image), on a GPU node.
-        train_task = train_model(raw=raw_task.outputs["raw"], splits=splits_task.outputs["splits"],
-                                 settings=train, data_params=data_params).after(splits_check)
+        train_task = train_model(
+            raw=raw_task.outputs["raw"],
+            splits=splits_task.outputs["splits"],
+            settings=train,
+            data_params=data_params,
+        ).after(splits_check)
         train_task.set_display_name("train")
         train_task.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(1)
         train_task.set_cpu_request("4").set_cpu_limit("8")
         train_task.set_memory_request("16G").set_memory_limit("32G")
-        kubernetes.add_node_selector(train_task, label_key="nvidia.com/gpu.present",
-                                     label_value="true")
-        kubernetes.add_toleration(train_task, key="nvidia.com/gpu", operator="Exists",
-                                  effect="NoSchedule")
+        kubernetes.add_node_selector(train_task, label_key="nvidia.com/gpu.present", label_value="true")
+        kubernetes.add_toleration(train_task, key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")
         kubernetes.set_timeout(train_task, seconds=6 * 3600)
 
-        baseline_task = train_model(raw=raw_task.outputs["raw"], splits=splits_task.outputs["splits"],
-                                    settings={"model": "popularity"},
-                                    data_params=data_params).after(splits_check)
+        baseline_task = train_model(
+            raw=raw_task.outputs["raw"],
+            splits=splits_task.outputs["splits"],
+            settings={"model": "popularity"},
+            data_params=data_params,
+        ).after(splits_check)
         baseline_task.set_display_name("train popularity baseline")
 
-        eval_task = evaluate(model=train_task.outputs["model"],
-                             splits=splits_task.outputs["splits"], split=split)
+        eval_task = evaluate(
+            model=train_task.outputs["model"], splits=splits_task.outputs["splits"], split=split
+        )
         eval_task.set_display_name("evaluate")
-        baseline_eval = evaluate(model=baseline_task.outputs["model"],
-                                 splits=splits_task.outputs["splits"], split=split)
+        baseline_eval = evaluate(
+            model=baseline_task.outputs["model"], splits=splits_task.outputs["splits"], split=split
+        )
         baseline_eval.set_display_name("evaluate popularity baseline")
-        for task in (raw_check, splits_task, splits_check, baseline_task, eval_task,
-                     baseline_eval):
+        for task in (raw_check, splits_task, splits_check, baseline_task, eval_task, baseline_eval):
             task.set_cpu_request("1").set_cpu_limit("2")
             task.set_memory_request("2G").set_memory_limit("8G")
         # Evaluation on a GPU node is as fast as training there; on CPU it is bounded by
         # batched scoring, so the same request as above suffices.
 
         # Registry steps read and change the registry's state: never cached.
-        register_task = register(model=train_task.outputs["model"],
-                                 metrics=eval_task.outputs["metrics"],
-                                 registry_name=registry_name,
-                                 tracking_uri=tracking_uri).set_caching_options(False)
-        gate_task = gate(candidate=eval_task.outputs["metrics"],
-                         baseline=baseline_eval.outputs["metrics"],
-                         splits=splits_task.outputs["splits"], registry_name=registry_name,
-                         version=register_task.output, tracking_uri=tracking_uri,
-                         thresholds=gate_thresholds).set_caching_options(False)
+        register_task = register(
+            model=train_task.outputs["model"],
+            metrics=eval_task.outputs["metrics"],
+            registry_name=registry_name,
+            tracking_uri=tracking_uri,
+        ).set_caching_options(False)
+        gate_task = gate(
+            candidate=eval_task.outputs["metrics"],
+            baseline=baseline_eval.outputs["metrics"],
+            splits=splits_task.outputs["splits"],
+            registry_name=registry_name,
+            version=register_task.output,
+            tracking_uri=tracking_uri,
+            thresholds=gate_thresholds,
+        ).set_caching_options(False)
         # The condition tests a scalar; the decision artifact is made outside it.
         with dsl.If(gate_task.outputs["Output"] == True, name="gate-passed"):  # noqa: E712
-            promote_task = promote(decision=gate_task.outputs["decision"],
-                                   registry_name=registry_name,
-                                   tracking_uri=tracking_uri).set_caching_options(False)
+            promote_task = promote(
+                decision=gate_task.outputs["decision"], registry_name=registry_name, tracking_uri=tracking_uri
+            ).set_caching_options(False)
         for task in (raw_task, register_task, gate_task, promote_task):
             task.set_cpu_request("500m").set_cpu_limit("2")
             task.set_memory_request("1G").set_memory_limit("4G")
 
         if cluster:
-            for task in (raw_task, raw_check, splits_task, splits_check, train_task,
-                         baseline_task, eval_task, baseline_eval, register_task, gate_task,
-                         promote_task):
-                kubernetes.use_config_map_as_env(task, SETTINGS_CONFIG_MAP,
-                                                  {key: key for key in SETTINGS_KEYS})
+            for task in (
+                raw_task,
+                raw_check,
+                splits_task,
+                splits_check,
+                train_task,
+                baseline_task,
+                eval_task,
+                baseline_eval,
+                register_task,
+                gate_task,
+                promote_task,
+            ):
+                kubernetes.use_config_map_as_env(
+                    task, SETTINGS_CONFIG_MAP, {key: key for key in SETTINGS_KEYS}
+                )
                 task.set_env_variable("GX_ANALYTICS_ENABLED", "false")
                 task.set_env_variable("MLFLOW_ENABLE_TELEMETRY", "false")
 
@@ -176,4 +202,3 @@ def _sorted_header_defaults(text: str) -> str:
         return f"{match.group(1)}{json.dumps(value, sort_keys=True)}]"
 
     return re.sub(r"^(#\s+\w+: dict \[Default: )(\{.*\})\]$", sort, text, flags=re.MULTILINE)
-

@@ -81,13 +81,16 @@ def _params(root: Path, params_file: str | None) -> dict[str, Any]:
 
 # ---- dvc repro -----------------------------------------------------------------------------
 
+
 def dvc(args: list[str], cwd: Path, check: bool = True) -> int:
     """Run `dvc ARGS` in `cwd` with this venv's tools; its output goes to the terminal."""
     log.info("$ dvc %s", " ".join(args))
     status = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=cwd, env=tool_env()).returncode
     if check and status != 0:
-        raise DiffuRecError(f"`dvc {' '.join(args)}` failed with status {status} in {cwd} "
-                            "(the stage's own error is printed above)")
+        raise DiffuRecError(
+            f"`dvc {' '.join(args)}` failed with status {status} in {cwd} "
+            "(the stage's own error is printed above)"
+        )
     return status
 
 
@@ -101,13 +104,16 @@ def run_dvc(root: Path, force: bool = False, push: bool = True) -> dict[str, Any
     dvc(["repro", *(["--force"] if force else [])], cwd=root)
     if push and dvc(["push", "--quiet"], cwd=root, check=False) != 0:
         log.warning("dvc push to the default remote failed; the run's results are complete")
-    return {"seconds": time.perf_counter() - started,
-            "metrics": _read_json(root / RUN_OUTPUTS["metrics"]).get("metrics") or {},
-            "decision": _read_json(root / RUN_OUTPUTS["gate decision"]),
-            "promotion": _read_json(root / RUN_OUTPUTS["promotion"])}
+    return {
+        "seconds": time.perf_counter() - started,
+        "metrics": _read_json(root / RUN_OUTPUTS["metrics"]).get("metrics") or {},
+        "decision": _read_json(root / RUN_OUTPUTS["gate decision"]),
+        "promotion": _read_json(root / RUN_OUTPUTS["promotion"]),
+    }
 
 
 # ---- pipeline arguments ---------------------------------------------------------------------
+
 
 def parse_overrides(pairs: list[str], defaults: dict[str, Any]) -> dict[str, Any]:
     """NAME=VALUE strings -> pipeline arguments typed like the defaults. NAME.KEY=VALUE sets one
@@ -119,8 +125,10 @@ def parse_overrides(pairs: list[str], defaults: dict[str, Any]) -> dict[str, Any
         name, sep, value = pair.partition("=")
         outer, dot, key = name.partition(".")
         if not sep or outer not in defaults or (dot and not isinstance(defaults[outer], dict)):
-            raise DiffuRecError(f"--set {pair!r}: expected NAME=VALUE or DICT.KEY=VALUE with NAME one "
-                                f"of {', '.join(sorted(defaults))}")
+            raise DiffuRecError(
+                f"--set {pair!r}: expected NAME=VALUE or DICT.KEY=VALUE with NAME one "
+                f"of {', '.join(sorted(defaults))}"
+            )
         if dot:
             merged = dict(arguments.get(outer, defaults[outer]))
             merged[key] = _json_or_text(value)
@@ -128,8 +136,13 @@ def parse_overrides(pairs: list[str], defaults: dict[str, Any]) -> dict[str, Any
             continue
         kind = type(defaults[name])
         try:
-            arguments[name] = json.loads(value) if kind in (dict, list) else \
-                (value.lower() in ("1", "true", "yes")) if kind is bool else kind(value)
+            arguments[name] = (
+                json.loads(value)
+                if kind in (dict, list)
+                else (value.lower() in ("1", "true", "yes"))
+                if kind is bool
+                else kind(value)
+            )
         except ValueError as error:
             raise DiffuRecError(f"--set {pair!r}: not a {kind.__name__} ({error})") from None
     if "train" in arguments:  # the settings are checked here, not in a pod minutes later
@@ -144,8 +157,9 @@ def _json_or_text(text: str) -> Any:
         return text
 
 
-def pipeline_arguments(root: Path, params_file: str | None, overrides: list[str],
-                       local: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+def pipeline_arguments(
+    root: Path, params_file: str | None, overrides: list[str], local: bool
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """(arguments, params): params.yaml's defaults with the overrides; for a local run also the
     local data copy and the local registry (`pipeline run`'s runs/mlflow/mlflow.db)."""
     from pipelines.diffurec_pipeline import default_arguments
@@ -155,18 +169,22 @@ def pipeline_arguments(root: Path, params_file: str | None, overrides: list[str]
     if local:
         source = Path(params["data"].get("source") or "")
         source = source if source.is_absolute() else root / source
-        arguments["source"] = str(source.resolve()) if params["data"].get("source") and \
-            source.is_file() else ""
-        uri = os.environ.get("MLFLOW_TRACKING_URI") or \
-            f"sqlite:///{(root / 'runs' / 'mlflow' / 'mlflow.db').resolve()}"
+        arguments["source"] = (
+            str(source.resolve()) if params["data"].get("source") and source.is_file() else ""
+        )
+        uri = (
+            os.environ.get("MLFLOW_TRACKING_URI")
+            or f"sqlite:///{(root / 'runs' / 'mlflow' / 'mlflow.db').resolve()}"
+        )
         if uri.startswith("sqlite:///"):
-            Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+            Path(uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
         arguments["tracking_uri"] = uri
     arguments.update(parse_overrides(overrides, arguments))
     return arguments, params
 
 
 # ---- kfp local runner ------------------------------------------------------------------------
+
 
 def run_local(pipeline_root: str, params_file: str | None, overrides: list[str]) -> dict[str, Any]:
     """The Kubeflow pipeline under kfp's SubprocessRunner; returns seconds, run folder, gate."""
@@ -182,8 +200,7 @@ def run_local(pipeline_root: str, params_file: str | None, overrides: list[str])
     arguments, params = pipeline_arguments(root, params_file, overrides, local=True)
     artifacts = Path(pipeline_root) if Path(pipeline_root).is_absolute() else root / pipeline_root
     artifacts.mkdir(parents=True, exist_ok=True)
-    kfp.local.init(runner=kfp.local.SubprocessRunner(use_venv=False),
-                   pipeline_root=str(artifacts.resolve()))
+    kfp.local.init(runner=kfp.local.SubprocessRunner(use_venv=False), pipeline_root=str(artifacts.resolve()))
     # The steps run in subprocesses of this interpreter: make `diffurec` and its settings theirs.
     for name, value in tool_env().items():
         if name == "PATH" or name not in os.environ:
@@ -200,8 +217,12 @@ def run_local(pipeline_root: str, params_file: str | None, overrides: list[str])
     finally:
         os.chdir(cwd)
     run_dir, passed, promoted = _local_outcome(artifacts, PIPELINE_NAME)
-    return {"seconds": time.perf_counter() - started, "run_dir": run_dir, "passed": passed,
-            "promoted": promoted}
+    return {
+        "seconds": time.perf_counter() - started,
+        "run_dir": run_dir,
+        "passed": passed,
+        "promoted": promoted,
+    }
 
 
 def _local_outcome(pipeline_root: Path, name: str) -> tuple[Path, bool | None, bool]:
@@ -217,6 +238,7 @@ def _local_outcome(pipeline_root: Path, name: str) -> tuple[Path, bool | None, b
 
 # ---- Kubeflow ------------------------------------------------------------------------------
 
+
 def compile_spec(out: str | None, params_file: str | None) -> Path:
     """Compile the cluster pipeline (defaults from params.yaml or `params_file`)."""
     from pipelines.diffurec_pipeline import COMPILED, compile_pipeline
@@ -225,9 +247,18 @@ def compile_spec(out: str | None, params_file: str | None) -> Path:
     return compile_pipeline(out or COMPILED, params=params)
 
 
-def submit(host: str | None, token: str | None, namespace: str | None, experiment: str,
-           run_name: str | None, service_account: str, recurring: str | None,
-           params_file: str | None, overrides: list[str], timeout: float) -> str:
+def submit(
+    host: str | None,
+    token: str | None,
+    namespace: str | None,
+    experiment: str,
+    run_name: str | None,
+    service_account: str,
+    recurring: str | None,
+    params_file: str | None,
+    overrides: list[str],
+    timeout: float,
+) -> str:
     """Compile and start a run (or create a recurring run); returns what was done, in words."""
     import kfp
 
@@ -250,13 +281,23 @@ def submit(host: str | None, token: str | None, namespace: str | None, experimen
         name = run_name or f"{PIPELINE_NAME}-{time.strftime('%Y%m%d-%H%M%S')}"
         if recurring:
             job = client.create_recurring_run(
-                experiment_id=found.experiment_id, job_name=name, cron_expression=recurring,
-                pipeline_package_path=str(spec), params=arguments, service_account=service_account)
+                experiment_id=found.experiment_id,
+                job_name=name,
+                cron_expression=recurring,
+                pipeline_package_path=str(spec),
+                params=arguments,
+                service_account=service_account,
+            )
             ident = getattr(job, "recurring_run_id", None) or getattr(job, "id", "?")
             return f"created recurring run {name} ({ident}) on {host}: cron {recurring!r}"
         run = client.create_run_from_pipeline_package(
-            str(spec), arguments=arguments, run_name=name, experiment_name=experiment,
-            namespace=namespace, service_account=service_account)
+            str(spec),
+            arguments=arguments,
+            run_name=name,
+            experiment_name=experiment,
+            namespace=namespace,
+            service_account=service_account,
+        )
         return f"submitted run {name} ({run.run_id}) to {host}"
     except Exception as error:  # kfp raises many types (HTTP, API, connection): one line for all
         logging.disable(logging.NOTSET)
@@ -274,5 +315,6 @@ def _check_reachable(host: str, timeout: float) -> None:
         with socket.create_connection((url.hostname, port), timeout=timeout):
             pass
     except OSError as error:
-        raise DiffuRecError(f"Kubeflow endpoint {host} is unreachable "
-                            f"({error.strerror or error}); check --host / $KFP_HOST") from None
+        raise DiffuRecError(
+            f"Kubeflow endpoint {host} is unreachable ({error.strerror or error}); check --host / $KFP_HOST"
+        ) from None

@@ -19,8 +19,12 @@ VENV_BIN = Path(sys.executable).parent
 
 
 def clone_repo(repo: Path, dest: Path) -> Path:
-    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-                            cwd=repo, capture_output=True, check=True).stdout.decode()
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=repo,
+        capture_output=True,
+        check=True,
+    ).stdout.decode()
     for name in filter(None, listed.split("\0")):
         source = repo / name
         if source.is_file():  # listed but deleted in the working tree: skip
@@ -72,10 +76,16 @@ def set_params(repo: Path, **changes) -> dict:
 
 def tool_env(tracking_uri: str) -> dict:
     env = {k: v for k, v in os.environ.items() if k != "DIFFUREC_PUSHGATEWAY"}
-    env.update({"PATH": f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}",
-                "MLFLOW_TRACKING_URI": tracking_uri, "GX_ANALYTICS_ENABLED": "false",
-                "MLFLOW_ENABLE_TELEMETRY": "false", "DO_NOT_TRACK": "1",
-                "PYTHONHASHSEED": "0"})
+    env.update(
+        {
+            "PATH": f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}",
+            "MLFLOW_TRACKING_URI": tracking_uri,
+            "GX_ANALYTICS_ENABLED": "false",
+            "MLFLOW_ENABLE_TELEMETRY": "false",
+            "DO_NOT_TRACK": "1",
+            "PYTHONHASHSEED": "0",
+        }
+    )
     return env
 
 
@@ -84,8 +94,15 @@ def run(command: list[str], cwd: Path, env: dict, timeout: float = 900) -> subpr
     it runs) is killed, so nothing outlives the test."""
     import signal
 
-    process = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+    process = subprocess.Popen(
+        command,
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         stdout, stderr = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:

@@ -32,7 +32,7 @@ START_TIMEOUT_SECONDS = 30.0
 @dataclass
 class Servers:
     pushgateway: str  # host:port, the value of DIFFUREC_PUSHGATEWAY
-    prometheus: str   # http://host:port
+    prometheus: str  # http://host:port
     folder: Path
     processes: list = field(default_factory=list)
 
@@ -154,7 +154,9 @@ def start_servers() -> Servers:
             # Debian's default persistence file is shared by every gateway on the machine:
             # keep this one's metrics in memory only.
             lambda port: [PUSHGATEWAY, f"--web.listen-address=127.0.0.1:{port}", "--persistence.file="],
-            folder / "pushgateway.log", folder)
+            folder / "pushgateway.log",
+            folder,
+        )
         servers.processes.append(process)
         servers.pushgateway = f"127.0.0.1:{port}"
 
@@ -164,10 +166,15 @@ def start_servers() -> Servers:
         config["scrape_configs"][0]["static_configs"] = [{"targets": [servers.pushgateway]}]
         (folder / "prometheus.yml").write_text(yaml.safe_dump(config))
         process, port = _start_on_free_port(
-            lambda port: [PROMETHEUS, f"--config.file={folder / 'prometheus.yml'}",
-                          f"--storage.tsdb.path={folder / 'data'}",
-                          f"--web.listen-address=127.0.0.1:{port}"],
-            folder / "prometheus.log", folder)
+            lambda port: [
+                PROMETHEUS,
+                f"--config.file={folder / 'prometheus.yml'}",
+                f"--storage.tsdb.path={folder / 'data'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+            ],
+            folder / "prometheus.log",
+            folder,
+        )
         servers.processes.append(process)
         servers.prometheus = f"http://127.0.0.1:{port}"
     except BaseException:

@@ -8,14 +8,18 @@ import subprocess
 import time
 import uuid
 
-import pytest
 import yaml
 
 from prometheus_servers import prometheus_servers  # noqa: F401 (fixture)
 
 PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
-EXPECTED_ALERTS = {"DiffuRecGateFailed", "DiffuRecMetricRegression",
-                   "DiffuRecNoSuccessfulRetraining", "DiffuRecValidationFailed", "DiffuRecStepFailed"}
+EXPECTED_ALERTS = {
+    "DiffuRecGateFailed",
+    "DiffuRecMetricRegression",
+    "DiffuRecNoSuccessfulRetraining",
+    "DiffuRecValidationFailed",
+    "DiffuRecStepFailed",
+}
 
 
 def promtool(*args, cwd) -> subprocess.CompletedProcess:
@@ -49,8 +53,13 @@ def test_promtool_unit_tests_can_fail(repo_root, tmp_path):
     assert broken != (monitoring / "alerts.yml").read_text()
     (tmp_path / "alerts.yml").write_text(broken)
     shutil.copy(monitoring / "alerts_test.yml", tmp_path / "alerts_test.yml")
-    result = subprocess.run([PROMTOOL, "test", "rules", "alerts_test.yml"], cwd=tmp_path,
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [PROMTOOL, "test", "rules", "alerts_test.yml"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode != 0 and "DiffuRecMetricRegression" in result.stdout + result.stderr
 
 
@@ -62,17 +71,41 @@ def test_a_rejected_gate_fires_the_alert_in_prometheus(prometheus_servers, monke
     monkeypatch.setenv("DIFFUREC_RUN_ID", run)
     metrics = {key: 0.5 for key in ("HR@5", "HR@10", "HR@20", "NDCG@5", "NDCG@10", "NDCG@20")}
     candidate = tmp_path / "metrics.json"
-    candidate.write_text(json.dumps({"metrics": metrics, "unit": "percent", "split": "test",
-                                     "users": 943, "model": {"name": "popularity"}}))
+    candidate.write_text(
+        json.dumps(
+            {
+                "metrics": metrics,
+                "unit": "percent",
+                "split": "test",
+                "users": 943,
+                "model": {"name": "popularity"},
+            }
+        )
+    )
     params = tmp_path / "params.yaml"
     params.write_text("gate:\n  min:\n    HR@10: 3.0\n")
-    assert main(["gate", "--candidate", str(candidate), "--params", str(params),
-                 "--out", str(tmp_path / "decision.json")]) == 0
+    assert (
+        main(
+            [
+                "gate",
+                "--candidate",
+                str(candidate),
+                "--params",
+                str(params),
+                "--out",
+                str(tmp_path / "decision.json"),
+            ]
+        )
+        == 0
+    )
 
     deadline = time.monotonic() + 20
     while True:
-        firing = [alert for alert in prometheus_servers.alerts()
-                  if alert["labels"].get("run") == run and alert["state"] == "firing"]
+        firing = [
+            alert
+            for alert in prometheus_servers.alerts()
+            if alert["labels"].get("run") == run and alert["state"] == "firing"
+        ]
         if firing or time.monotonic() > deadline:
             break
         time.sleep(0.25)

@@ -18,7 +18,7 @@ FIXTURES = Path(__file__).parent / "fixtures" / "data"
 def _sequences(splits):
     offsets = np.asarray(splits.seq_offsets)
     items = np.asarray(splits.seq_items)
-    return [items[a:b].tolist() for a, b in zip(offsets[:-1], offsets[1:])]
+    return [items[a:b].tolist() for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
 
 
 def test_three_user_prefixes_written_out_by_hand(tmp_path):
@@ -43,8 +43,14 @@ def test_three_user_prefixes_written_out_by_hand(tmp_path):
 def test_cleaning_by_hand_keep_all(tmp_path):
     # clicks.csv: v1 has an exact duplicate row (p3 at 100) and a tie at 100 (file order
     # p1, p3); v2 repeats p2 at a later time; v3 has one interaction (too short).
-    stats = preprocess_file(FIXTURES / "clicks.csv", tmp_path / "s", user_col="visitor",
-                            item_col="product", time_col="when", rating_col="stars")
+    stats = preprocess_file(
+        FIXTURES / "clicks.csv",
+        tmp_path / "s",
+        user_col="visitor",
+        item_col="product",
+        time_col="when",
+        rating_col="stars",
+    )
     s = load_splits(tmp_path / "s")
     assert s.user_ids == ["v1", "v2"]
     assert s.item_ids == ["p2", "p1", "p3", "p4"]
@@ -66,29 +72,48 @@ def test_cleaning_keep_first_min_rating_and_kcore(tmp_path):
     stats = preprocess_file(FIXTURES / "clicks.csv", tmp_path / "rated", min_rating=3, **kwargs)
     s = load_splits(tmp_path / "rated")
     assert stats["dropped"]["below_min_rating"] == 2
-    assert [[s.item_ids[i - 1] for i in seq] for seq in _sequences(s)] == \
-        [["p2", "p1", "p3"], ["p2", "p3", "p2"]]
+    assert [[s.item_ids[i - 1] for i in seq] for seq in _sequences(s)] == [
+        ["p2", "p1", "p3"],
+        ["p2", "p3", "p2"],
+    ]
 
     # 2-core: v3 and p4 go first, then everything left has >= 2 interactions.
     stats = preprocess_file(FIXTURES / "clicks.csv", tmp_path / "core", kcore_k=2, **kwargs)
     s = load_splits(tmp_path / "core")
     assert stats["dropped"]["kcore"] == 2
-    assert [[s.item_ids[i - 1] for i in seq] for seq in _sequences(s)] == \
-        [["p2", "p1", "p3"], ["p2", "p1", "p3", "p2"]]
+    assert [[s.item_ids[i - 1] for i in seq] for seq in _sequences(s)] == [
+        ["p2", "p1", "p3"],
+        ["p2", "p1", "p3", "p2"],
+    ]
 
 
-@pytest.mark.parametrize("name, users, items, interactions, samples, named_tests", [
-    # named users' test targets read off the last field of their lines in the file
-    ("amazon-beauty/Beauty.txt", 22363, 12101, 198502, 131413, {"1": "5", "2": "11", "22363": "10487"}),
-    ("amazon-toys/Toys_and_Games.txt", 19412, 11924, 167597, 109361, {"1": "5", "9": "54", "19412": "11523"}),
-])
-def test_paper_splits_beauty_and_toys(shared_data, tmp_path, name, users, items, interactions,
-                                      samples, named_tests):
+@pytest.mark.parametrize(
+    "name, users, items, interactions, samples, named_tests",
+    [
+        # named users' test targets read off the last field of their lines in the file
+        ("amazon-beauty/Beauty.txt", 22363, 12101, 198502, 131413, {"1": "5", "2": "11", "22363": "10487"}),
+        (
+            "amazon-toys/Toys_and_Games.txt",
+            19412,
+            11924,
+            167597,
+            109361,
+            {"1": "5", "9": "54", "19412": "11523"},
+        ),
+    ],
+)
+def test_paper_splits_beauty_and_toys(
+    shared_data, tmp_path, name, users, items, interactions, samples, named_tests
+):
     path = shared_data / name
     stats = preprocess_file(path, tmp_path / "s")
     s = load_splits(tmp_path / "s")
-    assert (stats["users"], stats["items"], stats["interactions"], stats["train_samples"]) == \
-        (users, items, interactions, samples)
+    assert (stats["users"], stats["items"], stats["interactions"], stats["train_samples"]) == (
+        users,
+        items,
+        interactions,
+        samples,
+    )
     # These files already number items 1..N by first appearance: ids are kept as they are.
     assert s.item_ids == [str(i) for i in range(1, items + 1)]
     lines = {line.split()[0]: line.split() for line in path.read_text().splitlines()}
@@ -99,7 +124,7 @@ def test_paper_splits_beauty_and_toys(shared_data, tmp_path, name, users, items,
         assert s.item_ids[int(s.test_targets[u]) - 1] == fields[-1]
         assert s.item_ids[int(s.valid_targets[u]) - 1] == fields[-2]
         history = [int(x) for x in fields[1:-1]][-50:]
-        assert np.asarray(s.test_inputs[u])[-len(history):].tolist() == history
+        assert np.asarray(s.test_inputs[u])[-len(history) :].tolist() == history
     # every user's test target is the last item of the line, for all users
     last = np.array([int(lines[u][-1]) for u in s.user_ids])
     assert np.array_equal(np.asarray(s.test_targets), last)
@@ -140,8 +165,9 @@ def test_reproducible_bytes(tmp_path, shared_data):
     for out in ("one", "two"):
         preprocess_file(shared_data / "ml-100k" / "ml-100k.inter", tmp_path / out)
     for name in ("seq_items", "train_inputs", "train_targets", "test_targets", "valid_targets"):
-        assert (tmp_path / "one" / f"{name}.npy").read_bytes() == \
-            (tmp_path / "two" / f"{name}.npy").read_bytes()
+        assert (tmp_path / "one" / f"{name}.npy").read_bytes() == (
+            tmp_path / "two" / f"{name}.npy"
+        ).read_bytes()
     assert (tmp_path / "one" / "item_map.tsv").read_text() == (tmp_path / "two" / "item_map.tsv").read_text()
 
 
@@ -153,8 +179,22 @@ def test_ml100k_fixture_splits(ml100k_splits):
 
 def test_cli_preprocess_returns_gauges_and_writes_atomically(tmp_path, shared_data, capsys):
     out = tmp_path / "splits"
-    assert main(["preprocess", "--input", str(shared_data / "ml-100k" / "ml-100k.inter"),
-                 "--out", str(out), "--max-len", "20", "--kcore", "10"]) == 0
+    assert (
+        main(
+            [
+                "preprocess",
+                "--input",
+                str(shared_data / "ml-100k" / "ml-100k.inter"),
+                "--out",
+                str(out),
+                "--max-len",
+                "20",
+                "--kcore",
+                "10",
+            ]
+        )
+        == 0
+    )
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     stats = json.loads((out / "stats.json").read_text())
     assert printed["users"] == stats["users"] and stats["settings"]["kcore"] == 10
@@ -166,11 +206,30 @@ def test_cli_preprocess_returns_gauges_and_writes_atomically(tmp_path, shared_da
 def test_preprocess_handler_returns_prometheus_gauges(tmp_path):
     from diffurec.cli import build_parser
 
-    args = build_parser().parse_args([
-        "preprocess", "--input", str(FIXTURES / "clicks.csv"), "--format", "csv",
-        "--user-col", "visitor", "--item-col", "product", "--time-col", "when",
-        "--out", str(tmp_path / "s")])
+    args = build_parser().parse_args(
+        [
+            "preprocess",
+            "--input",
+            str(FIXTURES / "clicks.csv"),
+            "--format",
+            "csv",
+            "--user-col",
+            "visitor",
+            "--item-col",
+            "product",
+            "--time-col",
+            "when",
+            "--out",
+            str(tmp_path / "s"),
+        ]
+    )
     result = args.func(args)
-    assert result["gauges"] == {"rows_read": 10, "rows_dropped": 2, "users": 2, "items": 4,
-                                "interactions": 8, "train_samples": 2}
+    assert result["gauges"] == {
+        "rows_read": 10,
+        "rows_dropped": 2,
+        "users": 2,
+        "items": 4,
+        "interactions": 8,
+        "train_samples": 2,
+    }
     assert result["labels"] == {"format": "csv"}

@@ -19,20 +19,26 @@ SLICE_ROWS = 300
 @pytest.fixture(scope="module")
 def ml100k_slice(shared_data):
     """The first SLICE_ROWS data rows of the real ML-100K .inter file, as parsed fields."""
-    lines = (shared_data / "ml-100k" / "ml-100k.inter").read_text().splitlines()[1:SLICE_ROWS + 1]
+    lines = (shared_data / "ml-100k" / "ml-100k.inter").read_text().splitlines()[1 : SLICE_ROWS + 1]
     return [line.split("\t") for line in lines]
 
 
 def _expected(fields):
-    return pd.DataFrame({"user": [f[0] for f in fields], "item": [f[1] for f in fields],
-                         "rating": [float(f[2]) for f in fields],
-                         "timestamp": [float(f[3]) for f in fields]})
+    return pd.DataFrame(
+        {
+            "user": [f[0] for f in fields],
+            "item": [f[1] for f in fields],
+            "rating": [float(f[2]) for f in fields],
+            "timestamp": [float(f[3]) for f in fields],
+        }
+    )
 
 
 def _check_same(frame, fields, first_row):
     expected = _expected(fields)
-    pd.testing.assert_frame_equal(frame[["user", "item", "rating", "timestamp"]].reset_index(drop=True),
-                                  expected)
+    pd.testing.assert_frame_equal(
+        frame[["user", "item", "rating", "timestamp"]].reset_index(drop=True), expected
+    )
     assert frame["row"].tolist() == list(range(first_row, first_row + len(fields)))
 
 
@@ -81,8 +87,7 @@ def test_movielens_ratings_csv_hand_written():
 def test_generic_tsv_with_column_mapping(tmp_path, ml100k_slice):
     path = tmp_path / "log.tsv"
     path.write_text("who\twhat\tscore\twhen\n" + "\n".join("\t".join(f) for f in ml100k_slice) + "\n")
-    frame = read_interactions(path, user_col="who", item_col="what", time_col="when",
-                              rating_col="score")
+    frame = read_interactions(path, user_col="who", item_col="what", time_col="when", rating_col="score")
     _check_same(frame, ml100k_slice, first_row=2)
 
 
@@ -110,8 +115,7 @@ def test_parquet_real_slice(shared_data, tmp_path):
 
 
 def test_csv_without_time_column_keeps_file_order():
-    frame = read_interactions(FIXTURES / "clicks.csv", time_col=None, user_col="visitor",
-                              item_col="product")
+    frame = read_interactions(FIXTURES / "clicks.csv", time_col=None, user_col="visitor", item_col="product")
     # 'when' is not a known time name, so there is no timestamp: file order is chronological.
     assert "timestamp" not in frame
     assert frame["item"].tolist()[:3] == ["p1", "p2", "p3"]
@@ -125,7 +129,7 @@ def test_sequence_text_real_slice(shared_data, tmp_path):
     assert frame.attrs["format"] == "sequences"
     assert len(frame) == sum(len(line.split()) - 1 for line in lines)
     first = lines[0].split()
-    assert frame["item"].tolist()[:len(first) - 1] == first[1:]
+    assert frame["item"].tolist()[: len(first) - 1] == first[1:]
     assert set(frame.loc[frame["user"] == first[0], "row"]) == {1}
 
 
@@ -175,8 +179,9 @@ def test_timestamps_as_dates(tmp_path):
     frame = read_interactions(path)
     assert frame["timestamp"].tolist() == [1318896000.0, 1318896001.0]
     parquet = tmp_path / "dated.parquet"
-    pd.DataFrame({"user_id": [1, 1], "item_id": [5, 6],
-                  "timestamp": pd.to_datetime(["2011-10-18", "2011-10-19"])}).to_parquet(parquet)
+    pd.DataFrame(
+        {"user_id": [1, 1], "item_id": [5, 6], "timestamp": pd.to_datetime(["2011-10-18", "2011-10-19"])}
+    ).to_parquet(parquet)
     assert read_interactions(parquet)["timestamp"].tolist() == [1318896000.0, 1318982400.0]
     mixed = tmp_path / "mixed.csv"
     mixed.write_text("user,item,time\n1,a,1318896000\n1,b,2011-10-18\n")

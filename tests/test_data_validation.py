@@ -7,7 +7,6 @@ import json
 import shutil
 
 import numpy as np
-import pytest
 
 from diffurec.cli import main
 from diffurec.data import validation
@@ -20,13 +19,19 @@ HEADER = "user_id,item_id,rating,timestamp\n"
 
 
 def _failed(report, severity="critical"):
-    return {(r["expectation"], str(r["kwargs"].get("column", r["kwargs"].get("column_list", ""))))
-            for r in report["results"] if not r["success"] and r["severity"] == severity}
+    return {
+        (r["expectation"], str(r["kwargs"].get("column", r["kwargs"].get("column_list", ""))))
+        for r in report["results"]
+        if not r["success"] and r["severity"] == severity
+    }
 
 
 def _result(report, expectation, column):
-    return next(r for r in report["results"]
-                if r["expectation"] == expectation and r["kwargs"].get("column", "") == column)
+    return next(
+        r
+        for r in report["results"]
+        if r["expectation"] == expectation and r["kwargs"].get("column", "") == column
+    )
 
 
 def test_raw_suite_passes_on_real_ml100k_slice_with_every_expectation(shared_data, tmp_path):
@@ -59,21 +64,30 @@ def test_raw_suite_fails_on_each_corruption_and_names_the_file_rows(tmp_path):
     # row 3: null user; row 5: timestamp not a number; row 6: milliseconds (out of range);
     # rows 7-8: an exact duplicate (warning only); user 9 has one interaction (warning only).
     path = tmp_path / "corrupt.csv"
-    path.write_text(HEADER + "1,a,4,978300760\n,b,4,978300761\n1,c,4,978300762\n"
-                    "2,a,4,yesterday\n2,b,4,978300760000\n2,c,4,978300770\n2,c,4,978300770\n"
-                    "9,a,4,978300800\n")
+    path.write_text(
+        HEADER + "1,a,4,978300760\n,b,4,978300761\n1,c,4,978300762\n"
+        "2,a,4,yesterday\n2,b,4,978300760000\n2,c,4,978300770\n2,c,4,978300770\n"
+        "9,a,4,978300800\n"
+    )
     report = validation.validate_file(path, tmp_path / "report")
     assert not report["success"]
     assert report["expectations_evaluated"] == RAW_FULL
-    assert _failed(report) == {("expect_column_values_to_not_be_null", "user"),
-                               ("expect_column_values_to_not_be_null", "timestamp_numeric"),
-                               ("expect_column_values_to_be_between", "timestamp_numeric")}
+    assert _failed(report) == {
+        ("expect_column_values_to_not_be_null", "user"),
+        ("expect_column_values_to_not_be_null", "timestamp_numeric"),
+        ("expect_column_values_to_be_between", "timestamp_numeric"),
+    }
     assert _failed(report, "warning") == {
         ("expect_column_values_to_be_between", "user_interactions"),
-        ("expect_compound_columns_to_be_unique", "['user', 'item', 'timestamp_numeric', 'rating']")}
+        ("expect_compound_columns_to_be_unique", "['user', 'item', 'timestamp_numeric', 'rating']"),
+    }
     assert _result(report, "expect_column_values_to_not_be_null", "user")["example_file_rows"] == [3]
-    assert _result(report, "expect_column_values_to_not_be_null", "timestamp_numeric")["example_file_rows"] == [5]
-    assert _result(report, "expect_column_values_to_be_between", "timestamp_numeric")["example_file_rows"] == [6]
+    assert _result(report, "expect_column_values_to_not_be_null", "timestamp_numeric")[
+        "example_file_rows"
+    ] == [5]
+    assert _result(report, "expect_column_values_to_be_between", "timestamp_numeric")[
+        "example_file_rows"
+    ] == [6]
     assert validation.summarize_failures(report).count("file row") == 3
 
 
@@ -101,8 +115,12 @@ def test_splits_suite_passes_on_ml100k(ml100k_splits, tmp_path):
     report = validation.validate_splits_folder(ml100k_splits.path, tmp_path / "r")
     assert report["success"], _failed(report)
     assert report["expectations_expected"] == report["expectations_evaluated"] == SPLITS
-    assert report["rows"] == {"item_map": 1682, "sequence_items": 100000, "users": 943,
-                              "train_samples": 97171}
+    assert report["rows"] == {
+        "item_map": 1682,
+        "sequence_items": 100000,
+        "users": 943,
+        "train_samples": 97171,
+    }
 
 
 def _corrupt_copy(splits, tmp_path, name, change):
@@ -146,8 +164,10 @@ def test_splits_suite_fails_when_ids_are_not_contiguous(ml100k_splits, tmp_path)
     folder = _corrupt_copy(ml100k_splits, tmp_path, "s", declare_one_more_item)
     report = validation.validate_splits_folder(folder, tmp_path / "r")
     assert report["expectations_evaluated"] == SPLITS
-    assert _failed(report) == {("expect_table_row_count_to_equal", ""),
-                               ("expect_column_unique_value_count_to_be_between", "item")}
+    assert _failed(report) == {
+        ("expect_table_row_count_to_equal", ""),
+        ("expect_column_unique_value_count_to_be_between", "item"),
+    }
 
 
 def test_cli_validate_exit_codes_and_one_line(ml100k_splits, tmp_path, capsys):

@@ -25,8 +25,12 @@ WORKLOAD_KINDS = ("Deployment", "StatefulSet", "PyTorchJob")
 
 
 def render(overlay: str) -> list[dict]:
-    result = subprocess.run([str(BIN / "kubectl"), "kustomize", str(REPO / "k8s" / "overlays" / overlay)],
-                            capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [str(BIN / "kubectl"), "kustomize", str(REPO / "k8s" / "overlays" / overlay)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
 
 
@@ -49,8 +53,9 @@ def pod_specs(objects: list[dict]) -> list[tuple[str, dict]]:
             specs.append((f"{obj['kind']}/{obj['metadata']['name']}", obj["spec"]["template"]["spec"]))
         elif obj["kind"] == "PyTorchJob":
             for replica, replica_spec in obj["spec"]["pytorchReplicaSpecs"].items():
-                specs.append((f"PyTorchJob/{obj['metadata']['name']}/{replica}",
-                              replica_spec["template"]["spec"]))
+                specs.append(
+                    (f"PyTorchJob/{obj['metadata']['name']}/{replica}", replica_spec["template"]["spec"])
+                )
     return specs
 
 
@@ -60,17 +65,30 @@ def test_every_object_is_valid_for_the_api_strictly(rendered):
     custom = {"PyTorchJob", "PrometheusRule", "ServiceMonitor"}
     for overlay, objects in rendered.items():
         kinds = {o["kind"] for o in objects}
-        assert {"Namespace", "ServiceAccount", "Role", "RoleBinding", "PersistentVolumeClaim",
-                "StatefulSet", "Deployment", "Service", "ConfigMap"} <= kinds, overlay
+        assert {
+            "Namespace",
+            "ServiceAccount",
+            "Role",
+            "RoleBinding",
+            "PersistentVolumeClaim",
+            "StatefulSet",
+            "Deployment",
+            "Service",
+            "ConfigMap",
+        } <= kinds, overlay
         for obj in objects:
             if obj["kind"] in custom:
                 continue
             kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
         # The custom kinds have no bundled schema: their pod templates are checked as
         # PodTemplates, so a typo in a container field fails here too.
-        for name, spec in pod_specs(by_kind(objects, "PyTorchJob")):
-            template = {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "x"},
-                        "template": {"spec": spec}}
+        for _name, spec in pod_specs(by_kind(objects, "PyTorchJob")):
+            template = {
+                "apiVersion": "v1",
+                "kind": "PodTemplate",
+                "metadata": {"name": "x"},
+                "template": {"spec": spec},
+            }
             kubernetes_validate.validate(template, KUBERNETES_VERSION, strict=True)
 
 
@@ -116,7 +134,9 @@ def test_gpu_overlay_schedules_training_on_gpus_and_cpu_overlay_does_not(rendere
                 assert limits["nvidia.com/gpu"] == int(job["spec"]["nprocPerNode"]) >= 1
                 assert container["resources"]["requests"]["nvidia.com/gpu"] == limits["nvidia.com/gpu"]
                 assert spec["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
-                assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in spec["tolerations"]
+                assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in spec[
+                    "tolerations"
+                ]
             else:
                 assert "nvidia.com/gpu" not in limits
                 assert "nodeSelector" not in spec and "tolerations" not in spec
@@ -174,13 +194,18 @@ def test_alerting_rules_match_monitoring_alerts(rendered):
     for overlay, objects in rendered.items():
         (rule,) = by_kind(objects, "PrometheusRule")
         assert rule["spec"]["groups"] == groups, overlay
-        (config,) = [c for c in by_kind(objects, "ConfigMap") if c["metadata"]["name"].startswith("prometheus-config")]
+        (config,) = [
+            c for c in by_kind(objects, "ConfigMap") if c["metadata"]["name"].startswith("prometheus-config")
+        ]
         assert config["data"]["alerts.yml"] == source.read_text()
 
 
 def test_alert_sync_check_fails_when_the_copy_is_stale(tmp_path):
-    for relative in ("monitoring/alerts.yml", "k8s/base/monitoring/alerts.yml",
-                     "k8s/components/prometheus-operator/prometheusrule.yaml"):
+    for relative in (
+        "monitoring/alerts.yml",
+        "k8s/base/monitoring/alerts.yml",
+        "k8s/components/prometheus-operator/prometheusrule.yaml",
+    ):
         (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(REPO / relative, tmp_path / relative)
     script = [sys.executable, str(REPO / "scripts" / "sync_k8s_alerts.py"), "--repo", str(tmp_path)]
@@ -198,19 +223,23 @@ def test_alert_sync_check_fails_when_the_copy_is_stale(tmp_path):
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool (Debian prometheus) not installed")
 def test_cluster_prometheus_config_is_valid_and_scrapes_the_pushgateway(rendered, tmp_path):
     objects = rendered["cpu"]
-    (config,) = [c for c in by_kind(objects, "ConfigMap") if c["metadata"]["name"].startswith("prometheus-config")]
+    (config,) = [
+        c for c in by_kind(objects, "ConfigMap") if c["metadata"]["name"].startswith("prometheus-config")
+    ]
     prometheus = yaml.safe_load(config["data"]["prometheus.yml"])
     (job,) = prometheus["scrape_configs"]
     assert job["honor_labels"] is True
     (service,) = [s for s in by_kind(objects, "Service") if s["metadata"]["name"] == "pushgateway"]
-    target = f"pushgateway.{service['metadata']['namespace']}.svc.cluster.local:{service['spec']['ports'][0]['port']}"
+    host = f"pushgateway.{service['metadata']['namespace']}.svc.cluster.local"
+    target = f"{host}:{service['spec']['ports'][0]['port']}"
     assert job["static_configs"][0]["targets"] == [target]
     # The mounted file paths, made local, and checked by promtool (rules included).
     (tmp_path / "alerts.yml").write_text(config["data"]["alerts.yml"])
     prometheus["rule_files"] = [str(tmp_path / Path(p).name) for p in prometheus["rule_files"]]
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(prometheus))
-    check = subprocess.run(["promtool", "check", "config", str(tmp_path / "prometheus.yml")],
-                           capture_output=True, text=True)
+    check = subprocess.run(
+        ["promtool", "check", "config", str(tmp_path / "prometheus.yml")], capture_output=True, text=True
+    )
     assert check.returncode == 0, check.stdout + check.stderr
     assert "SUCCESS" in check.stdout + check.stderr
 
@@ -246,8 +275,9 @@ def test_mlflow_server_arguments_are_options_of_the_installed_mlflow(rendered):
 
 def test_dockerfile_keeps_the_base_torch_and_runs_as_non_root(tmp_path):
     dockerfile = (REPO / "Dockerfile").read_text()
-    instructions = [line.split(None, 1) for line in dockerfile.splitlines()
-                    if line and not line.startswith((" ", "#"))]
+    instructions = [
+        line.split(None, 1) for line in dockerfile.splitlines() if line and not line.startswith((" ", "#"))
+    ]
     keywords = [k for k, _ in instructions]
     assert keywords[0] == "ARG" and instructions[0][1].startswith("BASE_IMAGE=")
     assert "cuda" in instructions[0][1] and "FROM ${BASE_IMAGE}" in dockerfile
@@ -256,8 +286,10 @@ def test_dockerfile_keeps_the_base_torch_and_runs_as_non_root(tmp_path):
     assert users and users[-1].split(":")[0] not in ("0", "root")
     assert instructions[-2] == ["ENTRYPOINT", '["diffurec"]']
     # Run the Dockerfile's own filter on the real requirement files: torch goes, all else stays.
-    parts = [line.strip().removeprefix("RUN").strip().lstrip("&").strip().rstrip("\\").strip()
-             for line in dockerfile.splitlines()]
+    parts = [
+        line.strip().removeprefix("RUN").strip().lstrip("&").strip().rstrip("\\").strip()
+        for line in dockerfile.splitlines()
+    ]
     filters = [part for part in parts if part.startswith("grep -v")]
     assert len(filters) == 2
     for name in ("requirements.txt", "constraints.txt"):
@@ -293,8 +325,20 @@ def test_workflows_retrain_on_data_params_code_and_schedule_and_test_pull_reques
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
 def test_lint_fails_on_a_broken_manifest(tmp_path):
     # A copy of what lint.sh reads, with one typo in one Deployment.
-    for relative in (".yamllint", "Dockerfile", ".github", "k8s", "monitoring", "scripts", "benchmarks",
-                     "pyproject.toml", "diffurec", "pipelines", "components", "tests"):
+    for relative in (
+        ".yamllint",
+        "Dockerfile",
+        ".github",
+        "k8s",
+        "monitoring",
+        "scripts",
+        "benchmarks",
+        "pyproject.toml",
+        "diffurec",
+        "pipelines",
+        "components",
+        "tests",
+    ):
         source = REPO / relative
         (shutil.copytree if source.is_dir() else shutil.copy)(source, tmp_path / relative)
     (tmp_path / ".venv").symlink_to(BIN.parent)
@@ -305,8 +349,10 @@ def test_lint_fails_on_a_broken_manifest(tmp_path):
     assert broken.returncode == 1
     # Exactly the checks that see the typo fail; the rest of the copy passes.
     failed = [line for line in broken.stderr.splitlines() if line.startswith("lint: FAIL")]
-    assert failed == ["lint: FAIL kubernetes-validate --strict cpu (k8s 1.32.0)",
-                      "lint: FAIL kubernetes-validate --strict gpu (k8s 1.32.0)"], broken.stderr
+    assert failed == [
+        "lint: FAIL kubernetes-validate --strict cpu (k8s 1.32.0)",
+        "lint: FAIL kubernetes-validate --strict gpu (k8s 1.32.0)",
+    ], broken.stderr
     assert broken.stdout.count("lint: ok") >= 10
 
 
@@ -339,8 +385,12 @@ def test_retrain_image_reaches_every_compiled_step(tmp_path):
     assert "DIFFUREC_IMAGE" in retrain["jobs"]["submit"]["env"]
     image = "registry.example.org/team/diffurec:0123abcd"
     spec = tmp_path / "pipeline.yaml"
-    subprocess.run([str(BIN / "diffurec"), "-q", "pipeline", "compile", "--out", str(spec)],
-                   env={**os.environ, "DIFFUREC_IMAGE": image}, check=True, capture_output=True)
+    subprocess.run(
+        [str(BIN / "diffurec"), "-q", "pipeline", "compile", "--out", str(spec)],
+        env={**os.environ, "DIFFUREC_IMAGE": image},
+        check=True,
+        capture_output=True,
+    )
     executors = yaml.safe_load_all(spec.read_text()).__next__()["deploymentSpec"]["executors"]
     assert executors and {e["container"]["image"] for e in executors.values()} == {image}
 

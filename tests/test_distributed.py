@@ -37,13 +37,47 @@ def test_two_gloo_processes_match_one_process(splits_dir, tmp_path):
     torchrun = Path(sys.executable).parent / "torchrun"
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     env.pop("DIFFUREC_PUSHGATEWAY", None)
-    subprocess.run([str(torchrun), "--standalone", "--nproc-per-node", "2", "-m", "diffurec", "-q", "train",
-                    "--splits", str(splits_dir), "--out", str(tmp_path / "ddp"), "--model", "sasrec",
-                    "--preset", "dense", *hyper_args(HYPER), "--epochs", "2", "--batch-size", "128",
-                    "--lr", "0.005", "--eval-every", "1", "--device", "cpu", "--no-progress"],
-                   env=env, cwd=tmp_path, check=True, timeout=300)
-    single = train(load_splits(splits_dir), tmp_path / "single",
-                   TrainSettings(**common, hyper=HYPER, threads=1, progress=False))
+    subprocess.run(
+        [
+            str(torchrun),
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            "-m",
+            "diffurec",
+            "-q",
+            "train",
+            "--splits",
+            str(splits_dir),
+            "--out",
+            str(tmp_path / "ddp"),
+            "--model",
+            "sasrec",
+            "--preset",
+            "dense",
+            *hyper_args(HYPER),
+            "--epochs",
+            "2",
+            "--batch-size",
+            "128",
+            "--lr",
+            "0.005",
+            "--eval-every",
+            "1",
+            "--device",
+            "cpu",
+            "--no-progress",
+        ],
+        env=env,
+        cwd=tmp_path,
+        check=True,
+        timeout=300,
+    )
+    single = train(
+        load_splits(splits_dir),
+        tmp_path / "single",
+        TrainSettings(**common, hyper=HYPER, threads=1, progress=False),
+    )
 
     ddp_summary = json.loads((tmp_path / "ddp" / "train_summary.json").read_text())
     assert ddp_summary["world_size"] == 2 and single["world_size"] == 1

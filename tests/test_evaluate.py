@@ -14,10 +14,14 @@ from diffurec.models import build_model
 
 def test_rank_counts_ties_against_the_target_and_ignores_padding():
     #                      pad   1    2    3    4
-    scores = torch.tensor([[9.0, 0.5, 0.9, 0.1, 0.9],   # target 2 ties item 4 -> rank 2
-                           [9.0, 0.5, 0.9, 0.1, 0.8],   # target 2 is the best real item -> 1
-                           [9.0, 0.5, 0.9, 0.1, 0.8],   # target 3 is last -> 4
-                           [0.0, 0.0, 0.0, 0.0, 0.0]])  # constant scores -> last (4)
+    scores = torch.tensor(
+        [
+            [9.0, 0.5, 0.9, 0.1, 0.9],  # target 2 ties item 4 -> rank 2
+            [9.0, 0.5, 0.9, 0.1, 0.8],  # target 2 is the best real item -> 1
+            [9.0, 0.5, 0.9, 0.1, 0.8],  # target 3 is last -> 4
+            [0.0, 0.0, 0.0, 0.0, 0.0],
+        ]
+    )  # constant scores -> last (4)
     targets = torch.tensor([2, 2, 3, 1])
     assert target_ranks(scores, targets).tolist() == [2, 1, 4, 4]
 
@@ -54,7 +58,8 @@ def test_metrics_from_ranks_by_hand():
     assert metrics["NDCG@5"] == pytest.approx(100 * (1 + 1 / math.log2(3)) / 5)
     assert metrics["NDCG@10"] == pytest.approx(100 * (1 + 1 / math.log2(3) + 1 / math.log2(7)) / 5)
     assert metrics["NDCG@20"] == pytest.approx(
-        100 * (1 + 1 / math.log2(3) + 1 / math.log2(7) + 1 / math.log2(12)) / 5)
+        100 * (1 + 1 / math.log2(3) + 1 / math.log2(7) + 1 / math.log2(12)) / 5
+    )
 
 
 def numpy_popularity_metrics(splits, mask_history):
@@ -66,7 +71,7 @@ def numpy_popularity_metrics(splits, mask_history):
     for user, target in enumerate(targets):
         scores = counts.copy()
         if mask_history:
-            seen = np.asarray(items[offsets[user]:offsets[user + 1]]) - 1
+            seen = np.asarray(items[offsets[user] : offsets[user + 1]]) - 1
             scores[seen[seen != target]] = -np.inf
         ranks.append(1 + np.sum(scores >= scores[target]) - 1)
     ranks = np.array(ranks)
@@ -114,9 +119,14 @@ def first_users(splits, count):
     """The splits of the first `count` users of a real set (same items, same windows)."""
     from diffurec.data.splits import build_splits
 
-    offsets = np.asarray(splits.seq_offsets[:count + 1])
-    return build_splits(np.asarray(splits.seq_items[:offsets[-1]]), offsets, splits.item_ids,
-                        splits.user_ids[:count], max_len=splits.max_len)
+    offsets = np.asarray(splits.seq_offsets[: count + 1])
+    return build_splits(
+        np.asarray(splits.seq_items[: offsets[-1]]),
+        offsets,
+        splits.item_ids,
+        splits.user_ids[:count],
+        max_len=splits.max_len,
+    )
 
 
 def test_diffurec_evaluation_is_seeded_and_records_reverse_steps(ml100k_splits):

@@ -11,7 +11,7 @@ import torch
 from trainer_data import TINY_DIFFUREC, TINY_SASREC
 
 from diffurec.errors import DiffuRecError
-from diffurec.model_folder import (load_model_folder, read_config, read_item_map, save_model_folder)
+from diffurec.model_folder import load_model_folder, read_config, read_item_map, save_model_folder
 from diffurec.models import build_model
 
 ITEMS, MAX_LEN = 40, 12
@@ -24,9 +24,14 @@ def _inputs(seed=0):
     return inputs
 
 
-@pytest.mark.parametrize("name,preset,hyper", [("diffurec", "paper", TINY_DIFFUREC),
-                                               ("diffurec", "fast", TINY_DIFFUREC),
-                                               ("sasrec", "dense", TINY_SASREC)])
+@pytest.mark.parametrize(
+    "name,preset,hyper",
+    [
+        ("diffurec", "paper", TINY_DIFFUREC),
+        ("diffurec", "fast", TINY_DIFFUREC),
+        ("sasrec", "dense", TINY_SASREC),
+    ],
+)
 def test_round_trip_gives_the_same_scores(tmp_path, name, preset, hyper):
     torch.manual_seed(3)
     model = build_model(name, ITEMS, MAX_LEN, preset, **hyper).eval()
@@ -34,12 +39,26 @@ def test_round_trip_gives_the_same_scores(tmp_path, name, preset, hyper):
         for parameter in model.parameters():
             parameter.add_(0.01 * torch.randn_like(parameter))
     ids = [f"item-{i}" for i in range(1, ITEMS + 1)]
-    folder = save_model_folder(tmp_path / "model", model, item_ids=ids,
-                               curve={"train": [{"epoch": 1, "loss": 3.0}], "valid": [{"epoch": 1, **dict.fromkeys(
-                                   ("HR@5", "HR@10", "HR@20", "NDCG@5", "NDCG@10", "NDCG@20"), 1.0)}]},
-                               summary={"best_epoch": 1})
-    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "curve.json", "curve.png", "item_map.tsv",
-                                                        "model.safetensors", "train_summary.json"]
+    folder = save_model_folder(
+        tmp_path / "model",
+        model,
+        item_ids=ids,
+        curve={
+            "train": [{"epoch": 1, "loss": 3.0}],
+            "valid": [
+                {"epoch": 1, **dict.fromkeys(("HR@5", "HR@10", "HR@20", "NDCG@5", "NDCG@10", "NDCG@20"), 1.0)}
+            ],
+        },
+        summary={"best_epoch": 1},
+    )
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "config.json",
+        "curve.json",
+        "curve.png",
+        "item_map.tsv",
+        "model.safetensors",
+        "train_summary.json",
+    ]
     config = read_config(folder)
     assert config["format"] == "diffurec-model" and config["version"] == 1
     assert config["model"] == name and config["preset"] == preset and config["num_items"] == ITEMS
@@ -61,7 +80,9 @@ def test_round_trip_gives_the_same_scores(tmp_path, name, preset, hyper):
 def test_popularity_round_trip(tmp_path):
     model = build_model("popularity", ITEMS, MAX_LEN)
     model.fit(np.array([1, 2, 2, 5, 5, 5], dtype=np.int32))
-    loaded = load_model_folder(save_model_folder(tmp_path / "pop", model, item_ids=[str(i) for i in range(ITEMS)]))
+    loaded = load_model_folder(
+        save_model_folder(tmp_path / "pop", model, item_ids=[str(i) for i in range(ITEMS)])
+    )
     assert torch.equal(loaded.score(_inputs()), model.score(_inputs()))
     assert loaded.counts[5] == 3
 
@@ -85,7 +106,7 @@ def test_bad_folders_give_one_line_errors(tmp_path):
     (folder / "config.json").write_text(json.dumps({**config, "format": "something-else"}))
     with pytest.raises(DiffuRecError, match="config.json: expected diffurec-model version 1"):
         load_model_folder(folder)
-    (folder / "config.json").write_text("{\n  \"format\": oops\n}")
+    (folder / "config.json").write_text('{\n  "format": oops\n}')
     with pytest.raises(DiffuRecError, match=r"config.json, row 2, column 13: not valid JSON"):
         load_model_folder(folder)
     (folder / "config.json").write_text(json.dumps(config))

@@ -31,16 +31,16 @@ def test_compiled_spec_is_up_to_date(tmp_path, repo_root):
     result = run([DIFFUREC, "pipeline", "compile", "--out", str(out)], cwd=repo_root, env=env)
     assert result.returncode == 0, result.stderr
     committed = (repo_root / "pipelines" / "diffurec_pipeline.yaml").read_text()
-    assert out.read_text() == committed, \
+    assert out.read_text() == committed, (
         "pipelines/diffurec_pipeline.yaml is stale: run `diffurec pipeline compile` and commit it"
+    )
 
 
 def test_spec_gpu_caching_condition_and_parameters(repo_root):
     spec, platform = _spec(repo_root)
     tasks = spec["root"]["dag"]["tasks"]
     # Caching: off where the step reads or changes outside state, on for pure steps.
-    caching = {name: task.get("cachingOptions", {}).get("enableCache", False)
-               for name, task in tasks.items()}
+    caching = {name: task.get("cachingOptions", {}).get("enableCache", False) for name, task in tasks.items()}
     assert caching["fetch-raw"] is False and caching["register"] is False
     assert caching["gate"] is False
     assert caching["train"] is True and caching["preprocess"] is True
@@ -53,15 +53,17 @@ def test_spec_gpu_caching_condition_and_parameters(repo_root):
     assert list(inner) == ["promote"]
     assert inner["promote"].get("cachingOptions", {}).get("enableCache", False) is False
     # The train step asks for a GPU, CPU and memory, and lands on a GPU node.
-    executor = spec["deploymentSpec"]["executors"][tasks["train"]["componentRef"]["name"].replace(
-        "comp-", "exec-")]
+    executor = spec["deploymentSpec"]["executors"][
+        tasks["train"]["componentRef"]["name"].replace("comp-", "exec-")
+    ]
     resources = executor["container"]["resources"]
     assert resources["accelerator"]["resourceType"] == "nvidia.com/gpu"
     assert resources["accelerator"]["resourceCount"] == "1"
     assert resources["cpuRequest"] > 0 and resources["memoryLimit"] > 0
     assert executor["container"]["image"] == "ghcr.io/diffurec/diffurec:0.1.0"
     train_platform = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"][
-        tasks["train"]["componentRef"]["name"].replace("comp-", "exec-")]
+        tasks["train"]["componentRef"]["name"].replace("comp-", "exec-")
+    ]
     assert train_platform["nodeSelector"]["labels"] == {"nvidia.com/gpu.present": "true"}
     assert train_platform["tolerations"][0]["key"] == "nvidia.com/gpu"
     # Parameters cover data location, preset, budget and thresholds, defaults from params.yaml.
@@ -73,19 +75,37 @@ def test_spec_gpu_caching_condition_and_parameters(repo_root):
 
 
 def _local_run(repo_root, root, uri, source, thresholds, model="diffurec"):
-    command = [DIFFUREC, "pipeline", "local", "--root", str(root), "--set", f"train.model={model}",
-               # null: the model's default preset (params.yaml's is a DiffuRec preset)
-               *(["--set", "train.preset=null"] if model != "diffurec" else []),
-               "--set", f"source={source}", "--set", "train.epochs=1", "--set", "train.max_minutes=1",
-               "--set", "train.patience=1", "--set", f"registry_name={NAME}",
-               "--set", f"gate_thresholds={json.dumps(thresholds)}"]
+    command = [
+        DIFFUREC,
+        "pipeline",
+        "local",
+        "--root",
+        str(root),
+        "--set",
+        f"train.model={model}",
+        # null: the model's default preset (params.yaml's is a DiffuRec preset)
+        *(["--set", "train.preset=null"] if model != "diffurec" else []),
+        "--set",
+        f"source={source}",
+        "--set",
+        "train.epochs=1",
+        "--set",
+        "train.max_minutes=1",
+        "--set",
+        "train.patience=1",
+        "--set",
+        f"registry_name={NAME}",
+        "--set",
+        f"gate_thresholds={json.dumps(thresholds)}",
+    ]
     return run(command, cwd=repo_root, env=tool_env(uri))
 
 
 @pytest.mark.slow
 def test_local_run_takes_or_skips_the_promote_branch(tmp_path, repo_root, shared_data):
-    source = write_slice(shared_data / "ml-100k" / "ml-100k.inter", tmp_path / "slice.inter",
-                         users=SLICE_USERS)
+    source = write_slice(
+        shared_data / "ml-100k" / "ml-100k.inter", tmp_path / "slice.inter", users=SLICE_USERS
+    )
     uri = f"sqlite:///{tmp_path}/mlflow.db"
 
     floors = {"min": {"HR@10": 0.0}, "min_margin_over_popularity": {}, "max_drop_vs_champion": {}}

@@ -34,7 +34,9 @@ def _read_tsv(path):
 
 def test_recommendations_for_every_user_of_a_splits_folder(folders, tmp_path):
     splits, model_dir = folders
-    result = recommend_to_file(model_dir, tmp_path / "recs.tsv", splits_dir=splits.path, top_k=5, mask_history=True)
+    result = recommend_to_file(
+        model_dir, tmp_path / "recs.tsv", splits_dir=splits.path, top_k=5, mask_history=True
+    )
     rows = _read_tsv(tmp_path / "recs.tsv")
     assert result["users"] == splits.num_users and len(rows) == 5 * splits.num_users
     known = set(splits.item_ids)
@@ -44,26 +46,30 @@ def test_recommendations_for_every_user_of_a_splits_folder(folders, tmp_path):
         by_user.setdefault(user, []).append((int(rank), item, float(score)))
     assert list(by_user) == splits.user_ids
     index = {item: i for i, item in enumerate(splits.item_ids, start=1)}
-    for u, (user, recs) in enumerate(by_user.items()):
+    for u, recs in enumerate(by_user.values()):
         assert [r for r, _, _ in recs] == [1, 2, 3, 4, 5]
         scores = [s for _, _, s in recs]
         assert scores == sorted(scores, reverse=True)
-        history = set(np.asarray(splits.seq_items[splits.seq_offsets[u]:splits.seq_offsets[u + 1]]).tolist())
+        history = set(
+            np.asarray(splits.seq_items[splits.seq_offsets[u] : splits.seq_offsets[u + 1]]).tolist()
+        )
         assert not history & {index[i] for _, i, _ in recs}  # masked: nothing already seen
 
 
 def test_histories_file_matches_scoring_the_same_history(folders, tmp_path):
     splits, model_dir = folders
-    first = np.asarray(splits.seq_items[splits.seq_offsets[0]:splits.seq_offsets[1]])
+    first = np.asarray(splits.seq_items[splits.seq_offsets[0] : splits.seq_offsets[1]])
     original = " ".join(splits.item_ids[i - 1] for i in first)
     (tmp_path / "h.tsv").write_text(f"alice\t{original}\n\nbob\t{splits.item_ids[0]}\n")
     index = {item: i for i, item in enumerate(splits.item_ids, start=1)}
     users, items, offsets = read_histories(tmp_path / "h.tsv", index)
     assert users == ["alice", "bob"] and offsets.tolist() == [0, len(first), len(first) + 1]
-    assert items[:len(first)].tolist() == first.tolist() and items[-1] == 1
+    assert items[: len(first)].tolist() == first.tolist() and items[-1] == 1
 
     (tmp_path / "alice.tsv").write_text(f"alice\t{original}\n")
-    recommend_to_file(model_dir, tmp_path / "recs.tsv", histories_path=tmp_path / "alice.tsv", top_k=3, seed=5)
+    recommend_to_file(
+        model_dir, tmp_path / "recs.tsv", histories_path=tmp_path / "alice.tsv", top_k=3, seed=5
+    )
     rows = _read_tsv(tmp_path / "recs.tsv")
     # the same window scored directly with the same seed gives the same list
     from diffurec.model_folder import load_model_folder

@@ -20,11 +20,27 @@ from diffurec.train_settings import TrainSettings
 # A value other than the default for every field. A new field without one here fails
 # test_every_field_has_a_test_value: then add it, and the three paths below cover it.
 NON_DEFAULT = {
-    "model": "sasrec", "preset": "dense", "hyper": {"dropout": 0.25, "num_blocks": 1},
-    "epochs": 7, "batch_size": 64, "lr": 0.005, "weight_decay": 0.01, "lr_step": 3,
-    "lr_gamma": 0.5, "eval_every": 2, "patience": 9, "stop_rule": "reference", "max_minutes": 1.5,
-    "seed": 11, "device": "cpu", "threads": 1, "eval_batch_size": 32, "eval_reverse_steps": 4,
-    "checkpoint_dir": "ckpt", "resume": True, "progress": False,
+    "model": "sasrec",
+    "preset": "dense",
+    "hyper": {"dropout": 0.25, "num_blocks": 1},
+    "epochs": 7,
+    "batch_size": 64,
+    "lr": 0.005,
+    "weight_decay": 0.01,
+    "lr_step": 3,
+    "lr_gamma": 0.5,
+    "eval_every": 2,
+    "patience": 9,
+    "stop_rule": "reference",
+    "max_minutes": 1.5,
+    "seed": 11,
+    "device": "cpu",
+    "threads": 1,
+    "eval_batch_size": 32,
+    "eval_reverse_steps": 4,
+    "checkpoint_dir": "ckpt",
+    "resume": True,
+    "progress": False,
 }
 EXPECTED = TrainSettings(**NON_DEFAULT)
 
@@ -43,12 +59,50 @@ def test_every_field_has_a_test_value():
 
 
 def test_every_field_from_the_command_line():
-    argv = ["--model", "sasrec", "--preset", "dense", "--set", "dropout=0.25", "--set", "num_blocks=1",
-            "--epochs", "7", "--batch-size", "64", "--lr", "0.005", "--weight-decay", "0.01",
-            "--lr-step", "3", "--lr-gamma", "0.5", "--eval-every", "2", "--patience", "9",
-            "--stop-rule", "reference", "--max-minutes", "1.5", "--seed", "11", "--device", "cpu",
-            "--threads", "1", "--eval-batch-size", "32", "--eval-reverse-steps", "4",
-            "--checkpoint-dir", "ckpt", "--resume", "--no-progress"]
+    argv = [
+        "--model",
+        "sasrec",
+        "--preset",
+        "dense",
+        "--set",
+        "dropout=0.25",
+        "--set",
+        "num_blocks=1",
+        "--epochs",
+        "7",
+        "--batch-size",
+        "64",
+        "--lr",
+        "0.005",
+        "--weight-decay",
+        "0.01",
+        "--lr-step",
+        "3",
+        "--lr-gamma",
+        "0.5",
+        "--eval-every",
+        "2",
+        "--patience",
+        "9",
+        "--stop-rule",
+        "reference",
+        "--max-minutes",
+        "1.5",
+        "--seed",
+        "11",
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+        "--eval-batch-size",
+        "32",
+        "--eval-reverse-steps",
+        "4",
+        "--checkpoint-dir",
+        "ckpt",
+        "--resume",
+        "--no-progress",
+    ]
     assert _parse_train(argv) == EXPECTED
     assert _parse_train([]) == TrainSettings()
 
@@ -108,8 +162,12 @@ def test_every_field_through_the_kubeflow_pipeline(tmp_path, repo_root, monkeypa
     curves = SimpleNamespace(path=str(tmp_path / "curves.html"), metadata={})
     train_component.python_func(
         raw=SimpleNamespace(path=str(raw), metadata={"file": "r.inter"}),
-        splits=SimpleNamespace(path=str(splits), metadata={}), settings=NON_DEFAULT,
-        data_params={"dataset": "x", "source": "", "max_len": 20}, model=model, curves=curves)
+        splits=SimpleNamespace(path=str(splits), metadata={}),
+        settings=NON_DEFAULT,
+        data_params={"dataset": "x", "source": "", "max_len": 20},
+        model=model,
+        curves=curves,
+    )
     (argv,) = seen
     assert argv[0] == "train"
     assert _parse_train(argv[5:]) == EXPECTED
@@ -117,24 +175,25 @@ def test_every_field_through_the_kubeflow_pipeline(tmp_path, repo_root, monkeypa
     assert lineage["params"]["train"] == NON_DEFAULT and lineage["preset"] == "dense"
 
 
-@pytest.mark.parametrize("settings, message", [
-    ({"epochs": "many"}, "epochs: expected int"),
-    ({"epoch": 3}, "unknown setting 'epoch'"),
-    ({"lr": -1}, "--lr must be positive"),
-    ({"model": "gpt"}, "--model 'gpt'"),
-    ({"resume": "yes"}, "resume: expected bool"),
-])
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"epochs": "many"}, "epochs: expected int"),
+        ({"epoch": 3}, "unknown setting 'epoch'"),
+        ({"lr": -1}, "--lr must be positive"),
+        ({"model": "gpt"}, "--model 'gpt'"),
+        ({"resume": "yes"}, "resume: expected bool"),
+    ],
+)
 def test_bad_settings_are_one_line(tmp_path, capsys, settings, message):
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump({"train": settings}))
-    status = main(["train", "--splits", str(tmp_path), "--out", str(tmp_path / "m"),
-                   "--params", str(params)])
+    status = main(["train", "--splits", str(tmp_path), "--out", str(tmp_path / "m"), "--params", str(params)])
     err = capsys.readouterr().err.strip().splitlines()
     assert status == 2 and len(err) == 1 and message in err[0]
     assert not (tmp_path / "m").exists()
 
 
 def test_settings_json_must_be_an_object(tmp_path, capsys):
-    assert main(["train", "--splits", str(tmp_path), "--out", str(tmp_path / "m"),
-                 "--settings", "[1]"]) == 2
+    assert main(["train", "--splits", str(tmp_path), "--out", str(tmp_path / "m"), "--settings", "[1]"]) == 2
     assert "--settings: expected a JSON object" in capsys.readouterr().err

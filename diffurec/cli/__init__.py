@@ -50,8 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
+    )
     started = time.perf_counter()
     result, succeeded, status = None, False, EXIT_ERROR
     try:
@@ -66,8 +67,13 @@ def main(argv: list[str] | None = None) -> int:
         from diffurec import telemetry
 
         result = result or {}
-        telemetry.report_step(args.command, time.perf_counter() - started, succeeded,
-                              gauges=result.get("gauges", {}), labels=result.get("labels", {}))
+        telemetry.report_step(
+            args.command,
+            time.perf_counter() - started,
+            succeeded,
+            gauges=result.get("gauges", {}),
+            labels=result.get("labels", {}),
+        )
     return status
 
 

@@ -22,6 +22,7 @@ def register(subparsers) -> None:
 
 # ---- helpers -------------------------------------------------------------------------------
 
+
 def _dataset_label(splits) -> str | None:
     source = splits.meta.get("source") or {}
     path = source.get("path") if isinstance(source, dict) else None
@@ -30,30 +31,43 @@ def _dataset_label(splits) -> str | None:
 
 def _check_compatible(model, splits, model_dir) -> None:
     if model.config["num_items"] != splits.num_items:
-        raise DiffuRecError(f"{Path(model_dir) / 'config.json'}: model has {model.config['num_items']} items "
-                            f"but splits {splits.path} have {splits.num_items}")
+        raise DiffuRecError(
+            f"{Path(model_dir) / 'config.json'}: model has {model.config['num_items']} items "
+            f"but splits {splits.path} have {splits.num_items}"
+        )
 
 
 # ---- train ---------------------------------------------------------------------------------
+
 
 def _register_train(subparsers) -> None:
     from diffurec import train_settings
 
     p = subparsers.add_parser(
-        "train", help="train a model on a splits folder and write a model folder",
+        "train",
+        help="train a model on a splits folder and write a model folder",
         description="Train a model (DiffuRec preset, SASRec+ or popularity) on a splits folder; "
-                    "validate every --eval-every epochs, stop early on validation NDCG@10, and write "
-                    "the best validation weights as a model folder (docs/formats.md). Runs under "
-                    "torchrun for DistributedDataParallel (NCCL on GPUs, Gloo on CPUs). Settings "
-                    "come from the defaults below, then --params or --settings, then the flags given.")
+        "validate every --eval-every epochs, stop early on validation NDCG@10, and write "
+        "the best validation weights as a model folder (docs/formats.md). Runs under "
+        "torchrun for DistributedDataParallel (NCCL on GPUs, Gloo on CPUs). Settings "
+        "come from the defaults below, then --params or --settings, then the flags given.",
+    )
     p.add_argument("--splits", required=True, help="splits folder written by 'diffurec preprocess'")
     p.add_argument("--out", required=True, help="model folder to write")
     base = p.add_mutually_exclusive_group()
-    base.add_argument("--params", metavar="YAML",
-                      help="read the settings from this file's `train:` section (e.g. params.yaml)")
-    base.add_argument("--settings", metavar="JSON",
-                      help="read the settings from this JSON object (the pipeline's `train` parameter)")
-    p.add_argument("--lineage-json", default=None, help="JSON object stored as 'lineage' in train_summary.json")
+    base.add_argument(
+        "--params",
+        metavar="YAML",
+        help="read the settings from this file's `train:` section (e.g. params.yaml)",
+    )
+    base.add_argument(
+        "--settings",
+        metavar="JSON",
+        help="read the settings from this JSON object (the pipeline's `train` parameter)",
+    )
+    p.add_argument(
+        "--lineage-json", default=None, help="JSON object stored as 'lineage' in train_summary.json"
+    )
     train_settings.add_arguments(p.add_argument_group("training settings (TrainSettings)"))
     p.set_defaults(func=run_train)
 
@@ -84,10 +98,15 @@ def run_train(args: argparse.Namespace) -> dict:
     if not summary:  # a non-zero torchrun rank
         return {}
     labels = {"model": settings.model, "dataset": _dataset_label(splits)}
-    return {"gauges": {"samples_per_second": summary["samples_per_second"],
-                       "epochs": summary["epochs_run"], "best_epoch": summary["best_epoch"],
-                       "valid_NDCG@10": summary["best_valid"]["NDCG@10"]},
-            "labels": {k: v for k, v in labels.items() if v}}
+    return {
+        "gauges": {
+            "samples_per_second": summary["samples_per_second"],
+            "epochs": summary["epochs_run"],
+            "best_epoch": summary["best_epoch"],
+            "valid_NDCG@10": summary["best_valid"]["NDCG@10"],
+        },
+        "labels": {k: v for k, v in labels.items() if v},
+    }
 
 
 def _json_object(text: str, flag: str) -> dict:
@@ -102,16 +121,21 @@ def _json_object(text: str, flag: str) -> dict:
 
 # ---- evaluate ------------------------------------------------------------------------------
 
+
 def _register_evaluate(subparsers) -> None:
     p = subparsers.add_parser(
-        "evaluate", help="full-ranking HR@K / NDCG@K of a model folder on a split",
+        "evaluate",
+        help="full-ranking HR@K / NDCG@K of a model folder on a split",
         description="Rank every item for every user of a split (padding never ranked, ties against "
-                    "the target) and write the metrics JSON of docs/formats.md (values in percent).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        "the target) and write the metrics JSON of docs/formats.md (values in percent).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     p.add_argument("--model", required=True, help="model folder written by 'diffurec train'")
     p.add_argument("--splits", required=True, help="splits folder")
     p.add_argument("--split", default="test", choices=("valid", "test"), help="which split")
-    p.add_argument("--reverse-steps", type=int, default=None, help="DiffuRec reverse steps (default: the preset's)")
+    p.add_argument(
+        "--reverse-steps", type=int, default=None, help="DiffuRec reverse steps (default: the preset's)"
+    )
     p.add_argument("--mask-history", action="store_true", help="never rank items of the user's own history")
     p.add_argument("--batch-size", type=int, default=1024, help="users per batch")
     p.add_argument("--seed", type=int, default=1997, help="seed of the model's inference noise")
@@ -135,9 +159,16 @@ def run_evaluate(args) -> dict:
     splits = load_splits(args.splits)
     _check_compatible(model, splits, args.model)
     try:
-        result = evaluate(model, splits, split=args.split, mask_history=args.mask_history,
-                          reverse_steps=args.reverse_steps, batch_size=args.batch_size, seed=args.seed,
-                          device=device)
+        result = evaluate(
+            model,
+            splits,
+            split=args.split,
+            mask_history=args.mask_history,
+            reverse_steps=args.reverse_steps,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            device=device,
+        )
     except ValueError as error:  # e.g. reverse steps out of range
         raise DiffuRecError(f"evaluate {args.model}: {error}") from None
     result["model"]["folder"] = str(args.model)
@@ -152,21 +183,28 @@ def run_evaluate(args) -> dict:
 
 # ---- recommend -----------------------------------------------------------------------------
 
+
 def _register_recommend(subparsers) -> None:
     p = subparsers.add_parser(
-        "recommend", help="top-K items (original ids) per user",
+        "recommend",
+        help="top-K items (original ids) per user",
         description="Write the top-K recommended items (original ids from item_map.tsv) for every user "
-                    "of a splits folder (their whole known sequence is the history) or for every "
-                    "history in a file (one line per user: 'user<TAB>item item ...', oldest first, "
-                    "original item ids).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        "of a splits folder (their whole known sequence is the history) or for every "
+        "history in a file (one line per user: 'user<TAB>item item ...', oldest first, "
+        "original item ids).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     p.add_argument("--model", required=True, help="model folder")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--splits", help="splits folder: recommend for each of its users")
     source.add_argument("--histories", help="histories file: 'user<TAB>item item ...' per line")
     p.add_argument("--top-k", type=int, default=10, help="items per user")
-    p.add_argument("--mask-history", action="store_true", help="do not recommend items already in the history")
-    p.add_argument("--reverse-steps", type=int, default=None, help="DiffuRec reverse steps (default: the preset's)")
+    p.add_argument(
+        "--mask-history", action="store_true", help="do not recommend items already in the history"
+    )
+    p.add_argument(
+        "--reverse-steps", type=int, default=None, help="DiffuRec reverse steps (default: the preset's)"
+    )
     p.add_argument("--batch-size", type=int, default=1024, help="users per batch")
     p.add_argument("--seed", type=int, default=1997, help="seed of the model's inference noise")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -181,8 +219,18 @@ def run_recommend(args) -> dict:
     device = devices.choose_device(args.device)
     devices.configure(device)
     result = recommend.recommend_to_file(
-        args.model, args.out, splits_dir=args.splits, histories_path=args.histories, top_k=args.top_k,
-        mask_history=args.mask_history, reverse_steps=args.reverse_steps, batch_size=args.batch_size,
-        seed=args.seed, device=device)
-    return {"gauges": {"users": result["users"], "users_per_second": result["users_per_second"]},
-            "labels": {"model": result["model"]}}
+        args.model,
+        args.out,
+        splits_dir=args.splits,
+        histories_path=args.histories,
+        top_k=args.top_k,
+        mask_history=args.mask_history,
+        reverse_steps=args.reverse_steps,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        device=device,
+    )
+    return {
+        "gauges": {"users": result["users"], "users_per_second": result["users_per_second"]},
+        "labels": {"model": result["model"]},
+    }

@@ -45,8 +45,13 @@ def kcore(frame: pd.DataFrame, k: int) -> pd.DataFrame:
         frame = frame[keep.to_numpy()]
 
 
-def clean_interactions(frame: pd.DataFrame, min_rating: float | None = None,
-                       dedup: str = "keep-all", kcore_k: int = 0, source: str = "input"):
+def clean_interactions(
+    frame: pd.DataFrame,
+    min_rating: float | None = None,
+    dedup: str = "keep-all",
+    kcore_k: int = 0,
+    source: str = "input",
+):
     """Apply steps 1-5; returns (ordered frame, dropped counts). Raises when no user is left."""
     if dedup not in DEDUP_POLICIES:
         raise DiffuRecError(f"unknown duplicate policy {dedup!r}: use {' or '.join(DEDUP_POLICIES)}")
@@ -87,8 +92,10 @@ def clean_interactions(frame: pd.DataFrame, min_rating: float | None = None,
     dropped["short_users"] = int(frame.loc[short, "user"].nunique())
     frame = frame[~short]
     if len(frame) == 0:
-        raise DiffuRecError(f"{source}: no user has at least {MIN_SEQUENCE_LENGTH} interactions "
-                            f"after cleaning ({_describe_dropped(dropped)}); nothing to split")
+        raise DiffuRecError(
+            f"{source}: no user has at least {MIN_SEQUENCE_LENGTH} interactions "
+            f"after cleaning ({_describe_dropped(dropped)}); nothing to split"
+        )
     return frame, dropped
 
 
@@ -104,21 +111,31 @@ def length_distribution(lengths: np.ndarray) -> dict:
     for lo, hi in zip(edges, edges[1:] + [None], strict=True):
         inside = (lengths >= lo) & ((lengths < hi) if hi else True)
         bins[f"{lo}-{hi - 1}" if hi else f"{lo}+"] = int(inside.sum())
-    return {"min": int(lengths.min()), "max": int(lengths.max()),
-            "mean": round(float(lengths.mean()), 4),
-            **{f"p{p}": float(q) for p, q in zip((10, 25, 50, 75, 90, 99), quantiles, strict=True)},
-            "histogram": bins}
+    return {
+        "min": int(lengths.min()),
+        "max": int(lengths.max()),
+        "mean": round(float(lengths.mean()), 4),
+        **{f"p{p}": float(q) for p, q in zip((10, 25, 50, 75, 90, 99), quantiles, strict=True)},
+        "histogram": bins,
+    }
 
 
-def preprocess_frame(frame: pd.DataFrame, out, max_len: int = DEFAULT_MAX_LEN,
-                     min_rating: float | None = None, dedup: str = "keep-all", kcore_k: int = 0,
-                     source: dict | None = None) -> dict:
+def preprocess_frame(
+    frame: pd.DataFrame,
+    out,
+    max_len: int = DEFAULT_MAX_LEN,
+    min_rating: float | None = None,
+    dedup: str = "keep-all",
+    kcore_k: int = 0,
+    source: dict | None = None,
+) -> dict:
     """Clean, order, remap and split a read_interactions frame; write the splits folder."""
     source = dict(source or {})
     rows_read = len(frame)
     has_time = "timestamp" in frame
-    ordered, dropped = clean_interactions(frame, min_rating, dedup, kcore_k,
-                                          source=source.get("path", "input"))
+    ordered, dropped = clean_interactions(
+        frame, min_rating, dedup, kcore_k, source=source.get("path", "input")
+    )
     user_codes, user_ids = pd.factorize(ordered["user"], sort=False)
     item_codes, item_ids = pd.factorize(ordered["item"], sort=False)
     counts = np.bincount(user_codes, minlength=len(user_ids))
@@ -126,14 +143,18 @@ def preprocess_frame(frame: pd.DataFrame, out, max_len: int = DEFAULT_MAX_LEN,
     np.cumsum(counts, out=offsets[1:])
 
     settings = {"min_rating": min_rating, "dedup": dedup, "kcore": kcore_k, "max_len": max_len}
-    meta = {"source": source, "tie_rule": TIE_RULE_STABLE if has_time else TIE_RULE_FILE,
-            "item_index_rule": "1..N by first appearance in the ordered sequences (0 = padding)",
-            "user_index_rule": "0..U-1 by first appearance in the file",
-            "split": "leave-one-out: last item test, second to last validation, rest train",
-            "samples": "every prefix of each training sequence, last max_len items, left-padded",
-            "preprocessing": settings}
-    splits = build_splits((item_codes + 1).astype(np.int32), offsets, list(item_ids),
-                          list(user_ids), max_len=max_len, meta=meta)
+    meta = {
+        "source": source,
+        "tie_rule": TIE_RULE_STABLE if has_time else TIE_RULE_FILE,
+        "item_index_rule": "1..N by first appearance in the ordered sequences (0 = padding)",
+        "user_index_rule": "0..U-1 by first appearance in the file",
+        "split": "leave-one-out: last item test, second to last validation, rest train",
+        "samples": "every prefix of each training sequence, last max_len items, left-padded",
+        "preprocessing": settings,
+    }
+    splits = build_splits(
+        (item_codes + 1).astype(np.int32), offsets, list(item_ids), list(user_ids), max_len=max_len, meta=meta
+    )
     stats = {
         "rows_read": rows_read,
         "rows_dropped": rows_read - len(ordered),
@@ -151,27 +172,57 @@ def preprocess_frame(frame: pd.DataFrame, out, max_len: int = DEFAULT_MAX_LEN,
     }
     if has_time:
         stamps = ordered["timestamp"].to_numpy()
-        stats["timestamps"] = {"min": float(stamps.min()), "max": float(stamps.max()),
-                               "ties_within_user": int(ordered.duplicated(["user", "timestamp"]).sum())}
+        stats["timestamps"] = {
+            "min": float(stamps.min()),
+            "max": float(stamps.max()),
+            "ties_within_user": int(ordered.duplicated(["user", "timestamp"]).sum()),
+        }
     write_splits(splits, out, stats=stats)
-    log.info("wrote %s: %d users, %d items, %d interactions, %d training samples", out,
-             stats["users"], stats["items"], stats["interactions"], stats["train_samples"])
+    log.info(
+        "wrote %s: %d users, %d items, %d interactions, %d training samples",
+        out,
+        stats["users"],
+        stats["items"],
+        stats["interactions"],
+        stats["train_samples"],
+    )
     return stats
 
 
-def preprocess_file(path, out, max_len: int = DEFAULT_MAX_LEN, format: str | None = None,
-                    user_col: str | None = None, item_col: str | None = None,
-                    time_col: str | None = None, rating_col: str | None = None,
-                    sep: str | None = None, min_rating: float | None = None,
-                    dedup: str = "keep-all", kcore_k: int = 0) -> dict:
+def preprocess_file(
+    path,
+    out,
+    max_len: int = DEFAULT_MAX_LEN,
+    format: str | None = None,
+    user_col: str | None = None,
+    item_col: str | None = None,
+    time_col: str | None = None,
+    rating_col: str | None = None,
+    sep: str | None = None,
+    min_rating: float | None = None,
+    dedup: str = "keep-all",
+    kcore_k: int = 0,
+) -> dict:
     """Read any supported file and write its splits folder to `out`; returns stats.json's dict."""
     path = Path(path)
     started = time.perf_counter()
-    frame = read_interactions(path, format=format, user_col=user_col, item_col=item_col,
-                              time_col=time_col, rating_col=rating_col, sep=sep)
-    source = {"path": str(path), "format": frame.attrs.get("format"),
-              "columns": frame.attrs.get("source_columns", {}), "md5": file_md5(path)}
-    stats = preprocess_frame(frame, out, max_len=max_len, min_rating=min_rating, dedup=dedup,
-                             kcore_k=kcore_k, source=source)
+    frame = read_interactions(
+        path,
+        format=format,
+        user_col=user_col,
+        item_col=item_col,
+        time_col=time_col,
+        rating_col=rating_col,
+        sep=sep,
+    )
+    source = {
+        "path": str(path),
+        "format": frame.attrs.get("format"),
+        "columns": frame.attrs.get("source_columns", {}),
+        "md5": file_md5(path),
+    }
+    stats = preprocess_frame(
+        frame, out, max_len=max_len, min_rating=min_rating, dedup=dedup, kcore_k=kcore_k, source=source
+    )
     stats["seconds"] = round(time.perf_counter() - started, 3)
     return stats

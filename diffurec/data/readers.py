@@ -48,35 +48,76 @@ class FormatSpec:
 
 # Candidate source names for generic tables, tried in order when no --*-col is given.
 GENERIC_USER = ("user_id", "user", "userId", "userid", "UserID", "reviewerID", "visitorid")
-GENERIC_ITEM = ("item_id", "item", "itemId", "itemid", "movieId", "MovieID", "movie_id", "asin",
-                "product_id")
+GENERIC_ITEM = ("item_id", "item", "itemId", "itemid", "movieId", "MovieID", "movie_id", "asin", "product_id")
 GENERIC_TIME = ("timestamp", "time", "Timestamp", "unixReviewTime", "ts", "datetime", "date")
 GENERIC_RATING = ("rating", "Rating", "score", "overall")
 
 FORMATS = {
-    spec.name: spec for spec in (
-        FormatSpec("inter", "RecBole atomic .inter file (tab-separated, 'name:type' header)",
-                   "\t", True, ("user_id",), ("item_id",), ("timestamp",), ("rating",)),
-        FormatSpec("ml-100k", "MovieLens 100K u.data (tab-separated: user item rating timestamp)",
-                   "\t", False, positional=("user", "item", "rating", "timestamp")),
-        FormatSpec("ml-1m", "MovieLens 1M ratings.dat (UserID::MovieID::Rating::Timestamp)",
-                   "::", False, positional=("user", "item", "rating", "timestamp")),
-        FormatSpec("movielens-csv", "MovieLens ratings.csv (userId,movieId,rating,timestamp)",
-                   ",", True, ("userId",), ("movieId",), ("timestamp",), ("rating",)),
-        FormatSpec("csv", "comma-separated table with a header", ",", True,
-                   GENERIC_USER, GENERIC_ITEM, GENERIC_TIME, GENERIC_RATING),
-        FormatSpec("tsv", "tab-separated table with a header", "\t", True,
-                   GENERIC_USER, GENERIC_ITEM, GENERIC_TIME, GENERIC_RATING),
-        FormatSpec("parquet", "Parquet table", None, True,
-                   GENERIC_USER, GENERIC_ITEM, GENERIC_TIME, GENERIC_RATING),
-        FormatSpec("sequences", "one user per line: 'user item1 item2 ...' in time order",
-                   None, False),
+    spec.name: spec
+    for spec in (
+        FormatSpec(
+            "inter",
+            "RecBole atomic .inter file (tab-separated, 'name:type' header)",
+            "\t",
+            True,
+            ("user_id",),
+            ("item_id",),
+            ("timestamp",),
+            ("rating",),
+        ),
+        FormatSpec(
+            "ml-100k",
+            "MovieLens 100K u.data (tab-separated: user item rating timestamp)",
+            "\t",
+            False,
+            positional=("user", "item", "rating", "timestamp"),
+        ),
+        FormatSpec(
+            "ml-1m",
+            "MovieLens 1M ratings.dat (UserID::MovieID::Rating::Timestamp)",
+            "::",
+            False,
+            positional=("user", "item", "rating", "timestamp"),
+        ),
+        FormatSpec(
+            "movielens-csv",
+            "MovieLens ratings.csv (userId,movieId,rating,timestamp)",
+            ",",
+            True,
+            ("userId",),
+            ("movieId",),
+            ("timestamp",),
+            ("rating",),
+        ),
+        FormatSpec(
+            "csv",
+            "comma-separated table with a header",
+            ",",
+            True,
+            GENERIC_USER,
+            GENERIC_ITEM,
+            GENERIC_TIME,
+            GENERIC_RATING,
+        ),
+        FormatSpec(
+            "tsv",
+            "tab-separated table with a header",
+            "\t",
+            True,
+            GENERIC_USER,
+            GENERIC_ITEM,
+            GENERIC_TIME,
+            GENERIC_RATING,
+        ),
+        FormatSpec(
+            "parquet", "Parquet table", None, True, GENERIC_USER, GENERIC_ITEM, GENERIC_TIME, GENERIC_RATING
+        ),
+        FormatSpec("sequences", "one user per line: 'user item1 item2 ...' in time order", None, False),
     )
 }
 FORMAT_NAMES = tuple(FORMATS)
 
-_DELIMITER_NAMES = {",": "comma", "\t": "tab", ";": "semicolon", "|": "pipe", "::": "'::'",
-                    " ": "space"}
+_DELIMITER_NAMES = {",": "comma", "\t": "tab", ";": "semicolon", "|": "pipe", "::": "'::'", " ": "space"}
 
 
 def detect_format(path: str | Path) -> str:
@@ -98,8 +139,9 @@ def detect_format(path: str | Path) -> str:
         return "parquet"
     if lower.endswith(".txt"):
         return "sequences"
-    raise DiffuRecError(f"{path}: cannot tell the format from the file name; "
-                        f"give --format ({', '.join(FORMAT_NAMES)})")
+    raise DiffuRecError(
+        f"{path}: cannot tell the format from the file name; give --format ({', '.join(FORMAT_NAMES)})"
+    )
 
 
 def _read_bytes(path: Path) -> bytes:
@@ -119,8 +161,7 @@ def _read_bytes(path: Path) -> bytes:
     return raw
 
 
-def _decode(path: Path, raw: bytes, sep: str | None = None,
-            names: list[str] | None = None) -> str:
+def _decode(path: Path, raw: bytes, sep: str | None = None, names: list[str] | None = None) -> str:
     """UTF-8 text of the file; a bad byte is reported with its row and, given the delimiter
     and the column names (None: the header line's), its column."""
     if not raw.strip():
@@ -128,38 +169,54 @@ def _decode(path: Path, raw: bytes, sep: str | None = None,
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as error:
-        row = raw[:error.start].count(b"\n") + 1
-        bad = raw[error.start:error.start + 4]
+        row = raw[: error.start].count(b"\n") + 1
+        bad = raw[error.start : error.start + 4]
         column = None
         if sep is not None:
             line_start = raw.rfind(b"\n", 0, error.start) + 1
-            index = raw[line_start:error.start].count(sep.encode())
+            index = raw[line_start : error.start].count(sep.encode())
             if names is None:  # the header names the columns
-                header = raw[:raw.find(b"\n")].decode("utf-8", "replace").rstrip("\r")
+                header = raw[: raw.find(b"\n")].decode("utf-8", "replace").rstrip("\r")
                 names = [c.split(":")[0].strip() for c in header.split(sep)]
             if names:
                 column = names[min(index, len(names) - 1)]
-        raise located(path, f"bytes {bad!r} are not valid UTF-8 (re-encode the file as UTF-8)",
-                      row=row, column=column) from None
+        raise located(
+            path, f"bytes {bad!r} are not valid UTF-8 (re-encode the file as UTF-8)", row=row, column=column
+        ) from None
     return text[1:] if text.startswith("\ufeff") else text
 
 
-def _pick(path: Path, columns: list[str], explicit: str | None, candidates: tuple[str, ...],
-          role: str, required: bool, sep: str | None) -> str | None:
+def _pick(
+    path: Path,
+    columns: list[str],
+    explicit: str | None,
+    candidates: tuple[str, ...],
+    role: str,
+    required: bool,
+    sep: str | None,
+) -> str | None:
     """The source column for one role: the explicit name, else the first candidate present."""
     if explicit is not None:
         if explicit in columns:
             return explicit
-        raise located(path, f"{role} column not found; the header has {_describe(columns, sep)}",
-                      row=1, column=explicit)
+        raise located(
+            path, f"{role} column not found; the header has {_describe(columns, sep)}", row=1, column=explicit
+        )
     for name in candidates:
         if name in columns:
             return name
     if role in ("user", "item"):
-        wanted = f"{candidates[0]!r}" if len(candidates) == 1 else \
-            "one of " + ", ".join(repr(c) for c in candidates[:4]) + ", ..."
-        error = located(path, f"no {role} column ({wanted}); the header has "
-                        f"{_describe(columns, sep)}; name it with --{role}-col", row=1)
+        wanted = (
+            f"{candidates[0]!r}"
+            if len(candidates) == 1
+            else "one of " + ", ".join(repr(c) for c in candidates[:4]) + ", ..."
+        )
+        error = located(
+            path,
+            f"no {role} column ({wanted}); the header has "
+            f"{_describe(columns, sep)}; name it with --{role}-col",
+            row=1,
+        )
         if required:
             raise error
         log.warning("%s", error)  # validation goes on and reports the missing column
@@ -173,14 +230,17 @@ def _describe(columns: list[str], sep: str | None) -> str:
     if len(columns) == 1 and sep is not None:
         for other, name in _DELIMITER_NAMES.items():
             if other != sep and other in columns[0]:
-                text += (f" (wrong delimiter? the file seems {name}-separated, this format "
-                         f"expects {_DELIMITER_NAMES.get(sep, repr(sep))}; use --format or --sep)")
+                text += (
+                    f" (wrong delimiter? the file seems {name}-separated, this format "
+                    f"expects {_DELIMITER_NAMES.get(sep, repr(sep))}; use --format or --sep)"
+                )
                 break
     return text
 
 
-def _parse_table(path: Path, text: str, spec: FormatSpec, sep: str, nrows: int | None = None,
-                 as_text: tuple = ()) -> pd.DataFrame:
+def _parse_table(
+    path: Path, text: str, spec: FormatSpec, sep: str, nrows: int | None = None, as_text: tuple = ()
+) -> pd.DataFrame:
     """Parse a delimited table; columns in `as_text` stay strings (ids as written, '007' keeps
     its zeros), the others get pandas' inferred types. Missing fields become NaN."""
     if sep == "::":  # pandas' C parser takes one-character delimiters only
@@ -189,11 +249,18 @@ def _parse_table(path: Path, text: str, spec: FormatSpec, sep: str, nrows: int |
     tab_like = sep in ("\t", "\x1f")
     try:
         frame = pd.read_csv(
-            io.StringIO(text), sep=sep, header=0 if spec.header else None, nrows=nrows,
+            io.StringIO(text),
+            sep=sep,
+            header=0 if spec.header else None,
+            nrows=nrows,
             dtype={c: str for c in as_text} or None,
             # Tab files (RecBole, MovieLens) never quote; titles may contain '"'.
             quoting=csv.QUOTE_NONE if tab_like else csv.QUOTE_MINIMAL,
-            skip_blank_lines=True, engine="c", na_values=[""], keep_default_na=False)
+            skip_blank_lines=True,
+            engine="c",
+            na_values=[""],
+            keep_default_na=False,
+        )
     except pd.errors.ParserError as error:
         message = str(error).strip()
         found = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", message)
@@ -201,9 +268,13 @@ def _parse_table(path: Path, text: str, spec: FormatSpec, sep: str, nrows: int |
             expected, line, saw = (int(g) for g in found.groups())
             if sep == "\x1f":
                 sep = "::"
-            raise located(path, f"expected {expected} fields separated by "
-                          f"{_DELIMITER_NAMES.get(sep, repr(sep))}, found {saw} "
-                          f"(wrong delimiter or a stray field?)", row=line) from None
+            raise located(
+                path,
+                f"expected {expected} fields separated by "
+                f"{_DELIMITER_NAMES.get(sep, repr(sep))}, found {saw} "
+                f"(wrong delimiter or a stray field?)",
+                row=line,
+            ) from None
         raise DiffuRecError(f"{path}: malformed table ({message})") from None
     except pd.errors.EmptyDataError:
         raise DiffuRecError(f"{path}: file is empty") from None
@@ -220,20 +291,25 @@ def _check_field_count(path: Path, table: pd.DataFrame, expected: int, sep: str)
     wrong = np.flatnonzero(counts != expected)
     if len(wrong):
         first = int(wrong[0])
-        raise located(path, f"expected {expected} fields separated by "
-                      f"{_DELIMITER_NAMES.get(sep, repr(sep))}, found {int(counts[first])} "
-                      f"(wrong delimiter or wrong --format?)", row=int(table["__row__"].iat[first]))
+        raise located(
+            path,
+            f"expected {expected} fields separated by "
+            f"{_DELIMITER_NAMES.get(sep, repr(sep))}, found {int(counts[first])} "
+            f"(wrong delimiter or wrong --format?)",
+            row=int(table["__row__"].iat[first]),
+        )
 
 
 def _line_numbers(text: str, spec: FormatSpec, count: int) -> np.ndarray:
     """Line number of each parsed row (blank lines are skipped by the parser)."""
     first = 2 if spec.header else 1
     body = text.rstrip()
-    if "\n\n" not in body and "\n\r\n" not in body and not body.startswith(("\n", "\r\n")):  # the common case: row i is line first + i
+    if (
+        "\n\n" not in body and "\n\r\n" not in body and not body.startswith(("\n", "\r\n"))
+    ):  # the common case: row i is line first + i
         return np.arange(first, first + count, dtype=np.int64)
     lines = text.split("\n")
-    nonblank = np.flatnonzero(np.fromiter((bool(line.strip()) for line in lines), bool,
-                                          count=len(lines))) + 1
+    nonblank = np.flatnonzero(np.fromiter((bool(line.strip()) for line in lines), bool, count=len(lines))) + 1
     if spec.header:
         nonblank = nonblank[1:]
     return nonblank[:count].astype(np.int64)
@@ -262,18 +338,23 @@ def _read_sequences(path: Path, text: str) -> pd.DataFrame:
         if not fields:
             continue
         if len(fields) == 1:
-            raise located(path, f"line has a user id ({fields[0]!r}) but no items; expected "
-                          f"'user item1 item2 ...' separated by spaces", row=number)
+            raise located(
+                path,
+                f"line has a user id ({fields[0]!r}) but no items; expected "
+                f"'user item1 item2 ...' separated by spaces",
+                row=number,
+            )
         users.append(np.full(len(fields) - 1, fields[0], dtype=object))
         items.append(np.asarray(fields[1:], dtype=object))
         rows.append(np.full(len(fields) - 1, number, dtype=np.int64))
     if not users:
         raise DiffuRecError(f"{path}: file is empty")
-    return pd.DataFrame({"user": np.concatenate(users), "item": np.concatenate(items),
-                         "row": np.concatenate(rows)})
+    return pd.DataFrame(
+        {"user": np.concatenate(users), "item": np.concatenate(items), "row": np.concatenate(rows)}
+    )
 
 
-def _check_ids(path: Path, frame: pd.DataFrame, source: dict[str, str]) -> None:
+def _check_ids(path: Path, frame: pd.DataFrame, source: dict[str, str | None]) -> None:
     for role in ("user", "item"):
         values = frame[role]
         missing = values.isna().to_numpy()
@@ -281,8 +362,12 @@ def _check_ids(path: Path, frame: pd.DataFrame, source: dict[str, str]) -> None:
             missing |= values.astype(str).str.strip().eq("").to_numpy() & ~missing
         if missing.any():
             first = int(np.flatnonzero(missing)[0])
-            raise located(path, f"{role} id is empty ({int(missing.sum())} row(s) with no "
-                          f"{role} id)", row=int(frame["row"].iat[first]), column=source[role])
+            raise located(
+                path,
+                f"{role} id is empty ({int(missing.sum())} row(s) with no {role} id)",
+                row=int(frame["row"].iat[first]),
+                column=source[role],
+            )
 
 
 def to_numbers(values: pd.Series, role: str) -> pd.Series:
@@ -306,8 +391,9 @@ def to_numbers(values: pd.Series, role: str) -> pd.Series:
     return parsed
 
 
-def _numeric(path: Path, frame: pd.DataFrame, role: str, source: str,
-             allow_negative: bool) -> pd.Series:
+def _numeric(
+    path: Path, frame: pd.DataFrame, role: str, source: str | None, allow_negative: bool
+) -> pd.Series:
     values = to_numbers(frame[role], role)
     bad = values.isna().to_numpy()
     if bad.any():
@@ -315,19 +401,30 @@ def _numeric(path: Path, frame: pd.DataFrame, role: str, source: str,
         shown = frame[role].iat[first]
         what = "is empty" if pd.isna(shown) else f"{shown!r} is not a number"
         unit = " (unix seconds or an ISO 8601 date)" if role == "timestamp" else ""
-        raise located(path, f"{role} {what}{unit}; {int(bad.sum())} such row(s)",
-                      row=int(frame["row"].iat[first]), column=source)
+        raise located(
+            path,
+            f"{role} {what}{unit}; {int(bad.sum())} such row(s)",
+            row=int(frame["row"].iat[first]),
+            column=source,
+        )
     if not allow_negative and (values < 0).any():
         first = int(np.flatnonzero((values < 0).to_numpy())[0])
-        raise located(path, f"{role} {values.iat[first]:g} is negative",
-                      row=int(frame["row"].iat[first]), column=source)
+        raise located(
+            path, f"{role} {values.iat[first]:g} is negative", row=int(frame["row"].iat[first]), column=source
+        )
     return values
 
 
-def read_interactions(path, format: str | None = None, user_col: str | None = None,
-                      item_col: str | None = None, time_col: str | None = None,
-                      rating_col: str | None = None, sep: str | None = None,
-                      strict: bool = True) -> pd.DataFrame:
+def read_interactions(
+    path,
+    format: str | None = None,
+    user_col: str | None = None,
+    item_col: str | None = None,
+    time_col: str | None = None,
+    rating_col: str | None = None,
+    sep: str | None = None,
+    strict: bool = True,
+) -> pd.DataFrame:
     """Read an interaction log into DataFrame[user, item, (rating), (timestamp), row].
 
     format: one of FORMAT_NAMES, or None to detect it from the file name. *_col: the source
@@ -350,8 +447,9 @@ def read_interactions(path, format: str | None = None, user_col: str | None = No
         if strict:
             _check_ids(path, frame, {"user": "user", "item": "item"})
         frame.attrs.update(format=name, source_columns={})
-        log.info("read %s: %d interactions of %d users (sequences)", path, len(frame),
-                 frame["user"].nunique())
+        log.info(
+            "read %s: %d interactions of %d users (sequences)", path, len(frame), frame["user"].nunique()
+        )
         return frame
 
     if name == "parquet":
@@ -361,14 +459,14 @@ def read_interactions(path, format: str | None = None, user_col: str | None = No
         columns = [str(c) for c in table.columns if c != "__row__"]
     else:
         delimiter = sep or spec.sep
-        text = _decode(path, _read_bytes(path), delimiter,
-                       None if spec.header else list(spec.positional))
+        assert delimiter is not None  # sequences (no delimiter) are read before this point
+        text = _decode(path, _read_bytes(path), delimiter, None if spec.header else list(spec.positional))
         if spec.header:
-            head = text[:text.find("\n") + 1] if "\n" in text else text
+            head = text[: text.find("\n") + 1] if "\n" in text else text
             raw = [str(c) for c in _parse_table(path, head, spec, delimiter, nrows=0).columns]
             # RecBole headers are 'name:type'; the name alone is the column.
             columns = [(c.split(":")[0] if name == "inter" else c).strip() for c in raw]
-            raw_of = dict(zip(columns, raw))
+            raw_of = dict(zip(columns, raw, strict=True))
         else:
             columns = list(spec.positional)
     if spec.header:
@@ -380,19 +478,34 @@ def read_interactions(path, format: str | None = None, user_col: str | None = No
         }
     else:
         source = {role: role for role in ("user", "item", "timestamp", "rating")}
-        for role, given in (("user", user_col), ("item", item_col), ("time", time_col),
-                            ("rating", rating_col)):
+        for role, given in (
+            ("user", user_col),
+            ("item", item_col),
+            ("time", time_col),
+            ("rating", rating_col),
+        ):
             if given is not None:
-                raise DiffuRecError(f"--{role}-col does not apply to format {name!r} "
-                                    f"(it has no header; its columns are {', '.join(spec.positional)})")
+                raise DiffuRecError(
+                    f"--{role}-col does not apply to format {name!r} "
+                    f"(it has no header; its columns are {', '.join(spec.positional)})"
+                )
     if spec.header and source["timestamp"] is None:
-        log.warning("%s: no time column (tried %s); the file order is taken as chronological "
-                    "(name one with --time-col)", path, ", ".join(spec.time))
+        log.warning(
+            "%s: no time column (tried %s); the file order is taken as chronological "
+            "(name one with --time-col)",
+            path,
+            ", ".join(spec.time),
+        )
     if name != "parquet":
-        ids = [source[r] for r in ("user", "item") if source[r] is not None]
-        table = _parse_table(path, text, spec, delimiter,
-                             as_text=tuple(raw_of[c] for c in ids) if spec.header
-                             else tuple(columns.index(c) for c in ids))
+        assert delimiter is not None  # set above for every delimited format
+        ids = [column for column in (source["user"], source["item"]) if column is not None]
+        table = _parse_table(
+            path,
+            text,
+            spec,
+            delimiter,
+            as_text=tuple(raw_of[c] for c in ids) if spec.header else tuple(columns.index(c) for c in ids),
+        )
         table["__row__"] = _line_numbers(text, spec, len(table))
         if spec.header:
             table.columns = columns + ["__row__"]

@@ -86,8 +86,9 @@ class Splits:
         return np.asarray(self.seq_items)[positions], offsets
 
 
-def left_padded_windows(items: np.ndarray, starts: np.ndarray, ends: np.ndarray,
-                        max_len: int, chunk: int = 65536) -> np.ndarray:
+def left_padded_windows(
+    items: np.ndarray, starts: np.ndarray, ends: np.ndarray, max_len: int, chunk: int = 65536
+) -> np.ndarray:
     """Rows items[max(start, end - max_len):end], left-padded with 0 to max_len, vectorised.
 
     Row i is a copy of the length-max_len window of [0]*max_len + items that ends at ends[i],
@@ -140,15 +141,19 @@ def leave_one_out(seq_items: np.ndarray, seq_offsets: np.ndarray, max_len: int =
     )
 
 
-def build_splits(seq_items, seq_offsets, item_ids, user_ids, max_len=DEFAULT_MAX_LEN,
-                 meta=None) -> Splits:
+def build_splits(seq_items, seq_offsets, item_ids, user_ids, max_len=DEFAULT_MAX_LEN, meta=None) -> Splits:
     """Splits from remapped sequences (items 1..len(item_ids)) and their original ids."""
     arrays = leave_one_out(seq_items, seq_offsets, max_len)
-    return Splits(num_items=len(item_ids), max_len=max_len,
-                  seq_items=np.ascontiguousarray(seq_items, dtype=np.int32),
-                  seq_offsets=np.asarray(seq_offsets, dtype=np.int64),
-                  item_ids=[str(i) for i in item_ids], user_ids=[str(u) for u in user_ids],
-                  meta=dict(meta or {}), **arrays)
+    return Splits(
+        num_items=len(item_ids),
+        max_len=max_len,
+        seq_items=np.ascontiguousarray(seq_items, dtype=np.int32),
+        seq_offsets=np.asarray(seq_offsets, dtype=np.int64),
+        item_ids=[str(i) for i in item_ids],
+        user_ids=[str(u) for u in user_ids],
+        meta=dict(meta or {}),
+        **arrays,
+    )
 
 
 def _write_map(path: Path, ids: list[str], first_index: int) -> None:
@@ -172,9 +177,15 @@ def write_splits(splits: Splits, folder: str | os.PathLike, stats: dict | None =
             np.save(tmp / f"{name}.npy", np.asarray(getattr(splits, name)))
         _write_map(tmp / "item_map.tsv", splits.item_ids, first_index=1)
         _write_map(tmp / "user_map.tsv", splits.user_ids, first_index=0)
-        header = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "num_users": splits.num_users,
-                  "num_items": splits.num_items, "max_len": splits.max_len,
-                  "num_train_samples": int(len(splits.train_targets)), **splits.meta}
+        header = {
+            "format": FORMAT_NAME,
+            "version": FORMAT_VERSION,
+            "num_users": splits.num_users,
+            "num_items": splits.num_items,
+            "max_len": splits.max_len,
+            "num_train_samples": int(len(splits.train_targets)),
+            **splits.meta,
+        }
         (tmp / "format.json").write_text(json.dumps(header, indent=2) + "\n")
         if stats is not None:
             (tmp / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
@@ -187,19 +198,32 @@ def load_splits(folder: str | os.PathLike, mmap: bool = True) -> Splits:
     folder = Path(folder)
     header_path = folder / "format.json"
     if not header_path.is_file():
-        raise DiffuRecError(f"{folder}: not a splits folder (no format.json); run 'diffurec preprocess' first")
+        raise DiffuRecError(
+            f"{folder}: not a splits folder (no format.json); run 'diffurec preprocess' first"
+        )
     header = json.loads(header_path.read_text())
     if header.get("format") != FORMAT_NAME or header.get("version") != FORMAT_VERSION:
-        raise DiffuRecError(f"{header_path}: expected {FORMAT_NAME} version {FORMAT_VERSION}, "
-                            f"found {header.get('format')} version {header.get('version')}")
+        raise DiffuRecError(
+            f"{header_path}: expected {FORMAT_NAME} version {FORMAT_VERSION}, "
+            f"found {header.get('format')} version {header.get('version')}"
+        )
     arrays = {}
     for name in ARRAY_FILES:
         path = folder / f"{name}.npy"
         if not path.is_file():
             raise DiffuRecError(f"{path}: missing from the splits folder")
         arrays[name] = np.load(path, mmap_mode="r" if mmap else None)
-    meta = {k: v for k, v in header.items()
-            if k not in {"format", "version", "num_users", "num_items", "max_len", "num_train_samples"}}
-    return Splits(num_items=int(header["num_items"]), max_len=int(header["max_len"]),
-                  item_ids=_read_map(folder / "item_map.tsv"),
-                  user_ids=_read_map(folder / "user_map.tsv"), meta=meta, path=folder, **arrays)
+    meta = {
+        k: v
+        for k, v in header.items()
+        if k not in {"format", "version", "num_users", "num_items", "max_len", "num_train_samples"}
+    }
+    return Splits(
+        num_items=int(header["num_items"]),
+        max_len=int(header["max_len"]),
+        item_ids=_read_map(folder / "item_map.tsv"),
+        user_ids=_read_map(folder / "user_map.tsv"),
+        meta=meta,
+        path=folder,
+        **arrays,
+    )

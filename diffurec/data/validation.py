@@ -51,6 +51,7 @@ def _gx():
 # Suites: each is a list of (table, expectation) so the count is known before anything runs.
 # --------------------------------------------------------------------------------------------
 
+
 def raw_expectations(columns: set[str]) -> list[tuple[str, object]]:
     """The raw-interactions suite for a frame from read_interactions(strict=False)."""
     _, gxe = _gx()
@@ -66,19 +67,22 @@ def raw_expectations(columns: set[str]) -> list[tuple[str, object]]:
         # At least one user can be split leave-one-out (train, validation, test).
         gxe.ExpectColumnMaxToBeBetween(column="user_interactions", min_value=MIN_SEQUENCE_LENGTH),
         # Users below that are dropped (and counted) by preprocess: a warning, not a failure.
-        gxe.ExpectColumnValuesToBeBetween(column="user_interactions",
-                                          min_value=MIN_SEQUENCE_LENGTH, severity="warning"),
+        gxe.ExpectColumnValuesToBeBetween(
+            column="user_interactions", min_value=MIN_SEQUENCE_LENGTH, severity="warning"
+        ),
     ]
     if has_time:
         items += [
             gxe.ExpectColumnValuesToNotBeNull(column="timestamp"),
             # A timestamp that is present but does not parse as a number is null here.
             gxe.ExpectColumnValuesToNotBeNull(column="timestamp_numeric"),
-            gxe.ExpectColumnValuesToBeBetween(column="timestamp_numeric", min_value=TIMESTAMP_MIN,
-                                              max_value=TIMESTAMP_MAX),
+            gxe.ExpectColumnValuesToBeBetween(
+                column="timestamp_numeric", min_value=TIMESTAMP_MIN, max_value=TIMESTAMP_MAX
+            ),
             gxe.ExpectCompoundColumnsToBeUnique(
                 column_list=["user", "item", "timestamp_numeric"] + (["rating"] if has_rating else []),
-                severity="warning"),
+                severity="warning",
+            ),
         ]
     if has_rating:
         items += [gxe.ExpectColumnValuesToNotBeNull(column="rating_numeric")]
@@ -94,22 +98,28 @@ def splits_expectations(num_users: int, num_items: int, num_samples: int) -> lis
         ("item_map", gxe.ExpectColumnValuesToBeUnique(column="index")),
         ("item_map", gxe.ExpectColumnValuesToBeBetween(column="index", min_value=1, max_value=num_items)),
         # With the range above: every index 1..N occurs, so ids are contiguous; 0 stays padding.
-        ("sequence_items", gxe.ExpectColumnValuesToBeBetween(column="item", min_value=1,
-                                                             max_value=num_items)),
-        ("sequence_items", gxe.ExpectColumnUniqueValueCountToBeBetween(
-            column="item", min_value=num_items, max_value=num_items)),
+        (
+            "sequence_items",
+            gxe.ExpectColumnValuesToBeBetween(column="item", min_value=1, max_value=num_items),
+        ),
+        (
+            "sequence_items",
+            gxe.ExpectColumnUniqueValueCountToBeBetween(
+                column="item", min_value=num_items, max_value=num_items
+            ),
+        ),
         ("users", gxe.ExpectTableRowCountToEqual(value=num_users)),
         ("users", gxe.ExpectColumnValuesToBeBetween(column="length", min_value=MIN_SEQUENCE_LENGTH)),
-        ("users", gxe.ExpectColumnValuesToBeBetween(column="valid_target", min_value=1,
-                                                    max_value=num_items)),
-        ("users", gxe.ExpectColumnValuesToBeBetween(column="test_target", min_value=1,
-                                                    max_value=num_items)),
+        ("users", gxe.ExpectColumnValuesToBeBetween(column="valid_target", min_value=1, max_value=num_items)),
+        ("users", gxe.ExpectColumnValuesToBeBetween(column="test_target", min_value=1, max_value=num_items)),
         ("users", gxe.ExpectColumnValuesToBeInSet(column="valid_row_consistent", **one)),
         ("users", gxe.ExpectColumnValuesToBeInSet(column="test_row_consistent", **one)),
         ("users", gxe.ExpectColumnValuesToBeInSet(column="train_sample_count_consistent", **one)),
         ("train_samples", gxe.ExpectTableRowCountToEqual(value=num_samples)),
-        ("train_samples", gxe.ExpectColumnValuesToBeBetween(column="target", min_value=1,
-                                                            max_value=num_items)),
+        (
+            "train_samples",
+            gxe.ExpectColumnValuesToBeBetween(column="target", min_value=1, max_value=num_items),
+        ),
         ("train_samples", gxe.ExpectColumnValuesToBeInSet(column="prefix_consistent", **one)),
     ]
 
@@ -117,6 +127,7 @@ def splits_expectations(num_users: int, num_items: int, num_samples: int) -> lis
 # --------------------------------------------------------------------------------------------
 # Tables the suites run on
 # --------------------------------------------------------------------------------------------
+
 
 def raw_tables(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
     """The read frame plus derived columns: numeric parses and interactions per user."""
@@ -128,8 +139,9 @@ def raw_tables(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
     if "rating" in table:
         table["rating_numeric"] = to_numbers(table["rating"], "rating")
     if "user" in table:
-        table["user_interactions"] = table.groupby("user", sort=False, dropna=False)["user"] \
-            .transform("size").astype(np.int64)
+        table["user_interactions"] = (
+            table.groupby("user", sort=False, dropna=False)["user"].transform("size").astype(np.int64)
+        )
     else:
         table["user_interactions"] = np.zeros(len(table), dtype=np.int64)
     return {"interactions": table}
@@ -138,7 +150,7 @@ def raw_tables(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
 def _rows_equal(stored: np.ndarray, expected: np.ndarray, chunk: int = 65536) -> np.ndarray:
     out = np.empty(len(expected), dtype=bool)
     for lo in range(0, len(expected), chunk):
-        out[lo:lo + chunk] = (np.asarray(stored[lo:lo + chunk]) == expected[lo:lo + chunk]).all(axis=1)
+        out[lo : lo + chunk] = (np.asarray(stored[lo : lo + chunk]) == expected[lo : lo + chunk]).all(axis=1)
     return out
 
 
@@ -160,37 +172,53 @@ def splits_tables(splits) -> dict[str, pd.DataFrame]:
     samples = pd.DataFrame({"target": train_targets})
     if long_enough:
         expected = leave_one_out(seq_items, offsets, splits.max_len)
-        same_shape = lambda name: np.shape(getattr(splits, name)) == expected[name].shape
+
+        def same_shape(name: str) -> bool:
+            return bool(np.shape(getattr(splits, name)) == expected[name].shape)
+
         users["valid_row_consistent"] = (
             _rows_equal(splits.valid_inputs, expected["valid_inputs"])
             & (valid_targets == expected["valid_targets"])
-            if same_shape("valid_inputs") and same_shape("valid_targets") else False)
+            if same_shape("valid_inputs") and same_shape("valid_targets")
+            else False
+        )
         users["test_row_consistent"] = (
             _rows_equal(splits.test_inputs, expected["test_inputs"])
             & (test_targets == expected["test_targets"])
-            if same_shape("test_inputs") and same_shape("test_targets") else False)
+            if same_shape("test_inputs") and same_shape("test_targets")
+            else False
+        )
         stored_counts = np.bincount(np.asarray(splits.train_users), minlength=n_users)[:n_users]
         users["train_sample_count_consistent"] = stored_counts == lengths - 3
         if all(same_shape(n) for n in ("train_inputs", "train_targets", "train_users")):
             samples["prefix_consistent"] = (
                 _rows_equal(splits.train_inputs, expected["train_inputs"])
                 & (train_targets == expected["train_targets"])
-                & (np.asarray(splits.train_users) == expected["train_users"]))
+                & (np.asarray(splits.train_users) == expected["train_users"])
+            )
         else:
             samples["prefix_consistent"] = False
     else:
         for name in ("valid_row_consistent", "test_row_consistent", "train_sample_count_consistent"):
             users[name] = False
         samples["prefix_consistent"] = False
-    item_map = pd.DataFrame({"index": np.arange(1, len(splits.item_ids) + 1) if splits.path is None
-                             else _map_indices(Path(splits.path) / "item_map.tsv")})
-    return {"item_map": item_map, "sequence_items": pd.DataFrame({"item": seq_items}),
-            "users": users, "train_samples": samples}
+    item_map = pd.DataFrame(
+        {
+            "index": np.arange(1, len(splits.item_ids) + 1)
+            if splits.path is None
+            else _map_indices(Path(splits.path) / "item_map.tsv")
+        }
+    )
+    return {
+        "item_map": item_map,
+        "sequence_items": pd.DataFrame({"item": seq_items}),
+        "users": users,
+        "train_samples": samples,
+    }
 
 
 def _map_indices(path: Path) -> np.ndarray:
-    table = pd.read_csv(path, sep="\t", dtype={"index": "int64", "original_id": str},
-                        keep_default_na=False)
+    table = pd.read_csv(path, sep="\t", dtype={"index": "int64", "original_id": str}, keep_default_na=False)
     return table["index"].to_numpy()
 
 
@@ -198,8 +226,8 @@ def _map_indices(path: Path) -> np.ndarray:
 # Running a suite and writing the report
 # --------------------------------------------------------------------------------------------
 
-def run_suite(suite_name: str, expectations, tables: dict[str, pd.DataFrame], out,
-              source: dict) -> dict:
+
+def run_suite(suite_name: str, expectations, tables: dict[str, pd.DataFrame], out, source: dict) -> dict:
     """Validate `tables` against `expectations`; write report.json and data_docs/ to out."""
     gx, _ = _gx()
     from great_expectations.data_context.types.base import ProgressBarsConfig
@@ -217,12 +245,17 @@ def run_suite(suite_name: str, expectations, tables: dict[str, pd.DataFrame], ou
             base = site.get("store_backend", {}).get("base_directory")
             if base and Path(base).is_dir() and Path(base).name.startswith("tmp"):
                 shutil.rmtree(base, ignore_errors=True)
-        context.add_data_docs_site("local", {
-            "class_name": "SiteBuilder",
-            "store_backend": {"class_name": "TupleFilesystemStoreBackend",
-                              "base_directory": str(tmp / "data_docs")},
-            "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
-        })
+        context.add_data_docs_site(
+            "local",
+            {
+                "class_name": "SiteBuilder",
+                "store_backend": {
+                    "class_name": "TupleFilesystemStoreBackend",
+                    "base_directory": str(tmp / "data_docs"),
+                },
+                "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+            },
+        )
         datasource = context.data_sources.add_pandas("diffurec")
         results, evaluated = [], 0
         for table_name in dict.fromkeys(t for t, _ in expectations):
@@ -233,11 +266,13 @@ def run_suite(suite_name: str, expectations, tables: dict[str, pd.DataFrame], ou
                 if t == table_name:
                     suite.add_expectation(expectation)
             definition = context.validation_definitions.add(
-                gx.ValidationDefinition(name=f"{suite_name}.{table_name}", data=batch, suite=suite))
+                gx.ValidationDefinition(name=f"{suite_name}.{table_name}", data=batch, suite=suite)
+            )
             frame = tables[table_name]
-            run = definition.run(batch_parameters={"dataframe": frame},
-                                 result_format={"result_format": "SUMMARY",
-                                                "partial_unexpected_count": EXAMPLE_ROWS})
+            run = definition.run(
+                batch_parameters={"dataframe": frame},
+                result_format={"result_format": "SUMMARY", "partial_unexpected_count": EXAMPLE_ROWS},
+            )
             evaluated += run.statistics["evaluated_expectations"]
             for result in run.results:
                 results.append(_describe_result(table_name, result, frame))
@@ -248,16 +283,22 @@ def run_suite(suite_name: str, expectations, tables: dict[str, pd.DataFrame], ou
         warnings = [r for r in results if not r["success"] and r["severity"] != "critical"]
         ran_all = evaluated == expected and expected > 0
         report = {
-            "format": REPORT_FORMAT, "version": REPORT_VERSION, "suite": suite_name,
+            "format": REPORT_FORMAT,
+            "version": REPORT_VERSION,
+            "suite": suite_name,
             "success": ran_all and not failed,
-            "expectations_expected": expected, "expectations_evaluated": evaluated,
-            "failed": len(failed), "warnings": len(warnings),
+            "expectations_expected": expected,
+            "expectations_evaluated": evaluated,
+            "failed": len(failed),
+            "warnings": len(warnings),
             "rows": {name: int(len(frame)) for name, frame in tables.items()},
             "rows_validated": int(sum(len(frame) for frame in tables.values())),
             # Offending values of every unmet expectation, warnings included (a row that breaks
             # two expectations counts twice).
             "rows_rejected": int(sum(r.get("unexpected_count") or 0 for r in failed + warnings)),
-            "source": source, "data_docs": "data_docs/index.html", "results": results,
+            "source": source,
+            "data_docs": "data_docs/index.html",
+            "results": results,
         }
         # No timings in the file: the same data gives the same report.json (a DVC dependency).
         (tmp / "report.json").write_text(json.dumps(report, indent=2, default=_json_default) + "\n")
@@ -268,9 +309,16 @@ def run_suite(suite_name: str, expectations, tables: dict[str, pd.DataFrame], ou
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     report["seconds"] = round(time.perf_counter() - started, 3)
-    log.info("%s: %d/%d expectations evaluated, %d failed, %d warnings in %.1f s (report %s)",
-             suite_name, evaluated, expected, len(failed), len(warnings), report["seconds"],
-             out / "report.json")
+    log.info(
+        "%s: %d/%d expectations evaluated, %d failed, %d warnings in %.1f s (report %s)",
+        suite_name,
+        evaluated,
+        expected,
+        len(failed),
+        len(warnings),
+        report["seconds"],
+        out / "report.json",
+    )
     return report
 
 
@@ -288,16 +336,21 @@ def _describe_result(table: str, result, frame: pd.DataFrame) -> dict:
     config = result.expectation_config
     kwargs = {k: v for k, v in config.kwargs.items() if k not in ("batch_id",)}
     details = result.result or {}
-    entry = {"table": table, "expectation": config.type, "kwargs": kwargs,
-             "severity": str(getattr(config, "severity", "critical") or "critical").split(".")[-1].lower(),
-             "success": bool(result.success)}
+    entry = {
+        "table": table,
+        "expectation": config.type,
+        "kwargs": kwargs,
+        "severity": str(getattr(config, "severity", "critical") or "critical").split(".")[-1].lower(),
+        "success": bool(result.success),
+    }
     for key in ("observed_value", "unexpected_count", "unexpected_percent", "element_count"):
         if key in details and details[key] is not None:
             entry[key] = details[key]
     indices = details.get("partial_unexpected_index_list")
     if indices and "row" in frame:
-        entry["example_file_rows"] = [int(frame["row"].iat[int(i)]) for i in indices[:EXAMPLE_ROWS]
-                                      if isinstance(i, (int, np.integer))]
+        entry["example_file_rows"] = [
+            int(frame["row"].iat[int(i)]) for i in indices[:EXAMPLE_ROWS] if isinstance(i, (int, np.integer))
+        ]
     elif details.get("partial_unexpected_list"):
         entry["example_values"] = details["partial_unexpected_list"][:EXAMPLE_ROWS]
     if result.exception_info and result.exception_info.get("raised_exception"):
@@ -309,8 +362,9 @@ def summarize_failures(report: dict, limit: int = 3) -> str:
     """One line naming the first failed expectations (for the CLI's error message)."""
     parts = []
     if report["expectations_evaluated"] != report["expectations_expected"]:
-        parts.append(f"{report['expectations_evaluated']} of {report['expectations_expected']} "
-                     f"expectations ran")
+        parts.append(
+            f"{report['expectations_evaluated']} of {report['expectations_expected']} expectations ran"
+        )
     for r in [r for r in report["results"] if not r["success"] and r["severity"] == "critical"][:limit]:
         what = r["kwargs"].get("column") or r["kwargs"].get("column_list") or ""
         text = f"{r['expectation']}({what})" if what else r["expectation"]
@@ -325,18 +379,31 @@ def summarize_failures(report: dict, limit: int = 3) -> str:
     return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
 
 
-def validate_file(path, out, format=None, user_col=None, item_col=None, time_col=None,
-                  rating_col=None, sep=None) -> dict:
+def validate_file(
+    path, out, format=None, user_col=None, item_col=None, time_col=None, rating_col=None, sep=None
+) -> dict:
     """Validate a raw interaction log with the raw suite; returns the report dict."""
     from diffurec.data.readers import read_interactions
 
-    frame = read_interactions(path, format=format, user_col=user_col, item_col=item_col,
-                              time_col=time_col, rating_col=rating_col, sep=sep, strict=False)
+    frame = read_interactions(
+        path,
+        format=format,
+        user_col=user_col,
+        item_col=item_col,
+        time_col=time_col,
+        rating_col=rating_col,
+        sep=sep,
+        strict=False,
+    )
     tables = raw_tables(frame)
-    source = {"path": str(path), "format": frame.attrs.get("format"),
-              "columns": frame.attrs.get("source_columns", {})}
-    return run_suite("raw_interactions", raw_expectations(set(tables["interactions"].columns)),
-                     tables, out, source)
+    source = {
+        "path": str(path),
+        "format": frame.attrs.get("format"),
+        "columns": frame.attrs.get("source_columns", {}),
+    }
+    return run_suite(
+        "raw_interactions", raw_expectations(set(tables["interactions"].columns)), tables, out, source
+    )
 
 
 def validate_splits_folder(folder, out) -> dict:
@@ -345,6 +412,7 @@ def validate_splits_folder(folder, out) -> dict:
     tables = splits_tables(splits)
     # Sizes as declared in format.json, so arrays that disagree with the header fail.
     header = json.loads((Path(folder) / "format.json").read_text())
-    expectations = splits_expectations(int(header["num_users"]), int(header["num_items"]),
-                                       int(header["num_train_samples"]))
+    expectations = splits_expectations(
+        int(header["num_users"]), int(header["num_items"]), int(header["num_train_samples"])
+    )
     return run_suite("processed_splits", expectations, tables, out, {"path": str(folder)})
