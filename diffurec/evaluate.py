@@ -11,11 +11,17 @@ from __future__ import annotations
 import logging
 import math
 import time
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
+from diffurec.errors import DiffuRecError
 from diffurec.metrics import KS, METRIC_KEYS
+
+if TYPE_CHECKING:
+    from diffurec.data.splits import Splits
 
 logger = logging.getLogger(__name__)
 
@@ -179,3 +185,48 @@ def evaluate(
         "users_per_second": round(num_users / seconds, 2) if seconds > 0 else math.inf,
         "lineage": {},
     }
+
+
+def evaluate_folder(
+    model_dir: str | Path,
+    splits_dir: str | Path,
+    split: str = "test",
+    mask_history: bool = False,
+    reverse_steps: int | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    seed: int = DEFAULT_SEED,
+    device: str = "auto",
+    threads: int | None = None,
+) -> tuple[dict, Splits]:
+    """`evaluate` of a model folder on a splits folder: the metrics JSON (docs/formats.md) with
+    the folder, the splits and the model's lineage filled in, and the splits it read."""
+    from diffurec import device as devices
+    from diffurec.data.splits import load_splits
+    from diffurec.model_folder import load_model_folder, read_summary
+
+    on = devices.choose_device(device)
+    devices.configure(on, threads)
+    model = load_model_folder(model_dir, on)
+    splits = load_splits(splits_dir)
+    if model.config["num_items"] != splits.num_items:
+        raise DiffuRecError(
+            f"{Path(model_dir) / 'config.json'}: model has {model.config['num_items']} items "
+            f"but splits {splits.path} have {splits.num_items}"
+        )
+    try:
+        result = evaluate(
+            model,
+            splits,
+            split=split,
+            mask_history=mask_history,
+            reverse_steps=reverse_steps,
+            batch_size=batch_size,
+            seed=seed,
+            device=on,
+        )
+    except ValueError as error:  # e.g. reverse steps out of range
+        raise DiffuRecError(f"evaluate {model_dir}: {error}") from None
+    result["model"]["folder"] = str(model_dir)
+    result["splits"] = str(splits_dir)
+    result["lineage"] = read_summary(model_dir).get("lineage", {})
+    return result, splits

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from diffurec.errors import DiffuRecError
@@ -18,23 +17,6 @@ def register(subparsers) -> None:
     _register_train(subparsers)
     _register_evaluate(subparsers)
     _register_recommend(subparsers)
-
-
-# ---- helpers -------------------------------------------------------------------------------
-
-
-def _dataset_label(splits) -> str | None:
-    source = splits.meta.get("source") or {}
-    path = source.get("path") if isinstance(source, dict) else None
-    return Path(path).stem if path else (splits.path.name if splits.path else None)
-
-
-def _check_compatible(model, splits, model_dir) -> None:
-    if model.config["num_items"] != splits.num_items:
-        raise DiffuRecError(
-            f"{Path(model_dir) / 'config.json'}: model has {model.config['num_items']} items "
-            f"but splits {splits.path} have {splits.num_items}"
-        )
 
 
 # ---- train ---------------------------------------------------------------------------------
@@ -97,7 +79,7 @@ def run_train(args: argparse.Namespace) -> dict:
     summary = train(splits, args.out, settings, lineage=lineage)
     if not summary:  # a non-zero torchrun rank
         return {}
-    labels = {"model": settings.model, "dataset": _dataset_label(splits)}
+    labels = {"model": settings.model, "dataset": splits.dataset_label}
     return {
         "gauges": {
             "samples_per_second": summary["samples_per_second"],
@@ -145,37 +127,24 @@ def _register_evaluate(subparsers) -> None:
     p.set_defaults(func=run_evaluate)
 
 
-def run_evaluate(args) -> dict:
-    from diffurec import device as devices
-    from diffurec.data.splits import load_splits
-    from diffurec.evaluate import evaluate
+def run_evaluate(args: argparse.Namespace) -> dict:
+    from diffurec.evaluate import evaluate_folder
     from diffurec.files import write_json_atomic
     from diffurec.metrics import METRIC_KEYS
-    from diffurec.model_folder import load_model_folder, read_summary
 
-    device = devices.choose_device(args.device)
-    devices.configure(device, args.threads)
-    model = load_model_folder(args.model, device)
-    splits = load_splits(args.splits)
-    _check_compatible(model, splits, args.model)
-    try:
-        result = evaluate(
-            model,
-            splits,
-            split=args.split,
-            mask_history=args.mask_history,
-            reverse_steps=args.reverse_steps,
-            batch_size=args.batch_size,
-            seed=args.seed,
-            device=device,
-        )
-    except ValueError as error:  # e.g. reverse steps out of range
-        raise DiffuRecError(f"evaluate {args.model}: {error}") from None
-    result["model"]["folder"] = str(args.model)
-    result["splits"] = str(args.splits)
-    result["lineage"] = read_summary(args.model).get("lineage", {})
+    result, splits = evaluate_folder(
+        args.model,
+        args.splits,
+        split=args.split,
+        mask_history=args.mask_history,
+        reverse_steps=args.reverse_steps,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        device=args.device,
+        threads=args.threads,
+    )
     write_json_atomic(args.out, result)
-    labels = {"model": model.config["name"], "dataset": _dataset_label(splits)}
+    labels = {"model": result["model"]["name"], "dataset": splits.dataset_label}
     gauges = {key: result["metrics"][key] for key in METRIC_KEYS}
     gauges["users_per_second"] = result["users_per_second"]
     return {"gauges": gauges, "labels": {k: v for k, v in labels.items() if v}}

@@ -63,6 +63,13 @@ class Splits:
     def num_users(self) -> int:
         return len(self.seq_offsets) - 1
 
+    @property
+    def dataset_label(self) -> str | None:
+        """A short name of the data for metric labels: the raw file's stem, else the folder's name."""
+        source = self.meta.get("source") or {}
+        raw = source.get("path") if isinstance(source, dict) else None
+        return Path(raw).stem if raw else (self.path.name if self.path else None)
+
     def eval_arrays(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         """(inputs [U, max_len], targets [U]) of the 'valid' or 'test' split."""
         if split == "valid":
