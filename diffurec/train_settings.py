@@ -154,6 +154,9 @@ def _typed(value: Any, hint: Any, where: str) -> Any:
         return None
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    # JSON through protobuf (a Kubeflow dict parameter) turns every number into a float.
+    if kind is int and isinstance(value, float) and value.is_integer():
+        return int(value)
     if kind is int and isinstance(value, bool) or not isinstance(value, kind):
         raise DiffuRecError(
             f"{where}: expected {kind.__name__}{' or null' if optional else ''}, got {value!r}"

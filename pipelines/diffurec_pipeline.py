@@ -54,7 +54,8 @@ def default_arguments(params: dict) -> dict:
         "dataset": data["dataset"],
         "source": "",
         "max_len": int(data["max_len"]),
-        "train": dict(params["train"]),
+        # Kubeflow parameters cannot hold null; a missing setting takes its (null) default.
+        "train": {key: value for key, value in params["train"].items() if value is not None},
         "split": params["evaluate"]["split"],
         "registry_name": params["registry"]["name"],
         "tracking_uri": "",  # empty: $MLFLOW_TRACKING_URI (on a cluster: the ConfigMap's)

@@ -132,6 +132,8 @@ def parse_overrides(pairs: list[str], defaults: dict[str, Any]) -> dict[str, Any
         if dot:
             merged = dict(arguments.get(outer, defaults[outer]))
             merged[key] = _json_or_text(value)
+            if merged[key] is None:  # Kubeflow parameters cannot hold null: a missing key is the default
+                del merged[key]
             arguments[outer] = merged
             continue
         kind = type(defaults[name])

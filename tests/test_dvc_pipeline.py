@@ -18,15 +18,33 @@ import yaml
 
 from diffurec.lineage import data_md5, file_md5
 
-from pipeline_clone import (VENV_BIN, champion_version, clone_repo, registered_versions, run,
-                            set_params, tool_env, write_slice)
+from pipeline_clone import (
+    VENV_BIN,
+    champion_version,
+    clone_repo,
+    registered_versions,
+    run,
+    set_params,
+    tool_env,
+    write_slice,
+)
 
 pytestmark = pytest.mark.slow
 
 SLICE_USERS = 25
 NAME = "slice-dvc"
-STAGES = ("raw", "validate_raw", "preprocess", "validate_splits", "train", "evaluate",
-          "popularity", "register", "gate", "promote")
+STAGES = (
+    "raw",
+    "validate_raw",
+    "preprocess",
+    "validate_splits",
+    "train",
+    "evaluate",
+    "popularity",
+    "register",
+    "gate",
+    "promote",
+)
 DIFFUREC = str(VENV_BIN / "diffurec")
 DVC = str(VENV_BIN / "dvc")
 
@@ -48,13 +66,23 @@ def lock_out_md5(repo, stage: str, path: str) -> str:
 def clone(tmp_path_factory, repo_root, shared_data):
     root = tmp_path_factory.mktemp("dvc-pipeline")
     repo = clone_repo(repo_root, root / "repo")
-    source = write_slice(shared_data / "ml-100k" / "ml-100k.inter", root / "slice.inter",
-                         users=SLICE_USERS)
-    set_params(repo, **{"data.source": str(source), "train.epochs": 1, "train.max_minutes": 1.0,
-                        "train.patience": 1, "registry.name": NAME,
-                        # floors every trained model clears: this run must be promoted
-                        "gate": {"min": {"HR@10": 0.0}, "min_margin_over_popularity": {},
-                                 "max_drop_vs_champion": {"NDCG@10": {"relative": 1.0}}}})
+    source = write_slice(shared_data / "ml-100k" / "ml-100k.inter", root / "slice.inter", users=SLICE_USERS)
+    set_params(
+        repo,
+        **{
+            "data.source": str(source),
+            "train.epochs": 1,
+            "train.max_minutes": 1.0,
+            "train.patience": 1,
+            "registry.name": NAME,
+            # floors every trained model clears: this run must be promoted
+            "gate": {
+                "min": {"HR@10": 0.0},
+                "min_margin_over_popularity": {},
+                "max_drop_vs_champion": {"NDCG@10": {"relative": 1.0}},
+            },
+        },
+    )
     uri = f"sqlite:///{root}/mlflow.db"
     env = tool_env(uri)
     first = run([DIFFUREC, "pipeline", "run", "--no-push"], cwd=repo, env=env)
@@ -119,8 +147,9 @@ def test_failing_validation_stops_before_training_and_leaves_registry(clone, sha
     versions = len(registered_versions(clone.uri, NAME))
     champion = champion_version(clone.uri, NAME)
     # Same path, new content: one row's timestamp is 1970, outside the suite's range.
-    write_slice(shared_data / "ml-100k" / "ml-100k.inter", clone.source, users=SLICE_USERS,
-                bad_timestamp_row=5)
+    write_slice(
+        shared_data / "ml-100k" / "ml-100k.inter", clone.source, users=SLICE_USERS, bad_timestamp_row=5
+    )
 
     result = run([DIFFUREC, "pipeline", "run", "--no-push"], cwd=repo, env=clone.env)
     output = result.stdout + result.stderr

@@ -179,6 +179,7 @@ def test_every_field_through_the_kubeflow_pipeline(tmp_path, repo_root, monkeypa
     "settings, message",
     [
         ({"epochs": "many"}, "epochs: expected int"),
+        ({"epochs": 2.5}, "epochs: expected int"),
         ({"epoch": 3}, "unknown setting 'epoch'"),
         ({"lr": -1}, "--lr must be positive"),
         ({"model": "gpt"}, "--model 'gpt'"),
@@ -197,3 +198,11 @@ def test_bad_settings_are_one_line(tmp_path, capsys, settings, message):
 def test_settings_json_must_be_an_object(tmp_path, capsys):
     assert main(["train", "--splits", str(tmp_path), "--out", str(tmp_path / "m"), "--settings", "[1]"]) == 2
     assert "--settings: expected a JSON object" in capsys.readouterr().err
+
+
+def test_whole_floats_are_ints_as_a_kubeflow_dict_parameter_delivers_them():
+    # Kubeflow passes a dict parameter through protobuf's Struct: every number is a double.
+    through_struct = {k: float(v) if type(v) is int else v for k, v in NON_DEFAULT.items()}
+    assert through_struct["epochs"] == 7.0 and isinstance(through_struct["epochs"], float)
+    settings = TrainSettings.from_mapping(through_struct)
+    assert settings == EXPECTED and isinstance(settings.epochs, int)
