@@ -11,17 +11,12 @@ import json
 import sys
 from typing import Any
 
-FORMAT_HELP = (
-    "input format: inter (RecBole), ml-100k (u.data), ml-1m (ratings.dat, '::'), "
-    "movielens-csv (ratings.csv), csv, tsv, parquet, sequences ('user item1 item2 "
-    "...' per line); detected from the file name when omitted; .gz is fine"
-)
-
-
 def _add_reader_options(parser: argparse.ArgumentParser, required: bool = True) -> None:
     parser.add_argument("--input", required=required, metavar="FILE", help="the interaction log to read")
-    # Checked by the reader (diffurec.data.readers.FORMATS), which is not imported at --help.
-    parser.add_argument("--format", metavar="NAME", help=FORMAT_HELP)
+    from diffurec.data.formats import format_help
+
+    # Checked by the reader, which names the choices in its one-line error.
+    parser.add_argument("--format", metavar="NAME", help=format_help())
     parser.add_argument("--user-col", metavar="NAME", help="user id column (tables with a header)")
     parser.add_argument("--item-col", metavar="NAME", help="item id column (tables with a header)")
     parser.add_argument(

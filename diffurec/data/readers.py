@@ -20,128 +20,20 @@ import io
 import logging
 import re
 import zlib
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from diffurec.data.formats import FORMAT_NAMES, FORMATS, FormatSpec, detect_format
 from diffurec.errors import DiffuRecError, located
+
+__all__ = ["FORMATS", "FORMAT_NAMES", "FormatSpec", "detect_format", "read_interactions", "to_numbers"]
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class FormatSpec:
-    """How one format is laid out: delimiter, header, and the default source column names."""
-
-    name: str
-    description: str
-    sep: str | None  # None: not a delimited table (parquet, sequences)
-    header: bool
-    user: tuple[str, ...] = ()
-    item: tuple[str, ...] = ()
-    time: tuple[str, ...] = ()
-    rating: tuple[str, ...] = ()
-    positional: tuple[str, ...] = ()  # column names for headerless files
-
-
-# Candidate source names for generic tables, tried in order when no --*-col is given.
-GENERIC_USER = ("user_id", "user", "userId", "userid", "UserID", "reviewerID", "visitorid")
-GENERIC_ITEM = ("item_id", "item", "itemId", "itemid", "movieId", "MovieID", "movie_id", "asin", "product_id")
-GENERIC_TIME = ("timestamp", "time", "Timestamp", "unixReviewTime", "ts", "datetime", "date")
-GENERIC_RATING = ("rating", "Rating", "score", "overall")
-
-FORMATS = {
-    spec.name: spec
-    for spec in (
-        FormatSpec(
-            "inter",
-            "RecBole atomic .inter file (tab-separated, 'name:type' header)",
-            "\t",
-            True,
-            ("user_id",),
-            ("item_id",),
-            ("timestamp",),
-            ("rating",),
-        ),
-        FormatSpec(
-            "ml-100k",
-            "MovieLens 100K u.data (tab-separated: user item rating timestamp)",
-            "\t",
-            False,
-            positional=("user", "item", "rating", "timestamp"),
-        ),
-        FormatSpec(
-            "ml-1m",
-            "MovieLens 1M ratings.dat (UserID::MovieID::Rating::Timestamp)",
-            "::",
-            False,
-            positional=("user", "item", "rating", "timestamp"),
-        ),
-        FormatSpec(
-            "movielens-csv",
-            "MovieLens ratings.csv (userId,movieId,rating,timestamp)",
-            ",",
-            True,
-            ("userId",),
-            ("movieId",),
-            ("timestamp",),
-            ("rating",),
-        ),
-        FormatSpec(
-            "csv",
-            "comma-separated table with a header",
-            ",",
-            True,
-            GENERIC_USER,
-            GENERIC_ITEM,
-            GENERIC_TIME,
-            GENERIC_RATING,
-        ),
-        FormatSpec(
-            "tsv",
-            "tab-separated table with a header",
-            "\t",
-            True,
-            GENERIC_USER,
-            GENERIC_ITEM,
-            GENERIC_TIME,
-            GENERIC_RATING,
-        ),
-        FormatSpec(
-            "parquet", "Parquet table", None, True, GENERIC_USER, GENERIC_ITEM, GENERIC_TIME, GENERIC_RATING
-        ),
-        FormatSpec("sequences", "one user per line: 'user item1 item2 ...' in time order", None, False),
-    )
-}
-FORMAT_NAMES = tuple(FORMATS)
-
 _DELIMITER_NAMES = {",": "comma", "\t": "tab", ";": "semicolon", "|": "pipe", "::": "'::'", " ": "space"}
-
-
-def detect_format(path: str | Path) -> str:
-    """The format implied by a file's name (a trailing .gz is ignored)."""
-    path = Path(path)
-    name = path.name[:-3] if path.name.endswith(".gz") else path.name
-    lower = name.lower()
-    if lower == "u.data":
-        return "ml-100k"
-    if lower == "ratings.dat" or lower.endswith(".dat"):
-        return "ml-1m"
-    if lower.endswith(".inter"):
-        return "inter"
-    if lower.endswith(".csv"):
-        return "movielens-csv" if lower == "ratings.csv" else "csv"
-    if lower.endswith((".tsv", ".tab")):
-        return "tsv"
-    if lower.endswith((".parquet", ".pq")):
-        return "parquet"
-    if lower.endswith(".txt"):
-        return "sequences"
-    raise DiffuRecError(
-        f"{path}: cannot tell the format from the file name; give --format ({', '.join(FORMAT_NAMES)})"
-    )
 
 
 def _read_bytes(path: Path) -> bytes:
