@@ -164,8 +164,8 @@ def _typed(value: Any, hint: Any, where: str) -> Any:
     return value
 
 
-def _hyper_value(text: str) -> Any:
-    """KEY=VALUE's value: JSON when it parses (numbers, true/false), the string otherwise."""
+def json_or_text(text: str) -> Any:
+    """A KEY=VALUE value (--set): JSON when it parses (numbers, true/false, null), else the string."""
     try:
         return json.loads(text)
     except json.JSONDecodeError:
@@ -179,7 +179,7 @@ def parse_hyper(pairs: list[str]) -> dict[str, Any]:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise DiffuRecError(f"--set {pair!r}: expected KEY=VALUE, e.g. --set dropout=0.2")
-        hyper[key.replace("-", "_")] = _hyper_value(value)
+        hyper[key.replace("-", "_")] = json_or_text(value)
     return hyper
 
 

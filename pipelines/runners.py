@@ -118,7 +118,7 @@ def run_dvc(root: Path, force: bool = False, push: bool = True) -> dict[str, Any
 def parse_overrides(pairs: list[str], defaults: dict[str, Any]) -> dict[str, Any]:
     """NAME=VALUE strings -> pipeline arguments typed like the defaults. NAME.KEY=VALUE sets one
     key of a dict argument (`train.epochs=3`); its value is read as JSON when it parses."""
-    from diffurec.train_settings import TrainSettings
+    from diffurec.train_settings import TrainSettings, json_or_text
 
     arguments: dict[str, Any] = {}
     for pair in pairs:
@@ -131,7 +131,7 @@ def parse_overrides(pairs: list[str], defaults: dict[str, Any]) -> dict[str, Any
             )
         if dot:
             merged = dict(arguments.get(outer, defaults[outer]))
-            merged[key] = _json_or_text(value)
+            merged[key] = json_or_text(value)
             if merged[key] is None:  # Kubeflow parameters cannot hold null: a missing key is the default
                 del merged[key]
             arguments[outer] = merged
@@ -150,13 +150,6 @@ def parse_overrides(pairs: list[str], defaults: dict[str, Any]) -> dict[str, Any
     if "train" in arguments:  # the settings are checked here, not in a pod minutes later
         TrainSettings.from_mapping(arguments["train"], source="--set train")
     return arguments
-
-
-def _json_or_text(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
 
 
 def pipeline_arguments(
