@@ -11,6 +11,7 @@ import json
 import sys
 from typing import Any
 
+
 def _add_reader_options(parser: argparse.ArgumentParser, required: bool = True) -> None:
     parser.add_argument("--input", required=required, metavar="FILE", help="the interaction log to read")
     from diffurec.data.formats import format_help
