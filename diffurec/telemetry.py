@@ -1,21 +1,26 @@
-"""Prometheus metrics for every step, in one place (see issue 5).
+"""Prometheus metrics for every step, in one place (the contract: monitoring/README.md, "Series").
 
-`report_step` is called by the command line after every subcommand. It pushes, to the
-Pushgateway at $DIFFUREC_PUSHGATEWAY (host:port), one group per step and labels:
+`report_step` is called by the command line after every subcommand. It replaces (HTTP PUT) one
+Pushgateway group at $DIFFUREC_PUSHGATEWAY (host:port) per (pipeline, model, step), so a group
+always describes the latest run of that step and a success clears an earlier failure:
 
-    diffurec_step_duration_seconds           how long the step took
-    diffurec_step_success                    1 or 0
-    diffurec_step_last_run_timestamp_seconds
-    diffurec_step_last_success_timestamp_seconds   (kept when a later run fails)
-    diffurec_<gauge>                         every gauge the handler returned; a name ending
-                                             in @K (HR@10, candidate_NDCG@10) becomes
-                                             diffurec_hr{k="10"}, diffurec_candidate_ndcg{k="10"}
+    grouping key   job="diffurec", pipeline ($DIFFUREC_PIPELINE, default "diffurec"),
+                   model (the architecture for train/evaluate/recommend, else "any"),
+                   step ($DIFFUREC_STEP, else the command's step name)
+    on every series run ($DIFFUREC_RUN_ID), dataset ($DIFFUREC_DATASET, else the handler's),
+                   version (the registered model version when the step knows it), each "" when
+                   unknown, and the handler's other labels (suite, format, runner)
 
-Labels (the Pushgateway grouping key, so each combination is its own group): job="diffurec",
-step, and dataset/model/version/run from $DIFFUREC_DATASET, $DIFFUREC_MODEL,
-$DIFFUREC_MODEL_VERSION, $DIFFUREC_RUN_ID, overridden by the handler's labels. Unset labels
-are left out. Without $DIFFUREC_PUSHGATEWAY steps run and say once that nothing was pushed; a
-Pushgateway that does not answer costs a warning, never the step.
+    diffurec_step_success                            1 or 0
+    diffurec_step_duration_seconds                   how long the step took
+    diffurec_step_last_run_timestamp_seconds         when it ended
+    diffurec_step_last_success_timestamp_seconds     carried forward from the group's previous
+    diffurec_step_last_failure_timestamp_seconds     push (read back first); 0 when never
+    diffurec_<gauge>                                 every gauge the handler returned; a name
+                                                     ending in @K (HR@10) becomes diffurec_hr{k="10"}
+
+Without $DIFFUREC_PUSHGATEWAY steps run and say once that nothing was pushed; a Pushgateway
+that does not answer costs a warning, never the step.
 
 A long training run can also be scraped directly: with $DIFFUREC_METRICS_PORT set, the first
 `training_progress(...)` call (the trainer makes one per epoch, on rank 0) starts a /metrics
@@ -24,11 +29,14 @@ endpoint on that port (address $DIFFUREC_METRICS_ADDRESS, default 127.0.0.1).
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import os
 import re
 import time
-from typing import TYPE_CHECKING
+import urllib.request
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -36,15 +44,19 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 JOB = "diffurec"
-LABEL_ENV = {
-    "dataset": "DIFFUREC_DATASET",
-    "model": "DIFFUREC_MODEL",
-    "version": "DIFFUREC_MODEL_VERSION",
-    "run": "DIFFUREC_RUN_ID",
-}
+DEFAULT_PIPELINE = "diffurec"
+ANY_MODEL = "any"  # the model label of steps that are not about one architecture
+PIPELINE_ENV = "DIFFUREC_PIPELINE"
+STEP_ENV = "DIFFUREC_STEP"
+# Labels on every series of a push (not in the grouping key); "" when unknown.
+RUN_ENV = "DIFFUREC_RUN_ID"
+DATASET_ENV = "DIFFUREC_DATASET"
+SERIES_LABELS = ("run", "dataset", "version")
+LAST_SUCCESS = "diffurec_step_last_success_timestamp_seconds"
+LAST_FAILURE = "diffurec_step_last_failure_timestamp_seconds"
 PUSH_TIMEOUT_SECONDS = 5.0
 _warned = False
-_progress_gauges: dict = {}
+_progress_gauges: dict[str, Any] = {}
 _metrics_server_tried = False
 
 
@@ -52,17 +64,31 @@ def gateway_address() -> str | None:
     return os.environ.get("DIFFUREC_PUSHGATEWAY") or None
 
 
-def step_labels(step: str, labels: dict | None = None) -> dict:
-    """The grouping key of a step: job-level labels from the environment, then the handler's."""
-    merged = {name: os.environ[env] for name, env in LABEL_ENV.items() if os.environ.get(env)}
-    for name, value in (labels or {}).items():
-        if value is not None and str(value) != "":
-            merged[_label_name(name)] = str(value)
-    merged["step"] = step
+def grouping_key(step: str, labels: dict[str, Any] | None = None) -> dict[str, str]:
+    """The Pushgateway group of a step (job aside): pipeline, model and step."""
+    model = (labels or {}).get("model")
+    return {
+        "pipeline": os.environ.get(PIPELINE_ENV) or DEFAULT_PIPELINE,
+        "model": str(model) if model not in (None, "") else ANY_MODEL,
+        "step": os.environ.get(STEP_ENV) or step,
+    }
+
+
+def series_labels(labels: dict[str, Any] | None = None) -> dict[str, str]:
+    """The labels on every series of a push: run, dataset, version, then the handler's others."""
+    given = {_label_name(name): str(value) for name, value in (labels or {}).items() if value is not None}
+    merged = {
+        "run": os.environ.get(RUN_ENV, ""),
+        "dataset": os.environ.get(DATASET_ENV) or given.get("dataset", ""),
+        "version": given.get("version", ""),
+    }
+    for name, value in given.items():
+        if name not in merged and name not in ("model", "step", "pipeline", "job", "k"):
+            merged[name] = value
     return merged
 
 
-def metric_for(gauge: str) -> tuple[str, dict]:
+def metric_for(gauge: str) -> tuple[str, dict[str, str]]:
     """Map a handler's gauge name to (Prometheus metric name, extra labels)."""
     extra = {}
     match = re.fullmatch(r"(.+)@(\d+)", gauge)
@@ -73,47 +99,81 @@ def metric_for(gauge: str) -> tuple[str, dict]:
 
 
 def build_registry(
-    step: str, seconds: float, succeeded: bool, gauges: dict, now: float | None = None
+    seconds: float,
+    succeeded: bool,
+    gauges: dict[str, Any],
+    labels: dict[str, str],
+    previous: dict[str, float] | None = None,
+    now: float | None = None,
 ) -> CollectorRegistry:
-    """A CollectorRegistry holding what `report_step` pushes for one step."""
+    """A CollectorRegistry holding what `report_step` pushes for one step: every series carries
+    `labels`; the last success/failure times come from `previous` (the group's last push) unless
+    this run sets one."""
     from prometheus_client import CollectorRegistry, Gauge
 
     now = time.time() if now is None else now
+    previous = previous or {}
     registry = CollectorRegistry()
-    Gauge("diffurec_step_duration_seconds", "Wall time of the last run of the step", registry=registry).set(
-        seconds
-    )
-    Gauge("diffurec_step_success", "1 if the last run of the step succeeded, else 0", registry=registry).set(
-        1 if succeeded else 0
-    )
-    Gauge("diffurec_step_last_run_timestamp_seconds", "Unix time the step last ended", registry=registry).set(
-        now
-    )
-    if succeeded:
-        Gauge(
-            "diffurec_step_last_success_timestamp_seconds",
-            "Unix time the step last ended successfully",
-            registry=registry,
-        ).set(now)
-    by_metric: dict[str, list] = {}
+    names = sorted(labels)
+    step_series = {
+        "diffurec_step_success": (
+            "1 if the last run of the step succeeded, else 0",
+            1.0 if succeeded else 0.0,
+        ),
+        "diffurec_step_duration_seconds": ("Wall time of the last run of the step", seconds),
+        "diffurec_step_last_run_timestamp_seconds": ("Unix time the step last ended", now),
+        LAST_SUCCESS: (
+            "Unix time the step last ended successfully (0: never)",
+            now if succeeded else previous.get(LAST_SUCCESS, 0.0),
+        ),
+        LAST_FAILURE: (
+            "Unix time the step last failed (0: never)",
+            previous.get(LAST_FAILURE, 0.0) if succeeded else now,
+        ),
+    }
+    for metric, (help_text, value) in step_series.items():
+        Gauge(metric, help_text, labelnames=names, registry=registry).labels(**labels).set(value)
+    by_metric: dict[str, list[tuple[dict[str, str], float, str]]] = {}
     for gauge, value in (gauges or {}).items():
         if value is None:
             continue
         metric, extra = metric_for(gauge)
         by_metric.setdefault(metric, []).append((extra, float(value), gauge))
     for metric, samples in sorted(by_metric.items()):
-        labelnames = sorted({name for extra, _, _ in samples for name in extra})
+        extra_names = sorted({name for extra, _, _ in samples for name in extra})
         help_text = "diffurec gauge " + ", ".join(sorted(gauge for _, _, gauge in samples))
-        gauge = Gauge(metric, help_text, labelnames=labelnames, registry=registry)
+        family = Gauge(metric, help_text, labelnames=names + extra_names, registry=registry)
         for extra, value, _ in samples:
-            (gauge.labels(**{name: extra.get(name, "") for name in labelnames}) if labelnames else gauge).set(
-                value
-            )
+            family.labels(**labels, **{name: extra.get(name, "") for name in extra_names}).set(value)
     return registry
 
 
-def report_step(step: str, seconds: float, succeeded: bool, gauges: dict, labels: dict) -> None:
-    """Push one step's duration, outcome and gauges to the Pushgateway, if one is configured."""
+def previous_values(address: str, key: dict[str, str]) -> dict[str, float]:
+    """The carried-forward series of a group as the Pushgateway holds them now ({} when it has no
+    such group), read from its API (/api/v1/metrics)."""
+    base = address if "://" in address else f"http://{address}"
+    with urllib.request.urlopen(f"{base.rstrip('/')}/api/v1/metrics", timeout=PUSH_TIMEOUT_SECONDS) as reply:
+        groups = json.load(reply).get("data") or []
+    wanted = {"job": JOB, **key}
+    for group in groups:
+        if group.get("labels") != wanted:
+            continue
+        values = {}
+        for metric in (LAST_SUCCESS, LAST_FAILURE):
+            samples = (group.get(metric) or {}).get("metrics") or []
+            if samples:
+                value = float(samples[0]["value"])
+                values[metric] = value if math.isfinite(value) else 0.0
+        return values
+    return {}
+
+
+def report_step(
+    step: str, seconds: float, succeeded: bool, gauges: dict[str, Any], labels: dict[str, Any]
+) -> None:
+    """Replace the step's Pushgateway group with this run's outcome and gauges, if a Pushgateway
+    is configured. `labels` are the handler's: model (train/evaluate/recommend), dataset,
+    version and any others."""
     global _warned
     address = gateway_address()
     if not address:
@@ -121,18 +181,15 @@ def report_step(step: str, seconds: float, succeeded: bool, gauges: dict, labels
             log.info("metrics not pushed: DIFFUREC_PUSHGATEWAY is not set")
             _warned = True
         return
-    from prometheus_client import pushadd_to_gateway
+    from prometheus_client import push_to_gateway
 
-    grouping = step_labels(step, labels)
-    grouping.pop("job", None)
+    key = grouping_key(step, labels)
     try:
-        registry = build_registry(step, seconds, succeeded, gauges)
-        # pushadd (POST) replaces only the metrics pushed now, so a failed run keeps the
-        # group's last_success timestamp (the "no successful retraining" alert needs it).
-        pushadd_to_gateway(
-            address, job=JOB, registry=registry, grouping_key=grouping, timeout=PUSH_TIMEOUT_SECONDS
+        registry = build_registry(
+            seconds, succeeded, gauges, series_labels(labels), previous_values(address, key)
         )
-        log.debug("pushed %s metrics to %s %s", step, address, grouping)
+        push_to_gateway(address, job=JOB, registry=registry, grouping_key=key, timeout=PUSH_TIMEOUT_SECONDS)
+        log.debug("pushed %s metrics to %s %s", step, address, key)
     except Exception as error:  # the step's own result matters more than its metrics
         log.warning(
             "metrics not pushed to %s: %s", address, str(error).splitlines()[0] if str(error) else error

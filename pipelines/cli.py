@@ -31,6 +31,7 @@ def register(subparsers: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     commands = group.add_subparsers(dest="pipeline_command", metavar="PIPELINE_COMMAND", required=True)
+    group.set_defaults(describe=describe_pipeline)
 
     run = commands.add_parser(
         "run",
@@ -156,6 +157,22 @@ def register(subparsers: Any) -> None:
     lineage.add_argument("--preset", help="the model preset")
     lineage.add_argument("--out", required=True, metavar="JSON", help="where to write it")
     lineage.set_defaults(func=run_lineage)
+
+
+# The telemetry step of each subcommand (monitoring/README.md, "Series").
+PIPELINE_STEPS = {
+    "run": "pipeline",
+    "local": "pipeline",
+    "compile": "compile",
+    "submit": "submit",
+    "fetch-raw": "fetch_raw",
+    "lineage": "lineage",
+}
+
+
+def describe_pipeline(args: argparse.Namespace) -> dict[str, Any]:
+    """The telemetry step of a `pipeline` subcommand."""
+    return {"step": PIPELINE_STEPS[args.pipeline_command]}
 
 
 def run_pipeline(args: argparse.Namespace) -> dict[str, Any]:

@@ -19,6 +19,9 @@ def run_id(monkeypatch, prometheus_servers):  # noqa: F811
     run = uuid.uuid4().hex[:12]
     monkeypatch.setenv("DIFFUREC_PUSHGATEWAY", prometheus_servers.pushgateway)
     monkeypatch.setenv("DIFFUREC_RUN_ID", run)
+    # Groups are per (pipeline, model, step): a pipeline of its own keeps tests apart.
+    monkeypatch.setenv("DIFFUREC_PIPELINE", f"test-{run}")
+    monkeypatch.delenv("DIFFUREC_STEP", raising=False)
     monkeypatch.setenv("DIFFUREC_DATASET", "ml-100k")
     return run
 
@@ -76,8 +79,10 @@ def test_evaluation_metrics_per_k_with_labels_reach_prometheus(prometheus_server
     result = prometheus_servers.wait_for(f'diffurec_hr{{run="{run_id}", k="10"}}')
     assert value(result) == pytest.approx(5.3)
     labels = result[0]["metric"]
-    assert {key: labels[key] for key in ("job", "step", "dataset", "model", "version", "run", "k")} == {
+    keys = ("job", "pipeline", "step", "dataset", "model", "version", "run", "k")
+    assert {key: labels[key] for key in keys} == {
         "job": "diffurec",
+        "pipeline": f"test-{run_id}",
         "step": "evaluate",
         "dataset": "ml-100k",
         "model": "popularity",
@@ -107,8 +112,8 @@ def test_a_failed_run_keeps_the_last_success_time(prometheus_servers, run_id):  
         value(prometheus_servers.query(f'diffurec_step_duration_seconds{{run="{run_id}", step="train"}}'))
         == 2.0
     )
-    # Gauges of the successful run that the failed one did not push stay as they were.
-    assert value(prometheus_servers.query(f'diffurec_samples_per_second{{run="{run_id}"}}')) == 1234.5
+    # The failed run replaced the group: gauges of the successful run are gone.
+    prometheus_servers.wait_for(f'diffurec_samples_per_second{{run="{run_id}"}}', lambda r: not r)
 
 
 def test_every_cli_step_is_reported(prometheus_servers, run_id, tmp_path):  # noqa: F811

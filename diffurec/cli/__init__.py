@@ -6,7 +6,10 @@ through the `diffurec.commands` entry point (the `pipeline` group comes from the
 `pipelines` package that way, so the library never imports it).
 A subcommand's handler takes the parsed arguments and may return a dict
 {"gauges": {name: value}, "labels": {name: value}} that is pushed to Prometheus with the
-step's duration and outcome. A DiffuRecError becomes one line on stderr and exit status 2.
+step's duration and outcome (diffurec/telemetry.py). A parser may also set a `describe`
+default: describe(args) -> {"step": name, "labels": {...}}, computed before the handler runs,
+so that a failed run is pushed to the same step and model as a successful one would be.
+A DiffuRecError becomes one line on stderr and exit status 2.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import logging
 import sys
 import time
 from importlib.metadata import entry_points
+from typing import Any
 
 from diffurec import __version__
 from diffurec.errors import DiffuRecError
@@ -54,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
     )
     started = time.perf_counter()
+    described = _describe(args)
     result, succeeded, status = None, False, EXIT_ERROR
     try:
         result = args.func(args) or {}
@@ -68,13 +73,25 @@ def main(argv: list[str] | None = None) -> int:
 
         result = result or {}
         telemetry.report_step(
-            args.command,
+            described.get("step") or args.command,
             time.perf_counter() - started,
             succeeded,
             gauges=result.get("gauges", {}),
-            labels=result.get("labels", {}),
+            labels={**described.get("labels", {}), **result.get("labels", {})},
         )
     return status
+
+
+def _describe(args: argparse.Namespace) -> dict[str, Any]:
+    """The step name and labels the parser's `describe` finds in the arguments ({} without one).
+    A describe that fails leaves the defaults: the handler reports the same problem properly."""
+    describe = getattr(args, "describe", None)
+    if describe is None:
+        return {}
+    try:
+        return dict(describe(args))
+    except Exception:  # noqa: BLE001 (labels are best effort; the handler raises the real error)
+        return {}
 
 
 if __name__ == "__main__":

@@ -77,7 +77,7 @@ def register(subparsers: Any) -> None:
     _add_reader_options(validate, required=False)
     validate.add_argument("--splits", metavar="DIR", help="a splits folder from 'diffurec preprocess'")
     validate.add_argument("--out", required=True, metavar="DIR", help="folder for report.json and data_docs/")
-    validate.set_defaults(func=run_validate)
+    validate.set_defaults(func=run_validate, describe=describe_validate)
 
     preprocess = subparsers.add_parser(
         "preprocess",
@@ -137,6 +137,11 @@ def run_fetch(args: argparse.Namespace) -> dict:
         f"ok) into {result['folder']}; interactions: {result['ratings']}"
     )
     return {"gauges": {"bytes": result["bytes"]}, "labels": {"dataset": args.dataset}}
+
+
+def describe_validate(args: argparse.Namespace) -> dict:
+    """The telemetry step: raw logs and splits folders are validated by different steps."""
+    return {"step": "validate_splits" if args.splits else "validate_raw"}
 
 
 def run_validate(args: argparse.Namespace) -> dict:

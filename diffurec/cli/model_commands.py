@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from diffurec.errors import DiffuRecError
@@ -51,7 +53,7 @@ def _register_train(subparsers) -> None:
         "--lineage-json", default=None, help="JSON object stored as 'lineage' in train_summary.json"
     )
     train_settings.add_arguments(p.add_argument_group("training settings (TrainSettings)"))
-    p.set_defaults(func=run_train)
+    p.set_defaults(func=run_train, describe=describe_train)
 
 
 def settings_from_args(args: argparse.Namespace) -> TrainSettings:
@@ -68,6 +70,18 @@ def settings_from_args(args: argparse.Namespace) -> TrainSettings:
     return train_settings.from_arguments(args, base, source=source)
 
 
+def describe_train(args: argparse.Namespace) -> dict:
+    """The telemetry labels known before training: the model architecture."""
+    return {"labels": {"model": settings_from_args(args).model}}
+
+
+def describe_model_folder(args: argparse.Namespace) -> dict:
+    """The telemetry labels of a step that reads a model folder: its architecture."""
+    from diffurec.model_folder import read_config
+
+    return {"labels": {"model": read_config(args.model)["model"]}}
+
+
 def run_train(args: argparse.Namespace) -> dict:
     from diffurec.data.splits import load_splits
     from diffurec.files import read_json_object
@@ -80,12 +94,17 @@ def run_train(args: argparse.Namespace) -> dict:
     if not summary:  # a non-zero torchrun rank
         return {}
     labels = {"model": settings.model, "dataset": splits.dataset_label}
+    # curve.json's train rows hold each epoch's mean loss (a fitted model has none).
+    curve = read_json_object(Path(args.out) / "curve.json", "missing from the model folder")
+    losses = [row["loss"] for row in curve["train"]]
     return {
         "gauges": {
             "samples_per_second": summary["samples_per_second"],
             "epochs": summary["epochs_run"],
             "best_epoch": summary["best_epoch"],
             "valid_NDCG@10": summary["best_valid"]["NDCG@10"],
+            "train_final_loss": losses[-1] if losses else None,
+            "train_nan_loss": 0.0 if all(math.isfinite(loss) for loss in losses) else 1.0,
         },
         "labels": {k: v for k, v in labels.items() if v},
     }
@@ -124,7 +143,7 @@ def _register_evaluate(subparsers) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     p.add_argument("--out", required=True, help="metrics JSON to write")
-    p.set_defaults(func=run_evaluate)
+    p.set_defaults(func=run_evaluate, describe=describe_model_folder)
 
 
 def run_evaluate(args: argparse.Namespace) -> dict:
@@ -178,7 +197,7 @@ def _register_recommend(subparsers) -> None:
     p.add_argument("--seed", type=int, default=1997, help="seed of the model's inference noise")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--out", required=True, help="TSV to write: user_id, rank, item_id, score")
-    p.set_defaults(func=run_recommend)
+    p.set_defaults(func=run_recommend, describe=describe_model_folder)
 
 
 def run_recommend(args) -> dict:

@@ -164,7 +164,7 @@ def run_register(args: argparse.Namespace) -> dict:
     )
     return {
         "gauges": {"registered_version": float(result["version"])},
-        "labels": {"model": result["name"], "version": result["version"]},
+        "labels": {"version": result["version"]},
     }
 
 
@@ -194,8 +194,7 @@ def run_gate(args: argparse.Namespace) -> dict:
             f"gate rejected {name or 'the candidate'}"
             f"{' v' + version if version else ''}: {decision['reason']}"
         )
-    model = name or (decision["candidate"].get("model") or {}).get("name")
-    return {"gauges": gate.decision_gauges(decision), "labels": {"model": model, "version": version}}
+    return {"gauges": gate.decision_gauges(decision), "labels": {"version": version}}
 
 
 def run_promote(args: argparse.Namespace) -> dict:
@@ -216,5 +215,5 @@ def run_promote(args: argparse.Namespace) -> dict:
     print(result["message"])
     return {
         "gauges": promote.promotion_gauges(result, args.override),
-        "labels": {"model": args.name, "version": result["version"]},
+        "labels": {"version": result["version"]},
     }
