@@ -20,7 +20,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 KUBERNETES_VERSION = "1.32.0"
-OVERLAYS = ("cpu", "gpu")
+# Every overlay in k8s/overlays (what people apply).
+OVERLAYS = tuple(sorted(p.parent.name for p in (REPO / "k8s" / "overlays").glob("*/kustomization.yaml")))
 WORKLOAD_KINDS = ("Deployment", "StatefulSet", "PyTorchJob")
 
 
@@ -158,7 +159,9 @@ def test_secrets_are_referenced_never_inlined(rendered):
                         referenced.add(env["valueFrom"]["secretKeyRef"]["name"])
         assert referenced == {"diffurec-mlflow-db"}
         # Only the MLflow server may reach the database.
-        (policy,) = by_kind(objects, "NetworkPolicy")
+        (policy,) = [
+            p for p in by_kind(objects, "NetworkPolicy") if p["metadata"]["name"] == "mlflow-postgres"
+        ]
         assert policy["spec"]["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "mlflow-postgres"}
         (source,) = policy["spec"]["ingress"][0]["from"]
         assert source == {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "mlflow"}}}
