@@ -12,11 +12,24 @@ Thresholds live in params.yaml under `gate:` (metric values are percent, as in m
         NDCG@10: {relative: 0.02}   #   candidate >= champion * (1 - 0.02)
         HR@10: {absolute: 0.5}      #   candidate >= champion - 0.5 percent points
                                     #   (a negative drop demands an improvement)
+      prometheus:                   # PromQL checks, evaluated now by Prometheus (instant queries)
+        - name: training produced no NaN loss
+          query: max(diffurec_train_nan_loss{pipeline="$pipeline", step="train", model="$model"})
+          max: 0                    #   one of  min: V (value >= V), max: V (value <= V),
+                                    #   equals_metric: NDCG@10 (within 1e-6 of the candidate's)
 
 Floors and the popularity margin always apply; the champion checks apply only when a champion
 exists, so with no champion yet the floors alone decide. The champion must have been measured
 on the same users as the candidate (same split of the same data version); `decide` refuses to
 compare otherwise, and `gate_candidate` re-evaluates the champion first (diffurec.champion).
+
+A Prometheus check's query may use the placeholders $pipeline ($DIFFUREC_PIPELINE, as the
+steps' pushes label it), $model (the candidate's architecture, e.g. diffurec), $run
+($DIFFUREC_RUN_ID) and $version (the registered version decided on); each is replaced by the
+value quoted for a PromQL string, so write them inside quotes. The query must give one sample
+(aggregate with max/min/count...): no sample, several, or NaN fail the check. Prometheus that
+cannot be reached fails the gate closed, unless allowed: then the checks are skipped, and the
+decision says so (`prometheus.skipped`, `reason`).
 
 `decide` is pure: metrics in, decision dict out (docs/formats.md, "Gate decision JSON").
 `gate_candidate` is the whole step: read the metrics, find the champion, decide, stamp the
@@ -27,16 +40,27 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import re
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
+from diffurec import prometheus
 from diffurec.errors import DiffuRecError, located
 from diffurec.files import read_json_object, read_params, write_json_atomic
 from diffurec.metrics import METRIC_KEYS
 
-THRESHOLD_SECTIONS = ("min", "min_margin_over_popularity", "max_drop_vs_champion")
+METRIC_SECTIONS = ("min", "min_margin_over_popularity", "max_drop_vs_champion")
+THRESHOLD_SECTIONS = (*METRIC_SECTIONS, "prometheus")
 DROP_KINDS = ("relative", "absolute")
+# A Prometheus check: a name, a query and exactly one limit (value >= min, value <= max, or
+# value within EQUALS_TOLERANCE of the candidate's metric of that name).
+PROMETHEUS_LIMITS = ("min", "max", "equals_metric")
+COMPARISONS = {"min": ">=", "max": "<=", "equals_metric": "=="}
+EQUALS_TOLERANCE = 1e-6
+PLACEHOLDERS = ("pipeline", "model", "run", "version")
+PLACEHOLDER = re.compile(r"\$(?:\{(\w+)\}|([A-Za-z_]\w*))")
 
 
 def load_thresholds(params_path: str | Path) -> dict:
@@ -67,7 +91,7 @@ def check_thresholds(gate: object, source: str = "gate") -> dict:
             f"{source}: unknown key {sorted(unknown)[0]!r} (expected {', '.join(THRESHOLD_SECTIONS)})"
         )
     checked: dict = {}
-    for section in THRESHOLD_SECTIONS:
+    for section in METRIC_SECTIONS:
         entries = gate.get(section) or {}
         if not isinstance(entries, dict):
             raise DiffuRecError(f"{source}.{section}: expected a mapping metric -> threshold")
@@ -87,6 +111,54 @@ def check_thresholds(gate: object, source: str = "gate") -> dict:
                 checked[section][metric] = {kind: _number(value, f"{where}.{kind}")}
             else:
                 checked[section][metric] = _number(threshold, where)
+    checked["prometheus"] = _check_prometheus_rules(gate.get("prometheus") or [], f"{source}.prometheus")
+    return checked
+
+
+def _check_prometheus_rules(rules: object, source: str) -> list[dict]:
+    """Validate the `prometheus:` list; each rule as {"name", "query", LIMIT: value}."""
+    if not isinstance(rules, list):
+        raise DiffuRecError(f"{source}: expected a list of checks {{name, query, min|max|equals_metric}}")
+    checked: list[dict] = []
+    for index, rule in enumerate(rules):
+        where = f"{source}[{index}]"
+        if not isinstance(rule, dict):
+            raise DiffuRecError(
+                f"{where}: expected a mapping with name, query and one of min, max, equals_metric"
+            )
+        unknown = set(rule) - {"name", "query", *PROMETHEUS_LIMITS}
+        if unknown:
+            raise DiffuRecError(
+                f"{where}: unknown key {sorted(unknown)[0]!r} "
+                f"(expected name, query and one of {', '.join(PROMETHEUS_LIMITS)})"
+            )
+        for key in ("name", "query"):
+            if not isinstance(rule.get(key), str) or not rule[key].strip():
+                raise DiffuRecError(f"{where}.{key}: expected a non-empty string")
+        name, query = rule["name"].strip(), rule["query"].strip()
+        if name in (other["name"] for other in checked):
+            raise DiffuRecError(f"{where}.name: {name!r} names another check already")
+        for match in PLACEHOLDER.finditer(query):
+            placeholder = match.group(1) or match.group(2)
+            if placeholder not in PLACEHOLDERS:
+                raise DiffuRecError(
+                    f"{where}.query: unknown placeholder ${placeholder} "
+                    f"(expected {', '.join('$' + known for known in PLACEHOLDERS)})"
+                )
+        limits = [key for key in PROMETHEUS_LIMITS if key in rule]
+        if len(limits) != 1:
+            raise DiffuRecError(f"{where}: expected exactly one of {', '.join(PROMETHEUS_LIMITS)}")
+        (limit,) = limits
+        if limit == "equals_metric":
+            if rule[limit] not in METRIC_KEYS:
+                raise DiffuRecError(
+                    f"{where}.equals_metric: unknown metric {rule[limit]!r} "
+                    f"(expected one of {', '.join(METRIC_KEYS)})"
+                )
+            value: float | str = rule[limit]
+        else:
+            value = _number(rule[limit], f"{where}.{limit}")
+        checked.append({"name": name, "query": query, limit: value})
     return checked
 
 
@@ -128,14 +200,24 @@ def same_users(a: dict, b: dict) -> bool:
 
 
 def decide(
-    candidate: dict, thresholds: dict, baseline: dict | None = None, champion: dict | None = None
+    candidate: dict,
+    thresholds: dict,
+    baseline: dict | None = None,
+    champion: dict | None = None,
+    prometheus_outcome: dict | None = None,
 ) -> dict:
     """Run every check; return {"passed", "checks", "candidate", "champion", ...}.
 
     candidate, baseline: metrics JSON dicts. champion: {"version": str, "metrics": {...},
     "split", "users", "data_version", "re_evaluated": bool} or None (no champion yet).
+    prometheus_outcome: what `run_prometheus_checks` returned (needed when the thresholds have
+    Prometheus checks).
     """
     thresholds = check_thresholds(thresholds)
+    if thresholds["prometheus"] and prometheus_outcome is None:
+        raise DiffuRecError(
+            "the gate has Prometheus checks: evaluate them first (diffurec.gate.run_prometheus_checks)"
+        )
     values = candidate["metrics"]
     checks = []
     for metric, floor in thresholds["min"].items():
@@ -218,12 +300,23 @@ def decide(
                     )
                 )
 
+    if thresholds["prometheus"] and prometheus_outcome is not None:
+        checks.extend(prometheus_outcome["checks"])
+        prometheus_record = {key: prometheus_outcome[key] for key in ("url", "skipped")}
+    else:
+        prometheus_record = None
+
     failed = [check["name"] for check in checks if not check["passed"]]
+    reason = _reason(checks, failed, champion)
+    if prometheus_record is not None and prometheus_record["skipped"]:
+        reason += (
+            f"; {len(thresholds['prometheus'])} Prometheus checks skipped ({prometheus_record['skipped']})"
+        )
     return {
         "passed": not failed,
         "checks": checks,
         "failed": failed,
-        "reason": _reason(checks, failed, champion),
+        "reason": reason,
         "candidate": {
             key: candidate.get(key) for key in ("metrics", "split", "users", "model", "settings", "lineage")
         },
@@ -232,7 +325,102 @@ def decide(
         else {key: baseline.get(key) for key in ("metrics", "split", "users", "model")},
         "champion": champion,
         "thresholds": thresholds,
+        "prometheus": prometheus_record,
     }
+
+
+def substitute(query: str, values: dict[str, str]) -> str:
+    """`query` with $name / ${name} replaced by values[name], escaped for a PromQL string."""
+
+    def replace(match: re.Match[str]) -> str:
+        value = values[match.group(1) or match.group(2)]
+        return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+    return PLACEHOLDER.sub(replace, query)
+
+
+def placeholder_values(candidate: dict, version: str | None) -> dict[str, str]:
+    """The values of the query placeholders for this candidate (see the module docstring)."""
+    from diffurec import telemetry
+
+    return {
+        "pipeline": os.environ.get(telemetry.PIPELINE_ENV) or telemetry.DEFAULT_PIPELINE,
+        "model": str((candidate.get("model") or {}).get("name") or ""),
+        "run": os.environ.get(telemetry.RUN_ENV, ""),
+        "version": version or "",
+    }
+
+
+def prometheus_check(rule: dict, query: str, samples: list[prometheus.Sample], metrics: dict) -> dict:
+    """One Prometheus check from the samples its query gave (pure: no I/O).
+
+    The query must give exactly one finite sample; otherwise the check fails with a `note`."""
+    limit = next(key for key in PROMETHEUS_LIMITS if key in rule)
+    check: dict = {"name": rule["name"], "kind": "prometheus", "query": query}
+    if limit == "equals_metric":
+        check["metric"] = rule[limit]
+        threshold = float(metrics[rule[limit]])
+    else:
+        threshold = float(rule[limit])
+    value, note = None, None
+    if not samples:
+        note = "no data"
+    elif len(samples) > 1:
+        note = f"{len(samples)} series, expected one (aggregate the query, e.g. max(...))"
+    elif not math.isfinite(samples[0].value):
+        note = f"value {samples[0].value}"
+    else:
+        value = samples[0].value
+    comparison = COMPARISONS[limit]
+    if value is None:
+        passed = False
+    elif comparison == ">=":
+        passed = value >= threshold
+    elif comparison == "<=":
+        passed = value <= threshold
+    else:
+        passed = abs(value - threshold) <= EQUALS_TOLERANCE
+    check.update(value=value, threshold=threshold, comparison=comparison, passed=passed, unit="value")
+    if comparison == "==":
+        check["tolerance"] = EQUALS_TOLERANCE
+    if note is not None:
+        check["note"] = note
+    return check
+
+
+def run_prometheus_checks(
+    rules: list[dict],
+    url: str | None,
+    values: dict[str, str],
+    candidate: dict,
+    allow_unreachable: bool = False,
+    deadline_seconds: float = prometheus.DEFAULT_DEADLINE_SECONDS,
+) -> dict:
+    """Evaluate the checks of `gate.prometheus` against the Prometheus at `url`.
+
+    Returns {"url", "skipped": None or why, "checks": [...]}. Fails closed: without a URL, or
+    when Prometheus cannot be reached, a DiffuRecError, unless allow_unreachable (then every
+    check is skipped, and `skipped` says why). A query Prometheus rejects always fails."""
+    outcome: dict = {"url": url, "skipped": None, "checks": []}
+    if not rules:
+        return outcome
+    try:
+        if url is None:
+            raise prometheus.PrometheusUnavailable(
+                f"no Prometheus URL (--prometheus or ${prometheus.URL_ENV})"
+            )
+        for rule in rules:
+            query = substitute(rule["query"], values)
+            samples = prometheus.instant_query(url, query, deadline_seconds)
+            outcome["checks"].append(prometheus_check(rule, query, samples, candidate["metrics"]))
+    except prometheus.PrometheusUnavailable as error:
+        if not allow_unreachable:
+            raise DiffuRecError(
+                f"{error}: the gate fails closed with {len(rules)} Prometheus checks "
+                f"(--allow-unreachable-prometheus decides without them)"
+            ) from None
+        outcome.update(skipped=f"{error}; allowed by --allow-unreachable-prometheus", checks=[])
+    return outcome
 
 
 def _check(
@@ -292,8 +480,8 @@ def format_table(decision: dict) -> str:
         rows.append(
             (
                 check["name"],
-                _show(check["value"], check),
-                ">= " + _show(check["threshold"], check),
+                _show(check["value"], check) if check["value"] is not None else check.get("note", "-"),
+                check.get("comparison", ">=") + " " + _show(check["threshold"], check),
                 "pass" if check["passed"] else "FAIL",
             )
         )
@@ -317,6 +505,8 @@ def _show(value: float, check: dict) -> str:
         return f"{value * 100:+.2f}%"
     if check["kind"] == "floor":
         return f"{value:.3f}"
+    if check["kind"] == "prometheus":  # all digits an equality check compares
+        return f"{value:.10g}"
     return f"{value:+.3f}"
 
 
@@ -350,15 +540,20 @@ def decision_tags(decision: dict) -> dict[str, str]:
 
 def decision_gauges(decision: dict) -> dict[str, float]:
     """The gate's Prometheus gauges: outcome, check counts, the candidate's checked metrics and,
-    against a champion, its value and the relative change."""
+    against a champion, its value and the relative change; with Prometheus checks configured,
+    whether they were skipped."""
     gauges = {
         "gate_passed": 1.0 if decision["passed"] else 0.0,
         "gate_checks_failed": float(len(decision["failed"])),
         "gate_checks": float(len(decision["checks"])),
     }
+    if decision.get("prometheus") is not None:
+        gauges["gate_prometheus_checks_skipped"] = 1.0 if decision["prometheus"]["skipped"] else 0.0
     values = decision["candidate"]["metrics"]
     for check in decision["checks"]:
-        metric = check["metric"]
+        metric = check.get("metric")
+        if metric is None:
+            continue
         gauges[f"candidate_{metric}"] = values[metric]
         if check["kind"] == "change_vs_champion":
             old = check["reference"]
@@ -378,6 +573,9 @@ def gate_candidate(
     version: str | None = None,
     splits_dir: str | Path | None = None,
     tracking_uri: str | None = None,
+    prometheus_url: str | None = None,
+    allow_unreachable_prometheus: bool = False,
+    prometheus_deadline: float = prometheus.DEFAULT_DEADLINE_SECONDS,
 ) -> dict:
     """The gate step: decide on the candidate's metrics, write the decision JSON to `out`, and
     return it.
@@ -387,16 +585,21 @@ def gate_candidate(
     metrics must be the candidate's, the champion (re-evaluated on `splits_dir` when it was
     measured on other data) is compared against, and the version is tagged with the decision.
     params: the thresholds' file, recorded in the decision (None when given otherwise).
+    The Prometheus checks (thresholds["prometheus"]) query `prometheus_url` (default:
+    $DIFFUREC_PROMETHEUS), each within `prometheus_deadline` seconds; nothing is written or
+    tagged when they fail closed (see run_prometheus_checks).
     """
     from diffurec import registry
+    from diffurec.champion import champion_for, same_metrics
 
+    if not (math.isfinite(prometheus_deadline) and prometheus_deadline > 0):
+        raise DiffuRecError(f"--prometheus-timeout: expected seconds > 0, got {prometheus_deadline!r}")
+    thresholds = check_thresholds(thresholds)
     candidate = read_metrics(candidate_path)
     baseline = read_metrics(baseline_path) if baseline_path else None
     champion = mlflow_client = None
     registered: tuple[str, str] | None = None  # (name, version) of the candidate
     if name:
-        from diffurec.champion import champion_for, same_metrics
-
         mlflow_client = registry.client(tracking_uri)
         target = registry.get_version(name, version=version, mlflow_client=mlflow_client)
         assert target is not None  # by number: a missing version raises
@@ -406,10 +609,20 @@ def gate_candidate(
                 f"{candidate_path}: these metrics are not the ones registered "
                 f"with {name} v{target['version']}; pass the matching --version"
             )
-        champion = champion_for(name, candidate, splits_dir, mlflow_client, tracking_uri)
+    # Before the champion's (possibly slow) re-evaluation: an unreachable Prometheus ends it.
+    prometheus_outcome = run_prometheus_checks(
+        thresholds["prometheus"],
+        prometheus.resolve_url(prometheus_url),
+        placeholder_values(candidate, registered[1] if registered else None),
+        candidate,
+        allow_unreachable=allow_unreachable_prometheus,
+        deadline_seconds=prometheus_deadline,
+    )
+    if registered is not None:
+        champion = champion_for(registered[0], candidate, splits_dir, mlflow_client, tracking_uri)
     name, version = registered or (None, None)
     decision = stamp_decision(
-        decide(candidate, thresholds, baseline=baseline, champion=champion), name, version, params
+        decide(candidate, thresholds, baseline, champion, prometheus_outcome), name, version, params
     )
     write_json_atomic(out, decision)
     if registered is not None:

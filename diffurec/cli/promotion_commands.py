@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from diffurec.errors import DiffuRecError
+from diffurec.prometheus import DEFAULT_DEADLINE_SECONDS, URL_ENV
 
 Handler = Callable[[argparse.Namespace], dict]
 
@@ -43,7 +44,10 @@ def register(subparsers: Any) -> None:
         "or --thresholds JSON): "
         "absolute floors, a margin over the popularity baseline and, when a champion "
         "exists, the allowed change against it. The champion is re-evaluated on the "
-        "candidate's split when its data version differs (needs --splits). Writes the "
+        "candidate's split when its data version differs (needs --splits). The PromQL "
+        "checks of `gate.prometheus` are asked of Prometheus (--prometheus); when it cannot be "
+        "reached the gate fails closed (exit 2, nothing written) unless "
+        "--allow-unreachable-prometheus. Writes the "
         "decision JSON, tags the model version, prints a table. Exit status 0 whether "
         "it passed or not (the decision is data) unless --fail-on-reject.",
     )
@@ -83,6 +87,24 @@ def register(subparsers: Any) -> None:
         metavar="DIR",
         help="the candidate's splits folder, to re-evaluate the champion on it "
         "when the champion was measured on another data version",
+    )
+    parser.add_argument(
+        "--prometheus",
+        metavar="URL",
+        help=f"Prometheus for the `gate.prometheus` checks, e.g. http://127.0.0.1:9090 (default: ${URL_ENV})",
+    )
+    parser.add_argument(
+        "--prometheus-timeout",
+        type=float,
+        default=DEFAULT_DEADLINE_SECONDS,
+        metavar="SECONDS",
+        help="total time allowed for each Prometheus query (default: %(default)g)",
+    )
+    parser.add_argument(
+        "--allow-unreachable-prometheus",
+        action="store_true",
+        help="when Prometheus cannot be reached (or no URL is set), decide without its checks "
+        "and record them as skipped, instead of failing",
     )
     parser.add_argument(
         "--fail-on-reject", action="store_true", help="exit with status 2 when the gate rejects the candidate"
@@ -185,6 +207,9 @@ def run_gate(args: argparse.Namespace) -> dict:
         version=args.version,
         splits_dir=args.splits,
         tracking_uri=args.tracking_uri,
+        prometheus_url=args.prometheus,
+        allow_unreachable_prometheus=args.allow_unreachable_prometheus,
+        prometheus_deadline=args.prometheus_timeout,
     )
     print(gate.format_table(decision))
     print(f"decision written to {args.out}")
