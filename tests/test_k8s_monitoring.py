@@ -542,7 +542,7 @@ def config_map(objects: list[Object], prefix: str) -> Object:
     return found
 
 
-def test_alertmanager_runs_the_shipped_configuration(rendered, tmp_path):
+def test_alertmanager_runs_the_shipped_configuration(rendered):
     copy_path = REPO / "k8s/base/monitoring/alertmanager.yml"
     for overlay, objects in rendered.items():
         main = container(objects, "alertmanager")
@@ -558,10 +558,15 @@ def test_alertmanager_runs_the_shipped_configuration(rendered, tmp_path):
         receivers = {r["name"] for r in routing["receivers"]}
         assert routing["route"]["receiver"] in receivers
         assert {r["receiver"] for r in routing["route"].get("routes", [])} <= receivers
-    amtool = shutil.which("amtool")
-    if amtool:
-        check = subprocess.run([amtool, "check-config", str(copy_path)], capture_output=True, text=True)
-        assert check.returncode == 0, check.stdout + check.stderr
+
+
+@pytest.mark.skipif(
+    shutil.which("amtool") is None, reason="amtool (Debian prometheus-alertmanager) not installed"
+)
+def test_shipped_alertmanager_configuration_passes_amtool():
+    copy_path = REPO / "k8s/base/monitoring/alertmanager.yml"
+    check = subprocess.run(["amtool", "check-config", str(copy_path)], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
 
 
 def test_alertmanager_copy_equals_monitoring_alertmanager_yml():
