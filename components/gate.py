@@ -15,12 +15,16 @@ def gate(
     version: str,
     tracking_uri: str,
     thresholds: dict,
+    prometheus_url: str,
+    allow_unreachable_prometheus: bool,
     decision: Output[Artifact],
 ) -> bool:
     """Run `diffurec gate` for `version` with `thresholds` (the `gate:` section of params.yaml);
     the decision JSON is an artifact, the return value (output `Output`: passed) a scalar for
     dsl.If. A plain return, not a named output: kfp's local runner resolves a condition on
-    `<task>-Output` but not on `<task>-<name>`."""
+    `<task>-Output` but not on `<task>-<name>`. The Prometheus checks ask `prometheus_url`,
+    empty: $DIFFUREC_PROMETHEUS (on a cluster: the settings ConfigMap's); the step fails
+    when it cannot be reached, unless allow_unreachable_prometheus (recorded in the decision)."""
     import json
 
     from diffurec.cli import main
@@ -44,6 +48,10 @@ def gate(
     ]
     if tracking_uri:
         command += ["--tracking-uri", tracking_uri]
+    if prometheus_url:
+        command += ["--prometheus", prometheus_url]
+    if allow_unreachable_prometheus:
+        command.append("--allow-unreachable-prometheus")
     if main(command) != 0:
         raise RuntimeError("diffurec gate failed (the line above says why)")
     passed = bool(json.load(open(decision.path))["passed"])

@@ -35,7 +35,7 @@ PIPELINE_NAME = "diffurec-train-evaluate-promote"
 # What the cluster provides (k8s/, namespace diffurec): the ConfigMap with the service
 # addresses every step reads from its environment, and the data volume.
 SETTINGS_CONFIG_MAP = "diffurec-settings"
-SETTINGS_KEYS = ("MLFLOW_TRACKING_URI", "DIFFUREC_PUSHGATEWAY")
+SETTINGS_KEYS = ("MLFLOW_TRACKING_URI", "DIFFUREC_PUSHGATEWAY", "DIFFUREC_PROMETHEUS")
 DATA_PVC, DATA_MOUNT = "diffurec-data", "/data"
 SERVICE_ACCOUNT = "diffurec-pipeline-runner"
 
@@ -60,6 +60,10 @@ def default_arguments(params: dict) -> dict:
         "registry_name": params["registry"]["name"],
         "tracking_uri": "",  # empty: $MLFLOW_TRACKING_URI (on a cluster: the ConfigMap's)
         "gate_thresholds": params["gate"],
+        "prometheus_url": "",  # empty: $DIFFUREC_PROMETHEUS (on a cluster: the ConfigMap's)
+        # true: an unreachable Prometheus skips the gate's Prometheus checks (recorded) instead
+        # of failing the gate step
+        "allow_unreachable_prometheus": False,
     }
 
 
@@ -82,6 +86,8 @@ def build_pipeline(cluster: bool = True, params: dict | None = None):
         registry_name: str = defaults["registry_name"],
         tracking_uri: str = defaults["tracking_uri"],
         gate_thresholds: dict = defaults["gate_thresholds"],
+        prometheus_url: str = defaults["prometheus_url"],
+        allow_unreachable_prometheus: bool = defaults["allow_unreachable_prometheus"],
     ):
         # The source location can hold new data under the same path: always fetch again.
         raw_task = fetch_raw(dataset=dataset, source=source).set_caching_options(False)
@@ -148,6 +154,8 @@ def build_pipeline(cluster: bool = True, params: dict | None = None):
             version=register_task.output,
             tracking_uri=tracking_uri,
             thresholds=gate_thresholds,
+            prometheus_url=prometheus_url,
+            allow_unreachable_prometheus=allow_unreachable_prometheus,
         ).set_caching_options(False)
         # The condition tests a scalar; the decision artifact is made outside it.
         with dsl.If(gate_task.outputs["Output"] == True, name="gate-passed"):  # noqa: E712

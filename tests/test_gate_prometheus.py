@@ -191,6 +191,30 @@ def test_equals_metric_allows_1e_6_and_no_more(servers, pipeline, tmp_path):
     assert results == {"within": True, "beyond": False}
 
 
+def test_the_repository_checks_hold_on_what_the_steps_push(
+    servers, pipeline, candidate, tmp_path, monkeypatch, repo_root
+):
+    """params.yaml's own checks against pushes made by diffurec.telemetry (the steps' code)."""
+    from diffurec import telemetry
+
+    monkeypatch.setenv("DIFFUREC_PUSHGATEWAY", servers.pushgateway)
+    monkeypatch.setenv("DIFFUREC_RUN_ID", "gate-test-run")
+    telemetry.report_step("train", 1.0, True, {"train_nan_loss": 0.0}, {"model": "diffurec"})
+    telemetry.report_step("evaluate", 1.0, True, metrics_json()["metrics"], {"model": "diffurec"})
+    servers.wait_for(f'diffurec_ndcg{{pipeline="{pipeline}", step="evaluate"}}')
+    servers.wait_for(f'diffurec_train_nan_loss{{pipeline="{pipeline}", step="train"}}')
+    monkeypatch.delenv("DIFFUREC_PUSHGATEWAY")
+    out = tmp_path / "decision.json"
+    params = str(repo_root / "params.yaml")
+    extra = ("--baseline", candidate, "--prometheus", servers.prometheus)
+    assert run_gate(candidate, params, out, *extra) == 0
+    decision = json.loads(out.read_text())
+    checks = prometheus_checks(decision)
+    assert len(checks) == len(gate.load_thresholds(params)["prometheus"]) > 0
+    assert all(check["passed"] for check in checks.values()), checks
+    assert decision["passed"] is True, decision["reason"]
+
+
 def test_a_query_prometheus_rejects_fails_even_when_unreachable_is_allowed(
     servers, pipeline, candidate, tmp_path, capsys
 ):
