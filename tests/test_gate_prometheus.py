@@ -215,6 +215,37 @@ def test_the_repository_checks_hold_on_what_the_steps_push(
     assert decision["passed"] is True, decision["reason"]
 
 
+def test_a_registered_version_fills_version_and_is_tagged_only_when_prometheus_answered(
+    servers, pipeline, tmp_path, monkeypatch, ml100k_splits
+):
+    from diffurec import registry
+    from promotion_models import fit_on_first, fresh_tracking_uri
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", fresh_tracking_uri(tmp_path))
+    model_dir, metrics = fit_on_first(ml100k_splits, 20_000, tmp_path / "candidate")
+    version = registry.register_model_folder(model_dir, metrics, "rec")["version"]
+    rule = {
+        "name": "this version was never rejected",
+        "query": 'count(diffurec_gate_passed{pipeline="$pipeline", version="$version"} == 0) or vector(0)',
+        "max": 0,
+    }
+    params = write_params(tmp_path, [rule])
+    named = ("--model-name", "rec", "--version", version)
+    out = tmp_path / "decision.json"
+    # Unreachable: exit 2, no decision and no tag on the version.
+    refused = ("--prometheus", f"http://127.0.0.1:{free_port()}")
+    assert run_gate(str(metrics), params, out, *named, *refused) == 2
+    assert not out.exists() and "gate_decision_id" not in registry.get_version("rec", version)["tags"]
+
+    assert run_gate(str(metrics), params, out, *named, "--prometheus", servers.prometheus) == 0
+    decision = json.loads(out.read_text())
+    (check,) = prometheus_checks(decision).values()
+    assert f'version="{version}"' in check["query"] and check["passed"] is True
+    tags = registry.get_version("rec", version)["tags"]
+    assert tags["gate_decision_id"] == decision["decision_id"]
+    assert rule["name"] in tags["gate_checks"]
+
+
 def test_a_query_prometheus_rejects_fails_even_when_unreachable_is_allowed(
     servers, pipeline, candidate, tmp_path, capsys
 ):
