@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # scripts/lint.sh checks the shell scripts and the workflows' run: steps with shellcheck.
-debian_packages=(prometheus prometheus-pushgateway shellcheck)
+debian_packages=(prometheus prometheus-pushgateway prometheus-alertmanager shellcheck)
 missing=()
 for pkg in "${debian_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

@@ -1,24 +1,30 @@
-"""Real Prometheus + Pushgateway on 127.0.0.1 for the tests (Debian's packages, see setup.sh).
+"""Real Prometheus + Pushgateway + Alertmanager on 127.0.0.1 for the tests (Debian's packages,
+see setup.sh).
 
 Import the fixture into a test module: `from prometheus_servers import prometheus_servers`.
 The servers start once per test session on free ports in a temporary folder, with
-monitoring/prometheus.yml rewritten to scrape the Pushgateway every second and evaluate
-monitoring/alerts.yml every second, and are stopped by PID at the end.
+monitoring/prometheus.yml rewritten to scrape the Pushgateway every second, evaluate
+monitoring/alerts.yml every second and send alerts to the session's Alertmanager, which runs
+monitoring/alertmanager.yml with its webhook receivers pointed at a catcher in this process
+(`Servers.notifications`) and its waits cut to a second. They are stopped by PID at the end.
 """
 
 from __future__ import annotations
 
 import atexit
+import http.server
 import json
 import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -26,6 +32,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
 PUSHGATEWAY = shutil.which("prometheus-pushgateway") or "/usr/bin/prometheus-pushgateway"
+ALERTMANAGER = shutil.which("prometheus-alertmanager") or "/usr/bin/prometheus-alertmanager"
 START_TIMEOUT_SECONDS = 30.0
 
 
@@ -35,6 +42,10 @@ class Servers:
     prometheus: str  # http://host:port
     folder: Path
     processes: list = field(default_factory=list)
+    alertmanager: str = ""  # http://host:port
+    # Webhook notifications the Alertmanager sent: (receiver URL path, payload).
+    notifications: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    catcher: http.server.HTTPServer | None = None
 
     def query(self, promql: str) -> list:
         """Instant query through Prometheus' HTTP API; the `result` list."""
@@ -60,6 +71,10 @@ class Servers:
             return json.load(response)["data"]["alerts"]
 
     def stop(self) -> None:
+        if self.catcher is not None:
+            self.catcher.shutdown()
+            self.catcher.server_close()
+            self.catcher = None
         for process in self.processes:
             if process.poll() is None:
                 process.terminate()
@@ -160,10 +175,14 @@ def start_servers() -> Servers:
         servers.processes.append(process)
         servers.pushgateway = f"127.0.0.1:{port}"
 
+        _start_alertmanager(servers)
         config = yaml.safe_load((REPO / "monitoring" / "prometheus.yml").read_text())
         config["global"].update(scrape_interval="1s", evaluation_interval="1s")
         config["rule_files"] = [str(REPO / "monitoring" / "alerts.yml")]
         config["scrape_configs"][0]["static_configs"] = [{"targets": [servers.pushgateway]}]
+        # The session's own Alertmanager (localhost:9093 may be anyone's).
+        manager = servers.alertmanager.removeprefix("http://")
+        config["alerting"]["alertmanagers"] = [{"static_configs": [{"targets": [manager]}]}]
         (folder / "prometheus.yml").write_text(yaml.safe_dump(config))
         process, port = _start_on_free_port(
             lambda port: [
@@ -183,6 +202,51 @@ def start_servers() -> Servers:
     _servers = servers
     atexit.register(servers.stop)
     return servers
+
+
+def _start_alertmanager(servers: Servers) -> None:
+    """monitoring/alertmanager.yml with webhooks to a catcher thread and 1-second waits."""
+    if not Path(ALERTMANAGER).exists():
+        pytest.fail(f"{ALERTMANAGER} not installed: run `bash scripts/setup.sh` (as root)")
+    notifications = servers.notifications
+
+    class Catcher(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            notifications.append((self.path, json.loads(body)))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:  # quiet
+            pass
+
+    servers.catcher = http.server.HTTPServer(("127.0.0.1", 0), Catcher)
+    threading.Thread(target=servers.catcher.serve_forever, daemon=True).start()
+    catcher = f"http://127.0.0.1:{servers.catcher.server_address[1]}"
+
+    config = yaml.safe_load((REPO / "monitoring" / "alertmanager.yml").read_text())
+    waits = ("group_wait", "group_interval", "repeat_interval")
+    for route in [config["route"], *config["route"].get("routes", [])]:
+        route.update({key: "1s" for key in waits if key in route})
+    config["route"].update(group_wait="1s", group_interval="1s")
+    for receiver in config["receivers"]:
+        for webhook in receiver.get("webhook_configs", []):
+            webhook["url"] = catcher + urllib.parse.urlsplit(webhook["url"]).path
+    folder = servers.folder
+    (folder / "alertmanager.yml").write_text(yaml.safe_dump(config))
+    process, port = _start_on_free_port(
+        lambda port: [
+            ALERTMANAGER,
+            f"--config.file={folder / 'alertmanager.yml'}",
+            f"--storage.path={folder / 'alertmanager'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--cluster.listen-address=",  # no gossip port: a single local instance
+        ],
+        folder / "alertmanager.log",
+        folder,
+    )
+    servers.processes.append(process)
+    servers.alertmanager = f"http://127.0.0.1:{port}"
 
 
 @pytest.fixture(scope="session")
