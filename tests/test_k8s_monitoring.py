@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 
 import pytest
 import yaml
+from pipelines.diffurec_pipeline import SETTINGS_CONFIG_MAP, SETTINGS_KEYS
 from test_deploy import BIN, OVERLAYS, REPO, by_kind, render
 
 Object = dict[str, Any]
@@ -255,7 +256,7 @@ def prometheus_target_problems(objects: list[Object]) -> list[str]:
 
 
 def settings(objects: list[Object]) -> dict[str, str]:
-    (config,) = [c for c in by_kind(objects, "ConfigMap") if c["metadata"]["name"] == "diffurec-settings"]
+    (config,) = [c for c in by_kind(objects, "ConfigMap") if c["metadata"]["name"] == SETTINGS_CONFIG_MAP]
     return dict(config["data"])
 
 
@@ -605,3 +606,8 @@ def test_dashboard_copy_equals_monitoring_dashboard():
     assert (REPO / "k8s/base/monitoring/grafana/diffurec-dashboard.json").read_text() == source.read_text(), (
         "copy monitoring/grafana/diffurec-dashboard.json to k8s/base/monitoring/grafana/"
     )
+
+
+def test_the_settings_config_map_holds_every_key_the_pipeline_reads(rendered):
+    for overlay, objects in rendered.items():
+        assert set(SETTINGS_KEYS) <= set(settings(objects)), overlay
