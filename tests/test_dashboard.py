@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import re
 import time
 import urllib.error
@@ -262,28 +263,44 @@ def pipeline_run(prometheus_servers, shared_data, tmp_path_factory) -> dict[str,
         servers.wait_for(f'diffurec_ndcg{{pipeline="{pipeline}", step="evaluate", model="{CANDIDATE}"}}')
         step("register", "--model", model, "--metrics", metrics, "--name", pipeline)
         gate_and_promote(1, PASSING_GATE, "first")  # the first champion
+        servers.wait_for(f'diffurec_champion_version{{pipeline="{pipeline}", step="promote"}} == 1')
         step("register", "--model", model, "--metrics", metrics, "--name", pipeline)
         gate_and_promote(2, REJECTING_GATE, "rejected")
         servers.wait_for(f'diffurec_gate_passed{{pipeline="{pipeline}", step="gate", version="2"}} == 0')
         gate_and_promote(2, PASSING_GATE, "passed")  # against v1 as the champion
         servers.wait_for(f'diffurec_champion_version{{pipeline="{pipeline}", step="promote"}} == 2')
-    return {"pipeline": pipeline, "model": CANDIDATE, "window": (started, time.time())}
+    return {"pipeline": pipeline, "model": CANDIDATE, "started": started}
 
 
 @pytest.fixture(scope="module")
-def selected(pipeline_run, prometheus_servers) -> dict[str, str]:  # noqa: F811
-    """The variables' values as Grafana would fill them after the run: the options come from the
-    variables' own queries and must offer what the run produced."""
-    dashboard = load_dashboard()
-    variable = variables(dashboard)
+def options(pipeline_run, prometheus_servers) -> dict[str, list[str]]:  # noqa: F811
+    """The options Grafana offers after the run, from the variables' own queries: they must offer
+    the run's pipeline and the models it trained (the model-agnostic steps' "any" left out)."""
+    variable = variables(load_dashboard())
     values = {"datasource": "prometheus-uid", "mlflow": "http://localhost:5000"}
     pipelines = label_values(prometheus_servers, variable_query(variable["pipeline"]), values)
     assert pipeline_run["pipeline"] in pipelines
     values["pipeline"] = formatted(variable["pipeline"], [pipeline_run["pipeline"]])
     models = label_values(prometheus_servers, variable_query(variable["model"]), values)
     assert sorted(models) == sorted([CANDIDATE, "popularity"])
-    values["model"] = formatted(variable["model"], [pipeline_run["model"]])
-    return values
+    return {"pipeline": [pipeline_run["pipeline"]], "model": models}
+
+
+def selection(options: dict[str, list[str]], models: list[str]) -> dict[str, str]:
+    """Every variable's text in the queries when the run's pipeline and `models` are selected."""
+    variable = variables(load_dashboard())
+    return {
+        "datasource": "prometheus-uid",
+        "mlflow": variable["mlflow"]["query"],
+        "pipeline": formatted(variable["pipeline"], options["pipeline"]),
+        "model": formatted(variable["model"], models),
+    }
+
+
+@pytest.fixture(scope="module")
+def selected(options) -> dict[str, str]:
+    """The candidate's model selected (the strictest view: the baseline's series do not count)."""
+    return selection(options, [CANDIDATE])
 
 
 # ---- tests ----------------------------------------------------------------------------------
@@ -310,14 +327,22 @@ def test_the_dashboard_is_a_grafana_dashboard_over_a_prometheus_variable():
         for target in panel["targets"]:
             assert target["datasource"] == panel["datasource"], panel["title"]
             assert 'pipeline="$pipeline"' in target["expr"], f"{panel['title']}: not filtered by pipeline"
+    for name, expr in annotation_queries(dashboard):
+        assert 'pipeline="$pipeline"' in expr, f"annotation {name}: not filtered by pipeline"
+    # Links (to MLflow) use the dashboard's variables or Grafana's own (__data, __field).
+    for match in VARIABLE.finditer(json.dumps([panel["fieldConfig"] for panel in shown])):
+        name = next(group for group in match.groups() if group)
+        assert name in variable or name.startswith("__"), f"unknown variable ${name} in a link"
     shown_metrics = set().union(*(metric_names(expr) for _, expr in panel_queries(dashboard)))
     assert REQUIRED_METRICS <= shown_metrics, sorted(REQUIRED_METRICS - shown_metrics)
 
 
-def test_every_panel_query_returns_data_after_a_pipeline_run(prometheus_servers, selected):  # noqa: F811
+@pytest.mark.parametrize("models", ["candidate", "all"])
+def test_every_panel_query_returns_data_after_a_pipeline_run(prometheus_servers, options, models):  # noqa: F811
+    values = selection(options, [CANDIDATE] if models == "candidate" else options["model"])
     queries = panel_queries(load_dashboard())
     assert len(queries) >= 20
-    assert queries_without_data(prometheus_servers, queries, selected, window=None) == []
+    assert queries_without_data(prometheus_servers, queries, values, window=None) == []
 
 
 def test_every_annotation_marks_the_runs_events(prometheus_servers, pipeline_run, selected):  # noqa: F811
@@ -325,7 +350,9 @@ def test_every_annotation_marks_the_runs_events(prometheus_servers, pipeline_run
     event over the run's time range."""
     queries = annotation_queries(load_dashboard())
     assert {name for name, _ in queries} == {"Gate rejections", "Step failures", "Promotions"}
-    window = (pipeline_run["window"][0], time.time())
+    # The range's steps end exactly now, so the last one sees the last scrape.
+    end = time.time()
+    window = (end - math.ceil(end - pipeline_run["started"]), end)
     assert queries_without_data(prometheus_servers, queries, selected, window) == []
 
 
