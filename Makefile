@@ -7,8 +7,9 @@ PY := .venv/bin/python
 setup:
 	bash scripts/setup.sh
 
+# `make run KEEP_MONITORING=1` leaves the run's Prometheus and Pushgateway running afterwards.
 run: setup
-	.venv/bin/diffurec pipeline run
+	.venv/bin/diffurec pipeline run $(if $(filter-out 0 no false,$(KEEP_MONITORING)),--keep-monitoring)
 
 test: setup
 	bash scripts/test.sh

@@ -1,7 +1,8 @@
 """`diffurec pipeline ...`: run the whole pipeline (DVC or kfp's local runner), compile and
 submit the Kubeflow pipeline, and two small steps the DVC stages use (fetch-raw, lineage).
 
-    pipeline run        dvc repro of dvc.yaml (validate -> ... -> promote), then where things are
+    pipeline run        dvc repro of dvc.yaml (validate -> ... -> promote), then where things are;
+                        a local Prometheus and Pushgateway watch it (pipelines/local_monitoring.py)
     pipeline local      the same steps as a Kubeflow pipeline, with kfp's local SubprocessRunner
     pipeline compile    write the Kubeflow pipeline spec (pipelines/diffurec_pipeline.yaml)
     pipeline submit     compile and submit a run (or a recurring run) to a Kubeflow endpoint
@@ -16,10 +17,16 @@ pipelines/runners.py or the library; see diffurec/cli/__init__.py for the handle
 from __future__ import annotations
 
 import argparse
+import atexit
+import contextlib
 import os
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from diffurec.errors import DiffuRecError
+
+if TYPE_CHECKING:
+    from pipelines import local_monitoring
 
 
 def register(subparsers: Any) -> None:
@@ -49,6 +56,7 @@ def register(subparsers: Any) -> None:
     )
     run.add_argument("--force", action="store_true", help="re-run every stage (dvc repro --force)")
     run.add_argument("--no-push", action="store_true", help="do not `dvc push` afterwards")
+    add_monitoring_flags(run)
     run.set_defaults(func=run_pipeline)
 
     set_help = (
@@ -71,6 +79,7 @@ def register(subparsers: Any) -> None:
         "--params", default="params.yaml", metavar="YAML", help="parameters (default: params.yaml)"
     )
     local.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help=set_help)
+    add_monitoring_flags(local)
     local.set_defaults(func=run_local)
 
     compile_ = commands.add_parser(
@@ -175,10 +184,74 @@ def describe_pipeline(args: argparse.Namespace) -> dict[str, Any]:
     return {"step": PIPELINE_STEPS[args.pipeline_command]}
 
 
+def add_monitoring_flags(parser: argparse.ArgumentParser) -> None:
+    """--no-monitoring / --keep-monitoring of the commands that run the whole pipeline."""
+    parser.add_argument(
+        "--no-monitoring",
+        action="store_true",
+        help="start no Prometheus/Pushgateway (by default: on 127.0.0.1, ports 9090/9091 or free "
+        "ones, data in runs/monitoring; none when $DIFFUREC_PUSHGATEWAY or $DIFFUREC_PROMETHEUS "
+        "is set: those are used)",
+    )
+    parser.add_argument(
+        "--keep-monitoring",
+        action="store_true",
+        help="leave Prometheus and the Pushgateway running afterwards (make run KEEP_MONITORING=1)",
+    )
+
+
+def open_monitoring(
+    root: Path, args: argparse.Namespace, params_file: str | None = None
+) -> local_monitoring.Monitoring | None:
+    """The run's Prometheus and Pushgateway (their addresses in the environment the steps
+    inherit). Stopped when the program exits, after main() pushed this command's own step to
+    them, or kept with --keep-monitoring; an error or Ctrl-C stops them too."""
+    from pipelines import runners
+    from pipelines.local_monitoring import local_monitoring
+
+    servers = contextlib.ExitStack()
+    monitoring = servers.enter_context(
+        local_monitoring(root, enabled=not args.no_monitoring, keep=args.keep_monitoring)
+    )
+    atexit.register(servers.close)
+    runners.warn_if_gate_lacks_prometheus(root, params_file)
+    return monitoring
+
+
+def print_monitoring(monitoring: local_monitoring.Monitoring | None, result: dict[str, Any]) -> None:
+    """Where Prometheus is and the key series of the run (queried from it); how to stop kept servers."""
+    from pipelines.local_monitoring import describe, key_series
+
+    if monitoring is None:
+        return
+    print(f"  monitoring: {describe(monitoring)}")
+    if monitoring.prometheus:
+        lines = key_series(
+            monitoring, result["pipeline"], result["model"], run=result["run"], since=result["ended"]
+        )
+        width = max(len(line.title) for line in lines)
+        for line in lines:
+            rows = [""]
+            for item in line.said:  # items joined up to 100 characters a row
+                if rows[-1] and len(rows[-1]) + len(item) > 100 - width:
+                    rows.append("")
+                rows[-1] += f"{',  ' if rows[-1] else ''}{item}"
+            titles = [line.title] + [""] * (len(rows) - 1)
+            for title, row in zip(titles, rows, strict=True):
+                print(f"    {title.ljust(width)}  {row}")
+            if line.promql:
+                print(f"    {''.ljust(width)}  = {line.promql}")
+    if monitoring.started and not monitoring.keep:
+        print("  (both stop when this command ends; keep them: make run KEEP_MONITORING=1)")
+    elif monitoring.servers:
+        print(f"  both keep running; stop them with: {monitoring.stop_command()}")
+
+
 def run_pipeline(args: argparse.Namespace) -> dict[str, Any]:
     from pipelines import runners
 
     root = runners.repo_root(args.repo)
+    monitoring = open_monitoring(root, args)
     result = runners.run_dvc(root, force=args.force, push=not args.no_push)
     decision, promotion = result["decision"], result["promotion"]
     print(f"\npipeline finished in {result['seconds']:.0f} s ({root})")
@@ -191,6 +264,7 @@ def run_pipeline(args: argparse.Namespace) -> dict[str, Any]:
     width = max(len(name) for name in runners.RUN_OUTPUTS)
     for name, path in runners.RUN_OUTPUTS.items():
         print(f"  {name.ljust(width)}  {path}")
+    print_monitoring(monitoring, result)
     gauges = {"pipeline_seconds": result["seconds"]}
     if decision:
         gauges["gate_passed"] = 1.0 if decision.get("passed") else 0.0
@@ -200,6 +274,7 @@ def run_pipeline(args: argparse.Namespace) -> dict[str, Any]:
 def run_local(args: argparse.Namespace) -> dict[str, Any]:
     from pipelines import runners
 
+    monitoring = open_monitoring(runners.repo_root(), args, args.params)
     result = runners.run_local(args.root, args.params, args.set)
     run_dir, passed = result["run_dir"], result["passed"]
     print(f"\nkfp local run finished in {result['seconds']:.0f} s; artifacts under {run_dir}")
@@ -210,6 +285,7 @@ def run_local(args: argparse.Namespace) -> dict[str, Any]:
     ):
         print(f"  {name.ljust(13)}  {run_dir / sub}")
     print(f"  gate passed: {passed}; promote step {'ran' if result['promoted'] else 'skipped'}")
+    print_monitoring(monitoring, result)
     gauges = {"pipeline_seconds": result["seconds"]}
     if passed is not None:
         gauges["gate_passed"] = 1.0 if passed else 0.0

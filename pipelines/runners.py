@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from diffurec import prometheus, telemetry
 from diffurec.errors import DiffuRecError, located
 from diffurec.files import read_params
 
@@ -66,6 +67,30 @@ def tool_env() -> dict[str, str]:
     return env
 
 
+def run_labels(pipeline: str, dataset: str, runner: str) -> dict[str, str]:
+    """Set the labels of every step's Prometheus metrics in the environment the steps inherit,
+    unless the caller set them (monitoring/README.md): the pipeline (params.yaml's registry.name),
+    the dataset and a run id. Returns {"pipeline": ..., "run": ...}."""
+    os.environ.setdefault(telemetry.PIPELINE_ENV, pipeline)
+    os.environ.setdefault(telemetry.DATASET_ENV, dataset)
+    os.environ.setdefault(telemetry.RUN_ENV, f"{runner}-{time.strftime('%Y%m%d-%H%M%S')}")
+    return {"pipeline": os.environ[telemetry.PIPELINE_ENV], "run": os.environ[telemetry.RUN_ENV]}
+
+
+def warn_if_gate_lacks_prometheus(root: Path, params_file: str | None) -> None:
+    """Say before the run, not after training, that the gate will fail closed: params.yaml asks
+    Prometheus checks (gate.prometheus) and the steps have no $DIFFUREC_PROMETHEUS."""
+    checks = (_params(root, params_file).get("gate") or {}).get("prometheus") or []
+    if checks and not os.environ.get(prometheus.URL_ENV):
+        log.warning(
+            "no Prometheus for the gate's %d checks (params.yaml gate.prometheus): the gate step will "
+            "fail closed (set $%s, or let the run start one: Debian's prometheus and "
+            "prometheus-pushgateway, scripts/setup.sh)",
+            len(checks),
+            prometheus.URL_ENV,
+        )
+
+
 def _read_json(path: Path) -> dict[str, Any]:
     try:
         value = json.loads(path.read_text())
@@ -95,11 +120,14 @@ def dvc(args: list[str], cwd: Path, check: bool = True) -> int:
 
 
 def run_dvc(root: Path, force: bool = False, push: bool = True) -> dict[str, Any]:
-    """`dvc repro` (then `dvc push`); returns the seconds taken and the run's results."""
-    # Every step's Prometheus metrics carry the dataset and this run's id.
-    dataset = (_params(root, None).get("data") or {}).get("dataset", "")
-    os.environ.setdefault("DIFFUREC_DATASET", str(dataset))
-    os.environ.setdefault("DIFFUREC_RUN_ID", f"dvc-{time.strftime('%Y%m%d-%H%M%S')}")
+    """`dvc repro` (then `dvc push`); returns the seconds taken, the run's results and its
+    labels (pipeline, run, candidate model, end time) for the monitoring summary."""
+    params = _params(root, None)
+    labels = run_labels(
+        str((params.get("registry") or {}).get("name") or telemetry.DEFAULT_PIPELINE),
+        str((params.get("data") or {}).get("dataset", "")),
+        "dvc",
+    )
     started = time.perf_counter()
     dvc(["repro", *(["--force"] if force else [])], cwd=root)
     if push and dvc(["push", "--quiet"], cwd=root, check=False) != 0:
@@ -109,6 +137,9 @@ def run_dvc(root: Path, force: bool = False, push: bool = True) -> dict[str, Any
         "metrics": _read_json(root / RUN_OUTPUTS["metrics"]).get("metrics") or {},
         "decision": _read_json(root / RUN_OUTPUTS["gate decision"]),
         "promotion": _read_json(root / RUN_OUTPUTS["promotion"]),
+        "model": str((params.get("train") or {}).get("model") or "diffurec"),
+        "ended": time.time(),
+        **labels,
     }
 
 
@@ -200,8 +231,7 @@ def run_local(pipeline_root: str, params_file: str | None, overrides: list[str])
     for name, value in tool_env().items():
         if name == "PATH" or name not in os.environ:
             os.environ[name] = value
-    os.environ.setdefault("DIFFUREC_DATASET", str(arguments["dataset"]))
-    os.environ.setdefault("DIFFUREC_RUN_ID", f"kfp-local-{time.strftime('%Y%m%d-%H%M%S')}")
+    labels = run_labels(str(arguments["registry_name"]), str(arguments["dataset"]), "kfp-local")
     started = time.perf_counter()
     cwd = os.getcwd()
     os.chdir(root)  # relative paths inside steps (runs/...) resolve in the repository
@@ -217,6 +247,9 @@ def run_local(pipeline_root: str, params_file: str | None, overrides: list[str])
         "run_dir": run_dir,
         "passed": passed,
         "promoted": promoted,
+        "model": str(arguments["train"].get("model") or "diffurec"),
+        "ended": time.time(),
+        **labels,
     }
 
 
