@@ -269,7 +269,7 @@ def pipeline_run(prometheus_servers, shared_data, tmp_path_factory) -> dict[str,
         servers.wait_for(f'diffurec_gate_passed{{pipeline="{pipeline}", step="gate", version="2"}} == 0')
         gate_and_promote(2, PASSING_GATE, "passed")  # against v1 as the champion
         servers.wait_for(f'diffurec_champion_version{{pipeline="{pipeline}", step="promote"}} == 2')
-    return {"pipeline": pipeline, "model": CANDIDATE, "started": started}
+    return {"pipeline": pipeline, "model": CANDIDATE, "started": started, "metrics": metrics}
 
 
 @pytest.fixture(scope="module")
@@ -343,6 +343,33 @@ def test_every_panel_query_returns_data_after_a_pipeline_run(prometheus_servers,
     queries = panel_queries(load_dashboard())
     assert len(queries) >= 20
     assert queries_without_data(prometheus_servers, queries, values, window=None) == []
+
+
+def test_the_panels_show_what_the_run_did(prometheus_servers, pipeline_run, selected):  # noqa: F811
+    """Not only data: the values the run produced, under the right version and column."""
+    by_title = {panel["title"]: panel for panel in panels(load_dashboard())}
+
+    def result(title: str, ref: str = "A") -> list[tuple[dict[str, str], float]]:
+        (target,) = [target for target in by_title[title]["targets"] if target["refId"] == ref]
+        data = api(prometheus_servers, "query", {"query": substitute(target["expr"], selected)})
+        return [(sample["metric"], float(sample["value"][1])) for sample in data["result"]]
+
+    assert result("Champion version") == [({"pipeline": pipeline_run["pipeline"]}, 2.0)]
+    assert result("Last gate decision") == [({"version": "2"}, 1.0)]
+    assert result("Gate checks failed", "A") == [({"version": "2"}, 0.0)]
+    assert result("Steps failing now") == [({}, 0.0)]
+    failed_at = {labels["step"]: value for labels, value in result("Steps: latest run of each", "E")}
+    assert failed_at.pop("validate_raw") > pipeline_run["started"] * 1000  # milliseconds
+    assert set(failed_at.values()) == {0.0}  # never failed
+    # Each column of the per-version table holds the metric it is named after, for version 2.
+    metrics = json.loads(Path(pipeline_run["metrics"]).read_text())["metrics"]
+    panel = by_title["Evaluation per model version"]
+    (organize,) = [step for step in panel["transformations"] if step["id"] == "organize"]
+    for target in panel["targets"]:
+        column = organize["options"]["renameByName"][f"Value #{target['refId']}"]
+        ((labels, value),) = result(panel["title"], target["refId"])
+        assert (labels["version"], labels["model"]) == ("2", CANDIDATE), column
+        assert value == pytest.approx(metrics[column]), column
 
 
 def test_every_annotation_marks_the_runs_events(prometheus_servers, pipeline_run, selected):  # noqa: F811
