@@ -28,6 +28,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -106,6 +107,9 @@ class Monitoring:
         if not self.prometheus:
             raise DiffuRecError(f"no Prometheus to query (${PROMETHEUS_ENV} is not set)")
         return instant_query(self.prometheus, promql, timeout)
+
+    def pids(self) -> str:
+        return ", ".join(str(server.pid) for server in self.servers)
 
     def stop_command(self) -> str:
         return "kill " + " ".join(str(server.pid) for server in self.servers)
@@ -196,16 +200,29 @@ def open_monitoring(
         )
         return None
     folder = (root / FOLDER).resolve()
-    kept = _kept_pair(folder)
-    if kept is not None:
-        log.info(
-            "using the Prometheus %s and Pushgateway %s an earlier run kept (stop them with: %s)",
-            kept.prometheus,
-            kept.pushgateway,
-            kept.stop_command(),
-        )
-        kept.keep = True
-        return kept
+    found = _earlier_servers(folder)
+    if found is not None:
+        earlier, owner_running, answering = found
+        if earlier.keep and answering:
+            log.info(
+                "using the Prometheus %s and Pushgateway %s an earlier run kept (stop them with: %s)",
+                earlier.prometheus,
+                earlier.pushgateway,
+                earlier.stop_command(),
+            )
+            return earlier
+        if not earlier.keep and owner_running:
+            # another run of this repository uses them now, and stops them when it ends
+            folder = Path(tempfile.mkdtemp(prefix="monitoring-", dir=folder.parent))
+            log.warning(
+                "%s is in use by another run (pids %s): this run's servers keep their data in %s",
+                FOLDER,
+                earlier.pids(),
+                folder,
+            )
+        else:  # a kept pair half gone, or what a killed run left: it would hold the database
+            log.info("stopping what is left of an earlier run's servers (pids %s)", earlier.pids())
+            earlier.stop()
     return start_servers(root, folder, binaries, ports, keep)
 
 
@@ -241,6 +258,7 @@ def start_servers(
         )
         monitoring.servers.append(pushgateway)
         monitoring.pushgateway = f"{HOST}:{pushgateway.port}"
+        _write_state(monitoring)  # from now on, a run starting meanwhile knows the folder is in use
         config = folder / "prometheus.yml"
         config.write_text(prometheus_config(source_config, rules, monitoring.pushgateway))
         prometheus = _start_on_port(
@@ -459,47 +477,42 @@ def _interrupt_on_sigterm() -> Any:
 
 
 def _write_state(monitoring: Monitoring) -> None:
+    """runs/monitoring/servers.json: the servers, the run that started them, whether it keeps them."""
     assert monitoring.folder is not None
-    state = {
-        server.name: {"pid": server.pid, "port": server.port, "log": str(server.log)}
-        for server in monitoring.servers
-    }
+    state: dict[str, Any] = {"owner": os.getpid(), "keep": monitoring.keep}
+    for server in monitoring.servers:
+        state[server.name] = {"pid": server.pid, "port": server.port, "log": str(server.log)}
     (monitoring.folder / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
 
 
-def _kept_pair(folder: Path) -> Monitoring | None:
-    """The servers runs/monitoring/servers.json names when both still run from `folder` and
-    answer; a half-alive pair is stopped (it would hold the database lock) and None returned."""
+def _earlier_servers(folder: Path) -> tuple[Monitoring, bool, bool] | None:
+    """(the servers runs/monitoring/servers.json names that still run from `folder`, whether the
+    run that started them still runs, whether both answer); None without such a file."""
     try:
         state = json.loads((folder / STATE_FILE).read_text())
-        servers = [
-            Server(
-                name=name,
-                pid=int(state[name]["pid"]),
-                port=int(state[name]["port"]),
-                log=Path(state[name]["log"]),
-            )
+        named = [
+            Server(name=name, pid=int(entry["pid"]), port=int(entry["port"]), log=Path(entry["log"]))
             for name in ("Pushgateway", "Prometheus")
+            if (entry := state.get(name))
         ]
-    except (OSError, ValueError, KeyError, TypeError):
+        owner, keep = int(state["owner"]), bool(state["keep"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
-    ours = [server for server in servers if _started_from(server.pid, folder)]
+    ports = {server.name: server.port for server in named}
     monitoring = Monitoring(
-        pushgateway=f"{HOST}:{servers[0].port}",
-        prometheus=f"http://{HOST}:{servers[1].port}",
+        pushgateway=f"{HOST}:{ports['Pushgateway']}" if "Pushgateway" in ports else None,
+        prometheus=f"http://{HOST}:{ports['Prometheus']}" if "Prometheus" in ports else None,
         folder=folder,
-        servers=ours,
+        servers=[server for server in named if _started_from(server.pid, folder)],  # not recycled PIDs
         reused=True,
+        keep=keep,
     )
-    if len(ours) == len(servers) and all(
+    answering = len(monitoring.servers) == 2 and all(
         _owns_port(server.pid, server.port) and _ready(f"http://{HOST}:{server.port}/-/ready")
-        for server in ours
-    ):
-        return monitoring
-    if ours:
-        log.info("stopping what is left of an earlier run's servers (pids %s)", [s.pid for s in ours])
-    monitoring.stop()
-    return None
+        for server in monitoring.servers
+    )
+    owner_running = _alive(Server(name="owner", pid=owner, port=0, log=folder))
+    return monitoring, owner_running, answering
 
 
 def _started_from(pid: int, folder: Path) -> bool:

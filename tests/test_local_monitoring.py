@@ -142,8 +142,9 @@ def ports() -> tuple[int, int]:
 # ---- the servers ---------------------------------------------------------------------------
 
 
-def test_servers_are_wired_together_and_stopped_by_pid_even_after_ctrl_c(root):
+def test_servers_are_wired_together_and_stopped_by_pid_when_the_run_is_terminated(root):
     prometheus_port, pushgateway_port = ports()
+    handler = signal.getsignal(signal.SIGTERM)
     with pytest.raises(KeyboardInterrupt):
         with local_monitoring(root, ports=(prometheus_port, pushgateway_port)) as monitoring:
             assert monitoring is not None and monitoring.started
@@ -171,8 +172,11 @@ def test_servers_are_wired_together_and_stopped_by_pid_even_after_ctrl_c(root):
             pids = [server.pid for server in monitoring.servers]
             assert sorted(pids) == sorted(processes_using(root))
             state = json.loads((root / "runs" / "monitoring" / "servers.json").read_text())
-            assert sorted(entry["pid"] for entry in state.values()) == sorted(pids)
-            raise KeyboardInterrupt
+            assert sorted(state[name]["pid"] for name in ("Prometheus", "Pushgateway")) == sorted(pids)
+            assert (state["owner"], state["keep"]) == (os.getpid(), False)
+            os.kill(os.getpid(), signal.SIGTERM)  # `kill` of the run: like Ctrl-C, the servers stop
+            time.sleep(5)  # (the handler raises here)
+    assert signal.getsignal(signal.SIGTERM) == handler
     assert not any(alive(pid) for pid in pids)
     assert not accepts_connections(prometheus_port) and not accepts_connections(pushgateway_port)
     assert not any(os.environ.get(name) for name in SERVER_ENV)
@@ -234,6 +238,25 @@ def test_a_port_in_use_falls_back_to_a_free_port_and_says_so(root, caplog):
     said = caplog.text
     assert f"port {taken[0]} is in use: Prometheus listens on {prometheus_port}" in said
     assert f"port {taken[1]} is in use: Pushgateway listens on {pushgateway_port}" in said
+
+
+def test_a_run_meanwhile_in_the_same_repository_gets_servers_of_its_own(root, caplog, monkeypatch):
+    with local_monitoring(root, ports=ports()) as first:
+        assert first is not None
+        first_pids = sorted(server.pid for server in first.servers)
+        for name in SERVER_ENV:  # the other run is another process: it does not see these
+            monkeypatch.delenv(name)
+        with caplog.at_level(logging.WARNING), local_monitoring(root, ports=ports()) as second:
+            assert second is not None and second.started and second.folder is not None
+            # not the first run's servers, which that run stops when it ends; not its database
+            assert not set(first_pids) & {server.pid for server in second.servers}
+            assert second.folder.parent == root / "runs" and second.folder.name.startswith("monitoring-")
+            assert os.environ["DIFFUREC_PROMETHEUS"] == second.prometheus != first.prometheus
+            wait_for(second.prometheus, f'up{{instance="{second.pushgateway}"}} == 1')
+        assert f"runs/monitoring is in use by another run (pids {first.pids()})" in caplog.text
+        assert all(alive(pid) for pid in first_pids)
+        assert sorted(processes_using(root)) == first_pids
+    assert processes_using(root) == []
 
 
 def test_kept_servers_outlive_the_run_and_the_next_run_uses_them(root):
