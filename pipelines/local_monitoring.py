@@ -10,6 +10,8 @@ second and to load monitoring/alerts.yml, so the gate can query a step's push a 
     ports         9090 / 9091 when free, else a free port (said in one line)
     user servers  $DIFFUREC_PUSHGATEWAY or $DIFFUREC_PROMETHEUS already set: nothing is started
     kept servers  a pair an earlier run kept (runs/monitoring/servers.json) is used again
+    busy folder   another run's servers (not kept) run from runs/monitoring: this run starts
+                  its own, with their data in runs/monitoring-*/
     no binaries   one line, and the run goes on without metrics
     persistence   the Pushgateway's groups survive restarts (runs/monitoring/pushgateway.db),
                   so a step skipped by DVC still shows its last run
@@ -51,7 +53,7 @@ PROMETHEUS_PORT = 9090
 PUSHGATEWAY_PORT = 9091
 PUSHGATEWAY_ENV = "DIFFUREC_PUSHGATEWAY"  # host:port, read by diffurec/telemetry.py
 FOLDER = Path("runs") / "monitoring"  # relative to the repository
-STATE_FILE = "servers.json"  # PIDs and ports of a kept pair
+STATE_FILE = "servers.json"  # the running servers' PIDs and ports, their run's PID, kept or not
 SCRAPE_INTERVAL = "1s"  # a step's push is queryable a second later (the gate reads it)
 # A restarted Prometheus writes no staleness markers for its previous process's series: with
 # the default 5 min lookback, a failure a later run replaced (another `run` label) would still
@@ -521,7 +523,8 @@ def _started_from(pid: int, folder: Path) -> bool:
         arguments = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
     except OSError:
         return False
-    return any(str(folder) in argument for argument in arguments)
+    # e.g. --config.file=FOLDER/prometheus.yml (not FOLDER-other/..., another run's folder)
+    return any(f"={folder}{os.sep}" in argument for argument in arguments)
 
 
 # ---- what a run ends with -----------------------------------------------------------------
