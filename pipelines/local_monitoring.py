@@ -568,7 +568,8 @@ def key_series(
         "quality": f'{{__name__=~"diffurec_(hr|ndcg)",{group},step="evaluate",k="10"}}',
         "gate": f'diffurec_gate_passed{{{group},step="gate"}}',
         "champion": f"diffurec_champion_version{{{group}}}",
-        "alerts": 'ALERTS{alertstate="firing"}',
+        # about this pipeline, or about none (the absent() guards)
+        "alerts": f'ALERTS{{alertstate="firing",pipeline=~"{pipeline}|"}}',
     }
     try:
         found = {name: monitoring.query(promql) for name, promql in queries.items()}
