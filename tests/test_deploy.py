@@ -314,7 +314,7 @@ def test_workflows_retrain_on_data_params_code_and_schedule_and_test_pull_reques
     ci["on"], retrain["on"] = ci.pop(True), retrain.pop(True)
     ci_steps = " ".join(s.get("run", "") for s in ci["jobs"]["test"]["steps"])
     assert "pull_request" in ci["on"]
-    assert "make test" in ci_steps and "dvc repro" in ci_steps
+    assert "make test" in ci_steps and "diffurec pipeline run" in ci_steps
     triggers = retrain["on"]
     assert triggers["schedule"][0]["cron"]
     paths = triggers["push"]["paths"]
