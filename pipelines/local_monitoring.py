@@ -247,7 +247,7 @@ def start_servers(
     monitoring = Monitoring(pushgateway=None, prometheus=None, folder=folder, keep=keep)
     deadline = time.monotonic() + READY_TIMEOUT_SECONDS
     try:
-        pushgateway = _start_on_port(
+        pushgateway = start_server(
             "Pushgateway",
             lambda port: [
                 binaries.pushgateway,
@@ -263,7 +263,7 @@ def start_servers(
         _write_state(monitoring)  # from now on, a run starting meanwhile knows the folder is in use
         config = folder / "prometheus.yml"
         config.write_text(prometheus_config(source_config, rules, monitoring.pushgateway))
-        prometheus = _start_on_port(
+        prometheus = start_server(
             "Prometheus",
             lambda port: [
                 binaries.prometheus,
@@ -333,13 +333,15 @@ def free_port() -> int:
     return port
 
 
-def _start_on_port(
-    name: str, command: Callable[[int], list[str]], preferred: int, folder: Path, deadline: float
+def start_server(
+    name: str, command: Callable[[int], list[str]], preferred: int | None, folder: Path, deadline: float
 ) -> Server:
-    """Start a server on `preferred` when it is free, else on a free port (said once)."""
+    """Start one server (`command(port)`, log in folder/<name>.log) and wait until it answers
+    /-/ready from its own socket: on `preferred` when it is free (else on a free port, said
+    once), on a free port when `preferred` is None."""
     log_file = folder / f"{name.lower()}.log"
-    port = preferred
-    if not port_is_free(preferred):
+    port = free_port() if preferred is None else preferred
+    if preferred is not None and not port_is_free(preferred):
         port = free_port()
         log.warning("port %d is in use: %s listens on %d instead", preferred, name, port)
     for _ in range(PORT_TRIES):

@@ -15,7 +15,6 @@ import atexit
 import http.server
 import json
 import shutil
-import socket
 import subprocess
 import tempfile
 import threading
@@ -23,11 +22,16 @@ import time
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+
+from pipelines.local_monitoring import Server, free_port, prometheus_config, start_server
+
+__all__ = ["Servers", "free_port", "prometheus_servers", "start_servers"]
 
 REPO = Path(__file__).resolve().parents[1]
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
@@ -91,69 +95,6 @@ class Servers:
 _servers: Servers | None = None
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _listening_inodes(port: int) -> set[str]:
-    """Socket inodes listening on 127.0.0.1:port (from /proc/net/tcp)."""
-    inodes = set()
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        fields = line.split()
-        address, state, inode = fields[1], fields[3], fields[9]
-        if state == "0A" and address == f"0100007F:{port:04X}":
-            inodes.add(inode)
-    return inodes
-
-
-def _owns_port(process: subprocess.Popen, port: int) -> bool:
-    """True when `process` itself listens on the port (not another session's server)."""
-    inodes = _listening_inodes(port)
-    fd_dir = Path(f"/proc/{process.pid}/fd")
-    try:
-        links = {str(fd.readlink()) for fd in fd_dir.iterdir()}
-    except OSError:
-        return False
-    return any(f"socket:[{inode}]" in links for inode in inodes)
-
-
-def _start(command: list, port: int, log: Path, folder: Path) -> subprocess.Popen | None:
-    """Start a server on `port`, wait until it answers /-/ready from its own socket.
-
-    Returns None when the port was taken meanwhile (another test session picked the same free
-    port): the caller retries with a new one.
-    """
-    process = subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=folder)
-    url = f"http://127.0.0.1:{port}/-/ready"
-    deadline = time.monotonic() + START_TIMEOUT_SECONDS
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            if "address already in use" in log.read_text():
-                return None
-            raise RuntimeError(f"{command[0]} exited with {process.returncode}: {log.read_text()[-2000:]}")
-        if _owns_port(process, port):
-            try:
-                with urllib.request.urlopen(url, timeout=1) as response:
-                    if response.status == 200:
-                        return process
-            except OSError:
-                pass
-        time.sleep(0.1)
-    process.kill()
-    raise RuntimeError(f"{url} not ready after {START_TIMEOUT_SECONDS} s: {log.read_text()[-2000:]}")
-
-
-def _start_on_free_port(make_command, log: Path, folder: Path) -> tuple[subprocess.Popen, int]:
-    for _ in range(5):
-        port = free_port()
-        process = _start(make_command(port), port, log, folder)
-        if process is not None:
-            return process, port
-    raise RuntimeError(f"no free port for {make_command(0)[0]} after 5 tries")
-
-
 def start_servers() -> Servers:
     """Start both servers (or return the running pair)."""
     global _servers
@@ -165,37 +106,39 @@ def start_servers() -> Servers:
     folder = Path(tempfile.mkdtemp(prefix="diffurec-prometheus-"))
     servers = Servers(pushgateway="", prometheus="", folder=folder)
     try:
-        process, port = _start_on_free_port(
+        server = _start(
+            "Pushgateway",
             # Debian's default persistence file is shared by every gateway on the machine:
             # keep this one's metrics in memory only.
             lambda port: [PUSHGATEWAY, f"--web.listen-address=127.0.0.1:{port}", "--persistence.file="],
-            folder / "pushgateway.log",
-            folder,
+            servers,
         )
-        servers.processes.append(process)
-        servers.pushgateway = f"127.0.0.1:{port}"
+        servers.pushgateway = f"127.0.0.1:{server.port}"
 
         _start_alertmanager(servers)
-        config = yaml.safe_load((REPO / "monitoring" / "prometheus.yml").read_text())
-        config["global"].update(scrape_interval="1s", evaluation_interval="1s")
-        config["rule_files"] = [str(REPO / "monitoring" / "alerts.yml")]
-        config["scrape_configs"][0]["static_configs"] = [{"targets": [servers.pushgateway]}]
+        # Scrapes and rule evaluations every second, as for `make run`.
+        config = yaml.safe_load(
+            prometheus_config(
+                REPO / "monitoring" / "prometheus.yml",
+                REPO / "monitoring" / "alerts.yml",
+                servers.pushgateway,
+            )
+        )
         # The session's own Alertmanager (localhost:9093 may be anyone's).
         manager = servers.alertmanager.removeprefix("http://")
         config["alerting"]["alertmanagers"] = [{"static_configs": [{"targets": [manager]}]}]
         (folder / "prometheus.yml").write_text(yaml.safe_dump(config))
-        process, port = _start_on_free_port(
+        server = _start(
+            "Prometheus",
             lambda port: [
                 PROMETHEUS,
                 f"--config.file={folder / 'prometheus.yml'}",
                 f"--storage.tsdb.path={folder / 'data'}",
                 f"--web.listen-address=127.0.0.1:{port}",
             ],
-            folder / "prometheus.log",
-            folder,
+            servers,
         )
-        servers.processes.append(process)
-        servers.prometheus = f"http://127.0.0.1:{port}"
+        servers.prometheus = f"http://127.0.0.1:{server.port}"
     except BaseException:
         servers.stop()
         raise
@@ -234,7 +177,8 @@ def _start_alertmanager(servers: Servers) -> None:
             webhook["url"] = catcher + urllib.parse.urlsplit(webhook["url"]).path
     folder = servers.folder
     (folder / "alertmanager.yml").write_text(yaml.safe_dump(config))
-    process, port = _start_on_free_port(
+    server = _start(
+        "Alertmanager",
         lambda port: [
             ALERTMANAGER,
             f"--config.file={folder / 'alertmanager.yml'}",
@@ -242,11 +186,16 @@ def _start_alertmanager(servers: Servers) -> None:
             f"--web.listen-address=127.0.0.1:{port}",
             "--cluster.listen-address=",  # no gossip port: a single local instance
         ],
-        folder / "alertmanager.log",
-        folder,
+        servers,
     )
-    servers.processes.append(process)
-    servers.alertmanager = f"http://127.0.0.1:{port}"
+    servers.alertmanager = f"http://127.0.0.1:{server.port}"
+
+
+def _start(name: str, command: Callable[[int], list[str]], servers: Servers) -> Server:
+    """One server on a free port, ready (the runner's own starter), remembered for stop()."""
+    server = start_server(name, command, None, servers.folder, time.monotonic() + START_TIMEOUT_SECONDS)
+    servers.processes.append(server.process)
+    return server
 
 
 @pytest.fixture(scope="session")
