@@ -27,6 +27,7 @@ from urllib.parse import urlparse
 from diffurec import prometheus, telemetry
 from diffurec.errors import DiffuRecError, located
 from diffurec.files import read_params
+from diffurec.train_settings import TrainSettings
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +138,7 @@ def run_dvc(root: Path, force: bool = False, push: bool = True) -> dict[str, Any
         "metrics": _read_json(root / RUN_OUTPUTS["metrics"]).get("metrics") or {},
         "decision": _read_json(root / RUN_OUTPUTS["gate decision"]),
         "promotion": _read_json(root / RUN_OUTPUTS["promotion"]),
-        "model": str((params.get("train") or {}).get("model") or "diffurec"),
+        "model": str((params.get("train") or {}).get("model") or TrainSettings().model),
         "ended": time.time(),
         **labels,
     }
@@ -149,7 +150,7 @@ def run_dvc(root: Path, force: bool = False, push: bool = True) -> dict[str, Any
 def parse_overrides(pairs: list[str], defaults: dict[str, Any]) -> dict[str, Any]:
     """NAME=VALUE strings -> pipeline arguments typed like the defaults. NAME.KEY=VALUE sets one
     key of a dict argument (`train.epochs=3`); its value is read as JSON when it parses."""
-    from diffurec.train_settings import TrainSettings, json_or_text
+    from diffurec.train_settings import json_or_text
 
     arguments: dict[str, Any] = {}
     for pair in pairs:
@@ -247,7 +248,7 @@ def run_local(pipeline_root: str, params_file: str | None, overrides: list[str])
         "run_dir": run_dir,
         "passed": passed,
         "promoted": promoted,
-        "model": str(arguments["train"].get("model") or "diffurec"),
+        "model": str(arguments["train"].get("model") or TrainSettings().model),
         "ended": time.time(),
         **labels,
     }
