@@ -27,6 +27,7 @@ from diffurec.errors import DiffuRecError
 
 COMMAND_MODULES = (
     "diffurec.cli.data_commands",
+    "diffurec.cli.data_version_commands",
     "diffurec.cli.model_commands",
     "diffurec.cli.promotion_commands",
 )
