@@ -1,12 +1,16 @@
 """The Kubeflow pipeline: the same steps as dvc.yaml, as typed components.
 
-    fetch_raw -> validate(raw) -> preprocess -> validate(splits) -> train ──> evaluate ─┐
-                                                      └──> train(popularity) -> evaluate┤
-                       register -> gate ──(passed == True)──> promote  <────────────────┘
+    resolve_data -> fetch_raw -> validate(raw) -> preprocess -> validate(splits) -> train ──> evaluate ─┐
+                                                                     └──> train(popularity) -> evaluate┤
+                                      register -> gate ──(passed == True)──> promote  <────────────────┘
 
 Parameter defaults come from params.yaml (one set of parameters for DVC and Kubeflow), except
-the data source: on a cluster it is the official download unless a path is given (the data
-volume `diffurec-data` is mounted at /data on the fetch step).
+the data: a run trains on the data version `data_version`, a git revision of this repository
+(default: the commit the spec was compiled from, $DIFFUREC_GIT_COMMIT, else "HEAD": the
+repository's newest commit when the run starts). resolve_data reads the raw log's md5 from that
+revision's dvc.lock and fetch_raw pulls exactly those bytes from the DVC remote, so every later
+step is cached on the md5 (docs/operations.md, "Data versions"). `source` replaces the version:
+"official" (the download) or a path (the data volume `diffurec-data` is mounted at /data).
 
 Compile: `diffurec pipeline compile` (writes pipelines/diffurec_pipeline.yaml, committed; a test
 fails when it is stale). Run locally: `diffurec pipeline local`. Submit: `diffurec pipeline submit`.
@@ -14,6 +18,7 @@ fails when it is stale). Run locally: `diffurec pipeline local`. Submit: `diffur
 
 # No `from __future__ import annotations`: kfp reads the pipeline's annotations as types.
 import json
+import os
 from pathlib import Path
 
 from kfp import dsl, kubernetes
@@ -24,6 +29,7 @@ from components.gate import gate
 from components.preprocess import preprocess
 from components.promote import promote
 from components.register import register
+from components.resolve import resolve_data
 from components.train import train as train_model
 from components.validate import validate
 
@@ -35,7 +41,19 @@ PIPELINE_NAME = "diffurec-train-evaluate-promote"
 # What the cluster provides (k8s/, namespace diffurec): the ConfigMap with the service
 # addresses every step reads from its environment, and the data volume.
 SETTINGS_CONFIG_MAP = "diffurec-settings"
-SETTINGS_KEYS = ("MLFLOW_TRACKING_URI", "DIFFUREC_PUSHGATEWAY", "DIFFUREC_PROMETHEUS")
+SETTINGS_KEYS = (
+    "MLFLOW_TRACKING_URI",
+    "DIFFUREC_PUSHGATEWAY",
+    "DIFFUREC_PROMETHEUS",
+    # the data versions' repository and the DVC remote (diffurec/data/remote.py)
+    "DIFFUREC_GIT_REPO",
+    "DIFFUREC_DVC_REMOTE_URL",
+    "DIFFUREC_S3_ENDPOINT_URL",
+)
+# The object store's credentials (created out of band, docs/operations.md), for the steps that
+# read the DVC remote.
+DVC_REMOTE_SECRET = "diffurec-dvc-remote"
+DVC_REMOTE_SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 DATA_PVC, DATA_MOUNT = "diffurec-data", "/data"
 SERVICE_ACCOUNT = "diffurec-pipeline-runner"
 
@@ -46,13 +64,23 @@ def load_params(path: Path = PARAMS_FILE) -> dict:
     return read_params(path)
 
 
+def compiled_data_version() -> str:
+    """The default data version baked into a spec: the commit it is compiled for
+    ($DIFFUREC_GIT_COMMIT, which CI sets), else "HEAD" (the newest commit when the run starts):
+    the committed spec stays the same bytes from commit to commit."""
+    from diffurec.lineage import GIT_COMMIT_ENV
+
+    return os.environ.get(GIT_COMMIT_ENV) or "HEAD"
+
+
 def default_arguments(params: dict) -> dict:
     """Pipeline arguments from params.yaml's sections (the KFP names of the DVC params). The
     `train:` section travels whole, as one dict (diffurec.train_settings.TrainSettings)."""
     data = params["data"]
     return {
         "dataset": data["dataset"],
-        "source": "",
+        "data_version": compiled_data_version(),
+        "source": "",  # "": the data version's raw log; "official": the download; else a path
         "max_len": int(data["max_len"]),
         # Kubeflow parameters cannot hold null; a missing setting takes its (null) default.
         "train": {key: value for key, value in params["train"].items() if value is not None},
@@ -79,6 +107,7 @@ def build_pipeline(cluster: bool = True, params: dict | None = None):
     )
     def diffurec_pipeline(
         dataset: str = defaults["dataset"],
+        data_version: str = defaults["data_version"],
         source: str = defaults["source"],
         max_len: int = defaults["max_len"],
         train: dict = defaults["train"],
@@ -89,9 +118,18 @@ def build_pipeline(cluster: bool = True, params: dict | None = None):
         prometheus_url: str = defaults["prometheus_url"],
         allow_unreachable_prometheus: bool = defaults["allow_unreachable_prometheus"],
     ):
-        # The source location can hold new data under the same path: always fetch again.
-        raw_task = fetch_raw(dataset=dataset, source=source).set_caching_options(False)
-        kubernetes.mount_pvc(raw_task, pvc_name=DATA_PVC, mount_path=DATA_MOUNT)
+        # The version (or source path) can name new data each run: always resolved again. Every
+        # later step takes the md5 or an artifact made from it, so a cache hit means same data.
+        data_task = resolve_data(data_version=data_version, source=source).set_caching_options(False)
+        data_task.set_display_name("resolve data version")
+        raw_task = fetch_raw(
+            dataset=dataset,
+            source=source,
+            md5=data_task.outputs["md5"],
+            path=data_task.outputs["path"],
+        )
+        for task in (data_task, raw_task):
+            kubernetes.mount_pvc(task, pvc_name=DATA_PVC, mount_path=DATA_MOUNT)
 
         # Pure functions of their inputs: cached.
         raw_check = validate(data=raw_task.outputs["raw"], kind="raw")
@@ -162,12 +200,13 @@ def build_pipeline(cluster: bool = True, params: dict | None = None):
             promote_task = promote(
                 decision=gate_task.outputs["decision"], registry_name=registry_name, tracking_uri=tracking_uri
             ).set_caching_options(False)
-        for task in (raw_task, register_task, gate_task, promote_task):
+        for task in (data_task, raw_task, register_task, gate_task, promote_task):
             task.set_cpu_request("500m").set_cpu_limit("2")
             task.set_memory_request("1G").set_memory_limit("4G")
 
         if cluster:
             for task in (
+                data_task,
                 raw_task,
                 raw_check,
                 splits_task,
@@ -185,6 +224,10 @@ def build_pipeline(cluster: bool = True, params: dict | None = None):
                 )
                 task.set_env_variable("GX_ANALYTICS_ENABLED", "false")
                 task.set_env_variable("MLFLOW_ENABLE_TELEMETRY", "false")
+            # Optional: a folder remote on the data volume, or a source, needs no credentials.
+            kubernetes.use_secret_as_env(
+                raw_task, DVC_REMOTE_SECRET, {key: key for key in DVC_REMOTE_SECRET_KEYS}, optional=True
+            )
 
     return diffurec_pipeline
 

@@ -27,6 +27,7 @@ from urllib.parse import urlparse
 from diffurec import prometheus, telemetry
 from diffurec.errors import DiffuRecError, located
 from diffurec.files import read_params
+from diffurec.lineage import GIT_COMMIT_ENV, git_commit
 from diffurec.train_settings import TrainSettings
 
 log = logging.getLogger(__name__)
@@ -120,6 +121,15 @@ def dvc(args: list[str], cwd: Path, check: bool = True) -> int:
     return status
 
 
+def pull_missing_source(root: Path, params: dict[str, Any]) -> None:
+    """`dvc pull` data.source when it is a DVC-tracked log (`diffurec data add`) missing here, as
+    in a fresh clone: else the raw stage would fall back to the official download."""
+    source = str((params.get("data") or {}).get("source") or "")
+    if source and not (root / source).is_file() and (root / f"{source}.dvc").is_file():
+        if dvc(["pull", "--quiet", f"{source}.dvc"], cwd=root, check=False) != 0:
+            log.warning("could not pull %s from the DVC remote; the raw stage will say what it used", source)
+
+
 def run_dvc(root: Path, force: bool = False, push: bool = True) -> dict[str, Any]:
     """`dvc repro` (then `dvc push`); returns the seconds taken, the run's results and its
     labels (pipeline, run, candidate model, end time) for the monitoring summary."""
@@ -130,6 +140,7 @@ def run_dvc(root: Path, force: bool = False, push: bool = True) -> dict[str, Any
         "dvc",
     )
     started = time.perf_counter()
+    pull_missing_source(root, params)
     dvc(["repro", *(["--force"] if force else [])], cwd=root)
     if push and dvc(["push", "--quiet"], cwd=root, check=False) != 0:
         log.warning("dvc push to the default remote failed; the run's results are complete")
@@ -297,6 +308,9 @@ def submit(
         raise DiffuRecError("no Kubeflow endpoint: pass --host URL or set $KFP_HOST")
     params = read_params(params_file) if params_file else None
     arguments = parse_overrides(overrides, default_arguments(params or load_params()))
+    if "data_version" not in arguments and not os.environ.get(GIT_COMMIT_ENV):
+        # The commit this checkout is at (pushed, for the cluster to read its dvc.lock).
+        arguments["data_version"] = git_commit(repo_root())[0] or "HEAD"
     _check_reachable(host, timeout)
     spec = Path(tempfile.mkdtemp(prefix="diffurec-kfp-")) / "pipeline.yaml"
     compile_pipeline(spec, params=params)
