@@ -24,7 +24,7 @@ import torch
 from common import dataset_splits
 from diffurec import device as devices
 from diffurec.models import build_model
-from diffurec.train import LossModule, epoch_batches, history_lengths, train_batches
+from diffurec.train import LossModule, epoch_batches, train_batches
 preset, batches, batch_size, threads = {preset!r}, {batches}, {batch_size}, {threads}
 dev = torch.device("cpu"); devices.configure(dev, threads)
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -32,10 +32,10 @@ splits = dataset_splits("ml-1m")
 torch.manual_seed(1997)
 model = build_model("diffurec", splits.num_items, splits.max_len, preset)
 optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-lengths = history_lengths(splits.train_inputs) if model.trims_padding else None
-order = epoch_batches(len(splits.train_targets), batch_size, 1997, 1, lengths)[:batches]
+lengths = splits.train_lengths() if model.trims_padding else None
+order = epoch_batches(splits.num_train_samples, batch_size, 1997, 1, lengths)[:batches]
 started = time.perf_counter()
-train_batches(LossModule(model), optimizer, splits.train_inputs, splits.train_targets, order, lengths, dev,
+train_batches(LossModule(model), optimizer, splits, order, lengths, dev,
               progress=False)
 print(json.dumps({{"preset": preset, "batches": len(order), "batch_size": batch_size,
                   "seconds": round(time.perf_counter() - started, 2),
@@ -56,9 +56,8 @@ def main() -> None:
     parser.add_argument("--out", default="memory_ml1m")
     args = parser.parse_args()
     splits = dataset_splits("ml-1m")  # preprocess once, outside the measured processes
-    arrays_mib = (
-        sum(getattr(splits, n).nbytes for n in ("train_inputs", "train_targets", "train_users")) / 2**20
-    )
+    # training windows are gathered from the sequences per batch (splits version 2)
+    arrays_mib = (splits.seq_items.nbytes + splits.seq_offsets.nbytes) / 2**20
     rows = []
     for preset in args.presets.split(","):
         code = CHILD.format(
@@ -76,8 +75,8 @@ def main() -> None:
             "dataset": "ml-1m",
             "users": splits.num_users,
             "items": splits.num_items,
-            "train_samples": int(len(splits.train_targets)),
-            "memory_mapped_train_arrays_mib": round(arrays_mib, 1),
+            "train_samples": splits.num_train_samples,
+            "memory_mapped_sequences_mib": round(arrays_mib, 1),
             "presets": rows,
             "note": "peak RSS includes the memory-mapped pages the batches touched",
         },

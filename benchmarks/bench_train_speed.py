@@ -41,21 +41,20 @@ def measure_preset(
 
     from diffurec import device as devices
     from diffurec.models import build_model
-    from diffurec.train import LossModule, epoch_batches, history_lengths, train_batches
+    from diffurec.train import LossModule, epoch_batches, train_batches
 
     dev = torch.device(device)
     torch.manual_seed(seed)
     model = build_model("diffurec", splits.num_items, splits.max_len, preset, **(hyper or {})).to(dev)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    lengths = history_lengths(splits.train_inputs) if model.trims_padding else None
-    batches = epoch_batches(len(splits.train_targets), batch_size, seed, 1, lengths)
+    lengths = splits.train_lengths() if model.trims_padding else None
+    batches = epoch_batches(splits.num_train_samples, batch_size, seed, 1, lengths)
     computed = batch_lengths(splits, batches, model.trims_padding)
     loss_module = LossModule(model)
     train_batches(
         loss_module,
         optimizer,
-        splits.train_inputs,
-        splits.train_targets,
+        splits,
         batches[:warmup],
         lengths,
         dev,
@@ -67,8 +66,7 @@ def measure_preset(
     train_batches(
         loss_module,
         optimizer,
-        splits.train_inputs,
-        splits.train_targets,
+        splits,
         timed,
         lengths,
         dev,

@@ -44,15 +44,17 @@ def dataset_splits(name: str, cache: Path = CACHE):
 
 
 def subset(splits, users: int | None = None, samples: int | None = None):
-    """The same splits with only the first `users` evaluation rows / `samples` training samples."""
-    changes = {}
-    if users is not None:
-        for name in ("valid_inputs", "valid_targets", "test_inputs", "test_targets"):
-            changes[name] = getattr(splits, name)[:users]
-    if samples is not None:
-        for name in ("train_inputs", "train_targets", "train_users"):
-            changes[name] = getattr(splits, name)[:samples]
-    return dataclasses.replace(splits, **changes)
+    """The same splits with only their first users: at least `users` of them and enough for
+    at least `samples` training samples (the samples and evaluation rows are the users')."""
+    count = max(users or 0, int(np.searchsorted(splits.train_sample_offsets, samples or 0)))
+    count = min(max(count, 1), splits.num_users)
+    offsets = np.asarray(splits.seq_offsets)[: count + 1]
+    return dataclasses.replace(
+        splits,
+        seq_items=splits.seq_items[: offsets[-1]],
+        seq_offsets=offsets,
+        user_ids=splits.user_ids[:count],
+    )
 
 
 def machine() -> dict:
@@ -133,7 +135,5 @@ def write_result(name: str, result: dict) -> Path:
 
 def batch_lengths(splits, batches, trims: bool) -> np.ndarray:
     """The padded length each batch is computed at (its longest history when trimming)."""
-    from diffurec.train import history_lengths
-
-    lengths = history_lengths(splits.train_inputs)
+    lengths = splits.train_lengths()
     return np.array([max(int(lengths[b].max()), 1) if trims else splits.max_len for b in batches])

@@ -1,10 +1,11 @@
 """The one trainer: every model of `diffurec.models` is trained, validated, checkpointed and
 saved here, on one CPU/GPU or under `torchrun` (DistributedDataParallel).
 
-Data: batches are read from the splits folder's memory-mapped `train_inputs`/`train_targets`
-by index arrays (no per-sample Python objects). When the model's output ignores left padding
-(`model.trims_padding`), samples are bucketed by history length and each batch is cut to its
-longest real history, which removes most of the compute on short-history data.
+Data: each batch's left-padded windows are gathered from the splits' memory-mapped sequences
+by index arrays (`Splits.train_batch`; no per-sample Python objects, no materialised windows).
+When the model's output ignores left padding (`model.trims_padding`), samples are bucketed by
+history length and each batch is built at its longest real history, which removes most of the
+compute on short-history data.
 
 Reproducibility: the model is initialised from `seed`; every epoch reseeds torch's RNG from
 (seed, epoch, rank) and draws its sample order from (seed, epoch). So the RNG state at the
@@ -62,14 +63,6 @@ T = TypeVar("T")
 # ---- data ---------------------------------------------------------------------------------
 
 
-def history_lengths(inputs: np.ndarray, chunk: int = 65536) -> np.ndarray:
-    """Number of real (non-padding) items in each row of a left-padded [S, L] array."""
-    out = np.empty(len(inputs), dtype=np.int32)
-    for lo in range(0, len(inputs), chunk):
-        out[lo : lo + chunk] = (np.asarray(inputs[lo : lo + chunk]) > 0).sum(axis=1)
-    return out
-
-
 def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
     return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
 
@@ -98,19 +91,15 @@ def rank_piece(batch: np.ndarray, rank: int, world_size: int) -> np.ndarray:
 
 
 def batch_tensors(
-    inputs: np.ndarray,
-    targets: np.ndarray,
-    index: np.ndarray,
-    lengths: np.ndarray | None,
-    device: torch.device,
+    splits: Splits, index: np.ndarray, lengths: np.ndarray | None, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(inputs [B, L'], targets [B]) as int64 on `device`; L' = the longest history when trimming."""
+    """(inputs [B, L'], targets [B]) as int64 on `device`; L' = the longest history when trimming
+    (`lengths`: Splits.train_lengths), else max_len."""
     index = np.sort(index)  # sequential reads from the memory map; the loss is a mean anyway
-    batch = np.asarray(inputs[index])
-    if lengths is not None:
-        batch = batch[:, batch.shape[1] - max(int(lengths[index].max()), 1) :]
-    batch_inputs = torch.from_numpy(batch.astype(np.int64))
-    batch_targets = torch.from_numpy(np.asarray(targets[index]).astype(np.int64))
+    width = max(int(lengths[index].max()), 1) if lengths is not None else None
+    inputs, targets = splits.train_batch(index, width)
+    batch_inputs = torch.from_numpy(inputs.astype(np.int64))
+    batch_targets = torch.from_numpy(targets.astype(np.int64))
     if device.type == "cuda":
         return (
             batch_inputs.pin_memory().to(device, non_blocking=True),
@@ -134,8 +123,7 @@ class LossModule(nn.Module):
 def train_batches(
     loss_module: nn.Module,
     optimizer: torch.optim.Optimizer,
-    inputs: np.ndarray,
-    targets: np.ndarray,
+    splits: Splits,
     batches: list[np.ndarray],
     lengths: np.ndarray | None,
     device: torch.device,
@@ -145,7 +133,7 @@ def train_batches(
     progress: bool | None = None,
     deadline: float | None = None,
 ) -> tuple[float, int, float, bool]:
-    """One pass of optimizer steps over `batches`.
+    """One pass of optimizer steps over `batches` (sample index arrays of `splits`).
 
     `deadline` (time.perf_counter() value): stop when it has passed, checked after every step
     on one process and every 20 steps under DDP (where all ranks must agree, an all-reduce).
@@ -166,7 +154,7 @@ def train_batches(
         weight = len(index) * world_size / len(batch)
         if len(index) == 0:  # fewer samples than ranks: take part in the all-reduce with zero weight
             index = batch[:1]
-        batch_inputs, batch_targets = batch_tensors(inputs, targets, index, lengths, device)
+        batch_inputs, batch_targets = batch_tensors(splits, index, lengths, device)
         with devices.autocast(device):
             loss = loss_module(batch_inputs, batch_targets)
         optimizer.zero_grad(set_to_none=True)
@@ -408,9 +396,9 @@ class Training:
         scheduler = torch.optim.lr_scheduler.StepLR(
             optimizer, step_size=settings.lr_step, gamma=settings.lr_gamma
         )
-        if len(run.splits.train_targets) == 0:
+        if run.splits.num_train_samples == 0:
             raise DiffuRecError(f"{run.splits.path}: no training samples (every user has exactly 3 items?)")
-        lengths = history_lengths(run.splits.train_inputs) if run.model.trims_padding else None
+        lengths = run.splits.train_lengths() if run.model.trims_padding else None
         return cls(loss_module, optimizer, scheduler, lengths)
 
 
@@ -487,7 +475,7 @@ class TrainState:
             "world_size": run.world_size,
             "splits": str(splits.path) if splits.path is not None else None,
             "num_items": splits.num_items,
-            "num_train_samples": int(len(splits.train_targets)),
+            "num_train_samples": splits.num_train_samples,
             "best_epoch": self.best["epoch"],
             "epochs_run": self.epoch,
             "stop_reason": self.stop_reason,
@@ -583,7 +571,7 @@ def _fit_without_training(run: Run) -> dict[str, Any]:
         curve=run.new_curve(),
         seconds=seconds,
         train_seconds=seconds,
-        samples_trained=len(run.splits.train_targets),
+        samples_trained=run.splits.num_train_samples,
         stop_reason="fitted",
     )
     state.curve["valid"].append({"epoch": 0, **metrics})
@@ -602,7 +590,7 @@ def _train(run: Run) -> dict[str, Any]:
             run.model.config["name"],
             run.model.config["preset"],
             run.device,
-            len(run.splits.train_targets),
+            run.splits.num_train_samples,
             run.settings.batch_size,
             run.world_size,
             ", length-bucketed batches" if training.lengths is not None else "",
@@ -660,14 +648,13 @@ def _train_epoch(run: Run, training: Training, state: TrainState, epoch: int, st
     splits = run.splits
     torch.manual_seed(epoch_seed(settings.seed, epoch, run.rank))
     batches = epoch_batches(
-        len(splits.train_targets), settings.batch_size, settings.seed, epoch, training.lengths
+        splits.num_train_samples, settings.batch_size, settings.seed, epoch, training.lengths
     )
     deadline = None if settings.max_minutes is None else started + settings.max_minutes * 60 - state.seconds
     rank_loss_sum, rank_seen, rank_fingerprint, cut_short = train_batches(
         training.loss_module,
         training.optimizer,
-        splits.train_inputs,
-        splits.train_targets,
+        splits,
         batches,
         training.lengths,
         run.device,
@@ -690,7 +677,7 @@ def _train_epoch(run: Run, training: Training, state: TrainState, epoch: int, st
     loss = loss_sum / max(seen, 1)
     if cut_short and run.is_writer:
         logger.info(
-            "time budget spent during epoch %d after %d of %d samples", epoch, seen, len(splits.train_targets)
+            "time budget spent during epoch %d after %d of %d samples", epoch, seen, splits.num_train_samples
         )
     state.curve["train"].append(
         {

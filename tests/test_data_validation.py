@@ -137,22 +137,22 @@ def _edit(folder, array, edit):
 
 
 def test_splits_suite_fails_on_each_matching_corruption(ml100k_splits, tmp_path):
-    # One corruption per row, so each expectation's offending count is exactly known.
+    # One corruption per row, so each expectation's offending count is exactly known. Splits
+    # version 2 stores only the sequences (targets and windows are read from them), so the
+    # corruptions are of sequence items.
     def corrupt(folder):
-        _edit(folder, "test_targets", lambda a: a.__setitem__(5, 1683))  # past the item range
-        _edit(folder, "train_targets", lambda a: a.__setitem__(10, 0))  # padding as a target
-        _edit(folder, "train_inputs", lambda a: a.__setitem__((7, -1), a[7, -1] % 1682 + 1))
-        _edit(folder, "valid_inputs", lambda a: a.__setitem__((3, -1), a[3, -1] % 1682 + 1))
+        test_target = np.load(folder / "seq_offsets.npy")[6] - 1  # user 5's last item
+        _edit(folder, "seq_items", lambda a: a.__setitem__(test_target, 1683))  # past the item range
+        _edit(folder, "seq_items", lambda a: a.__setitem__(11, 0))  # padding as sample 10's target
 
     folder = _corrupt_copy(ml100k_splits, tmp_path, "s", corrupt)
     report = validation.validate_splits_folder(folder, tmp_path / "r")
     assert report["expectations_evaluated"] == SPLITS and not report["success"]
-    assert {k: _result(report, *k)["unexpected_count"] for k in _failed(report)} == {
+    assert {k: _result(report, *k).get("unexpected_count") for k in _failed(report)} == {
         ("expect_column_values_to_be_between", "test_target"): 1,
-        ("expect_column_values_to_be_in_set", "test_row_consistent"): 1,
         ("expect_column_values_to_be_between", "target"): 1,
-        ("expect_column_values_to_be_in_set", "prefix_consistent"): 2,
-        ("expect_column_values_to_be_in_set", "valid_row_consistent"): 1,
+        ("expect_column_values_to_be_between", "item"): 2,
+        ("expect_column_unique_value_count_to_be_between", "item"): None,  # 1,684 values
     }
 
 

@@ -24,7 +24,6 @@ from diffurec.model_folder import load_model_folder
 from diffurec.train import (
     TrainSettings,
     epoch_batches,
-    history_lengths,
     load_checkpoint,
     rank_piece,
     train,
@@ -65,7 +64,8 @@ def tiny_settings(**changes) -> TrainSettings:
 
 
 def test_length_buckets_cover_every_sample_once_and_group_similar_lengths(tiny_splits):
-    lengths = history_lengths(tiny_splits.train_inputs)
+    lengths = tiny_splits.train_lengths()
+    assert np.array_equal(lengths, (np.asarray(tiny_splits.train_inputs) > 0).sum(axis=1))
     assert lengths.min() >= 1 and lengths.max() <= tiny_splits.max_len
     batches = epoch_batches(len(lengths), 64, seed=1997, epoch=3, lengths=lengths)
     flat = np.concatenate(batches)
