@@ -249,7 +249,9 @@ def _seen_md5s(run_dir: Path) -> dict[str, str]:
 
 
 @pytest.mark.slow
-def test_runs_train_on_the_pushed_version_named_by_git(tmp_path, s3_endpoint, shared_data, repo_root):
+def test_runs_train_on_the_pushed_version_named_by_git(
+    tmp_path, monkeypatch, s3_endpoint, shared_data, repo_root
+):
     """Author: `diffurec data add` pushes a real ML-100K slice to the S3 remote and commits the
     version. Pipeline: a clean clone (no DVC cache, no data) runs kfp's local runner by version,
     reading dvc.lock from the author's repository as a URL and the bytes from S3 (the cluster's
@@ -298,6 +300,21 @@ def test_runs_train_on_the_pushed_version_named_by_git(tmp_path, s3_endpoint, sh
     tags = {str(v.version): v.tags for v in registered_versions(env["MLFLOW_TRACKING_URI"], NAME)}
     assert tags["1"]["raw_data_md5"] == first_md5
     assert tags["1"].get("data_revision") == first_commit
+
+    # `diffurec pipeline run` (dvc repro) in the clean clone pulls the DVC-tracked data.source
+    # first, instead of falling back to the official download.
+    from pipelines.runners import pull_missing_source
+
+    for args in (
+        ["remote", "modify", "--local", "minio", "url", REMOTE_URL],
+        ["remote", "modify", "--local", "minio", "endpointurl", s3_endpoint],
+        ["remote", "default", "--local", "minio"],
+    ):
+        subprocess.run([str(VENV_BIN / "dvc"), *args], cwd=pipeline, env=env, check=True)
+    for name, value in CREDENTIALS.items():
+        monkeypatch.setenv(name, value)
+    pull_missing_source(pipeline, yaml.safe_load((pipeline / "params.yaml").read_text()))
+    assert (pipeline / "data" / "sources" / "ml-100k.inter").read_bytes() == first_log.read_bytes()
 
     # Version 2: ten more users' rows appended to the same log, added and committed.
     second_log = tmp_path / "v2" / "ml-100k.inter"

@@ -14,6 +14,11 @@ import json
 from typing import Any
 
 
+# The telemetry step of each subcommand (monitoring/README.md): `data pull` is the pipeline's
+# fetch step, whichever way it gets the raw log.
+DATA_STEPS = {"resolve": "resolve_data", "pull": "fetch_raw", "add": "data_add"}
+
+
 def register(subparsers: Any) -> None:
     """Add the `data` group to the `diffurec` parser."""
     group = subparsers.add_parser(
@@ -23,7 +28,7 @@ def register(subparsers: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     commands = group.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True)
-    group.set_defaults(describe=lambda args: {"step": f"data_{args.data_command}"})
+    group.set_defaults(describe=describe_data)
 
     resolve = commands.add_parser(
         "resolve",
@@ -77,6 +82,11 @@ def register(subparsers: Any) -> None:
     add.add_argument("--remote", metavar="NAME", help="push to this DVC remote (default: the default remote)")
     add.add_argument("--no-push", action="store_true", help="do not `dvc push`")
     add.set_defaults(func=run_add)
+
+
+def describe_data(args: argparse.Namespace) -> dict[str, Any]:
+    """The telemetry step of a `data` subcommand."""
+    return {"step": DATA_STEPS[args.data_command]}
 
 
 def run_resolve(args: argparse.Namespace) -> dict[str, Any]:
