@@ -1,17 +1,27 @@
 """Small file helpers every step shares, each the one place for its job: reading a JSON object
-or params.yaml with a located error, writing a JSON file or a folder atomically (a temporary
-sibling renamed at the end, so a failed step leaves nothing half-written), and hashing a file."""
+or params.yaml with a located error, checking an output path before a step runs
+(`prepare_output`), writing a JSON file or a folder atomically (a temporary sibling renamed at
+the end, so a failed step leaves nothing half-written, and a killed one leaves nothing the next
+run does not remove), and hashing a file."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import logging
 import os
+import re
 import shutil
+import signal
+import socket
 import tempfile
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
+from typing import Literal
 
 from diffurec.errors import DiffuRecError, located
 
@@ -67,14 +77,17 @@ def write_json_atomic(path: str | os.PathLike, value: object, sort_keys: bool = 
     """Write `value` as JSON (indent 2, a trailing newline) through a temporary sibling and
     os.replace, so a reader never sees half a file; returns the path."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    _make_parent(path)
+    remove_stale_temporaries(path)
     # A name of our own rather than mkstemp: mkstemp's 0600 mode would survive the rename.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}@{_HOST}")
     try:
         tmp.write_text(json.dumps(value, indent=2, sort_keys=sort_keys) + "\n")
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         tmp.unlink(missing_ok=True)
+        if isinstance(error, OSError) and _unwritable(error):
+            raise _write_error(error, path) from None
         raise
     return path
 
@@ -93,21 +106,232 @@ def file_md5(path: str | os.PathLike) -> str:
     return file_digest(path, "md5")
 
 
+# ---- outputs ----------------------------------------------------------------------------------
+
+log = logging.getLogger(__name__)
+
+# Temporary siblings carry the writer's PID and host, so a later run can tell a dead writer's
+# leftovers (removed) from a live one's (kept), also in a folder several machines share.
+_HOST = re.sub(r"[^A-Za-z0-9_.-]", "_", socket.gethostname())[:64] or "localhost"
+_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.(?P<kind>tmp|old)-(?P<pid>\d+)(-[^@/]*)?@(?P<host>[^@/]+)$")
+# Errors of the place written to (not of the data): one line naming the path, not a traceback.
+_WRITE_ERRNOS = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT)
+# The file in a folder whose `format` says which command wrote it (docs/formats.md).
+FORMAT_FILES = ("format.json", "config.json", "report.json")
+
+
+def prepare_output(
+    path: str | os.PathLike,
+    *,
+    kind: Literal["folder", "file"],
+    inputs: Sequence[str | os.PathLike | None],
+    force: bool,
+    flag: str = "--out",
+    written_by: str | None = None,
+) -> Path:
+    """Check that a step may write `path` before it reads or computes anything; returns it.
+
+    Refused with one line naming `flag` and the path: the path equal to an input, inside one,
+    or holding one; a file where a folder is expected (`kind`) or a folder where a file is; a
+    non-empty folder that this kind of command did not write, i.e. without a FORMAT_FILES file
+    whose `format` is `written_by`, unless `force` (written_by None: no such check); for a
+    file, written_by "json" refuses to replace a file that is not a JSON object, unless
+    `force`; an output place that cannot be written. Leftovers of killed writers of `path` are
+    removed (remove_stale_temporaries).
+    """
+    out = Path(path)
+    where = f"{flag} {out}"
+    target = out.resolve()
+    for given in inputs:
+        if given is None or str(given) == "":
+            continue
+        source = Path(given).resolve()
+        if target == source:
+            raise DiffuRecError(f"{where}: is the input {given}; write the output elsewhere")
+        if source in target.parents:
+            raise DiffuRecError(f"{where}: lies inside the input {given}; write the output elsewhere")
+        if target in source.parents:
+            raise DiffuRecError(
+                f"{where}: holds the input {given}, which writing it would delete; write the output elsewhere"
+            )
+    if kind == "folder":
+        if out.exists() and not out.is_dir():
+            raise DiffuRecError(f"{where}: is a file, but a folder is expected")
+        if written_by and not force and out.is_dir() and any(out.iterdir()):
+            if _folder_format(out) != written_by:
+                raise DiffuRecError(
+                    f"{where}: a non-empty folder that is not a {written_by} folder; "
+                    f"refusing to replace it (pass --force to replace it anyway)"
+                )
+    elif kind == "file":
+        if out.is_dir():
+            raise DiffuRecError(f"{where}: is a folder, but a file is expected (give a file name)")
+        if written_by == "json" and not force and out.is_file() and out.stat().st_size:
+            try:
+                is_object = isinstance(json.loads(out.read_bytes()), dict)
+            except (ValueError, UnicodeDecodeError):
+                is_object = False
+            if not is_object:
+                raise DiffuRecError(
+                    f"{where}: an existing file that is not a JSON object; refusing to replace it "
+                    f"(pass --force to replace it anyway)"
+                )
+    else:
+        raise ValueError(f"kind must be 'folder' or 'file', not {kind!r}")
+    existing = target.parent
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise DiffuRecError(f"{where}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise DiffuRecError(f"{where}: {existing} is not writable (a read-only store?)")
+    if target.parent.is_dir():
+        remove_stale_temporaries(out)
+    return out
+
+
+def _folder_format(folder: Path) -> str | None:
+    """The `format` a folder's FORMAT_FILES file names (the command that wrote it), or None."""
+    for name in FORMAT_FILES:
+        try:
+            value = json.loads((folder / name).read_bytes())
+        except (OSError, ValueError, UnicodeDecodeError):
+            continue
+        if isinstance(value, dict) and isinstance(value.get("format"), str):
+            return value["format"]
+    return None
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Remove what killed writers of `path` left beside it on this host (temporary siblings of
+    processes that no longer run); a replaced `path` that a killed writer had moved aside
+    while `path` is missing is moved back instead. Returns the paths removed or restored."""
+    path = Path(path)
+    handled: list[Path] = []
+    try:
+        entries = list(path.parent.iterdir())
+    except OSError:
+        return handled
+    for entry in entries:
+        match = _TEMPORARY.match(entry.name)
+        if not match or match["name"] != path.name or match["host"] != _HOST or _alive(int(match["pid"])):
+            continue
+        try:
+            if match["kind"] == "old" and not path.exists() and not path.is_symlink():
+                entry.rename(path)
+                log.warning("restored %s, moved aside by a killed writer (pid %s)", path, match["pid"])
+            elif entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+                log.info("removed %s, left by a killed writer (pid %s)", entry, match["pid"])
+            else:
+                entry.unlink()
+                log.info("removed %s, left by a killed writer (pid %s)", entry, match["pid"])
+        except FileNotFoundError:  # another run cleaned it up first
+            continue
+        handled.append(entry)
+    return handled
+
+
+def _alive(pid: int) -> bool:
+    """Whether process `pid` exists on this host (one of another user counts as alive)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _make_parent(path: Path) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        if _unwritable(error):
+            raise _write_error(error, path) from None
+        raise
+
+
+def _unwritable(error: BaseException) -> bool:
+    """An error of the place written to (read-only, no permission, full), not of the data."""
+    return isinstance(error, OSError) and error.errno in _WRITE_ERRNOS
+
+
+def _write_error(error: OSError, path: Path) -> DiffuRecError:
+    """One line naming the file that could not be written and why."""
+    return DiffuRecError(f"{error.filename or path}: cannot write ({error.strerror})")
+
+
+@contextmanager
+def _termination_raises() -> Iterator[None]:
+    """Within: SIGTERM raises SystemExit(143) (as Ctrl-C raises KeyboardInterrupt), so the
+    cleanup of a temporary folder runs when a step is stopped (Kubeflow, DVC, kill). Only where
+    SIGTERM has its default action (a handler someone else set is left alone) and only in the
+    main thread (the only one that may set handlers)."""
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+    ):
+        yield
+        return
+
+    def terminate(signum: int, frame: FrameType | None) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def temporary_sibling(folder: Path) -> Path:
+    """A new empty folder beside `folder`, named so that remove_stale_temporaries removes it
+    once its writer (this process) is gone."""
+    try:
+        return Path(
+            tempfile.mkdtemp(
+                prefix=f".{folder.name}.tmp-{os.getpid()}-", suffix=f"@{_HOST}", dir=folder.parent
+            )
+        )
+    except OSError as error:
+        if _unwritable(error):
+            raise _write_error(error, folder) from None
+        raise
+
+
 @contextmanager
 def atomic_folder(folder: str | os.PathLike) -> Iterator[Path]:
-    """Yield an empty temporary sibling of `folder`; on success it replaces `folder`."""
+    """Yield an empty temporary sibling of `folder`; on success it replaces `folder`.
+
+    On an exception, Ctrl-C or SIGTERM the temporary folder is removed; what a kill -9 leaves
+    is removed by the next write of `folder` (remove_stale_temporaries).
+    """
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
-    try:
-        yield tmp
-        old = None
-        if folder.exists():
-            old = folder.parent / f".{folder.name}.old-{os.getpid()}"
-            folder.rename(old)
-        tmp.rename(folder)
-        if old is not None:
-            shutil.rmtree(old)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    if folder.exists() and not folder.is_dir():
+        raise DiffuRecError(f"{folder}: is a file, but a folder is expected")
+    _make_parent(folder)
+    remove_stale_temporaries(folder)
+    with _termination_raises():
+        tmp = temporary_sibling(folder)
+        try:
+            yield tmp
+            old = None
+            if folder.exists():
+                old = folder.parent / f".{folder.name}.old-{os.getpid()}@{_HOST}"
+                folder.rename(old)
+            try:
+                tmp.rename(folder)
+            except BaseException:
+                if old is not None:
+                    old.rename(folder)
+                raise
+            if old is not None:
+                shutil.rmtree(old)
+        except BaseException as error:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if isinstance(error, OSError) and _unwritable(error):
+                raise _write_error(error, folder) from None
+            raise

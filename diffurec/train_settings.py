@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -23,6 +24,10 @@ from diffurec.errors import DiffuRecError
 from diffurec.models import MODEL_NAMES
 
 STOP_RULES = ("ndcg", "reference")
+# The longest input window: the splits' [samples, max_len] arrays and attention grow with it.
+MAX_LEN_LIMIT = 4096
+# Seeds seed numpy too, whose seeds are 32-bit.
+SEED_LIMIT = 2**32 - 1
 
 # Settings that change the trained weights: a checkpoint is only resumed when they match.
 # (epochs, max_minutes, device, threads and paths may change between the runs.)
@@ -44,11 +49,80 @@ RESULT_SETTINGS = (
 )
 
 
+@dataclass(frozen=True)
+class Range:
+    """The allowed values of a number: minimum <= value (or minimum < value when `open_min`),
+    value <= maximum (or value < maximum when `open_max`); None: no bound on that side."""
+
+    minimum: float | None = None
+    maximum: float | None = None
+    open_min: bool = False
+    open_max: bool = False
+
+    def check(self, value: Any, where: str) -> None:
+        """DiffuRecError naming `where` (a flag, or a file's key) unless `value` lies in the range."""
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise DiffuRecError(f"{where}: expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise DiffuRecError(f"{where} must be a finite number, got {value}")
+        low = self.minimum is not None and (value <= self.minimum if self.open_min else value < self.minimum)
+        high = self.maximum is not None and (value >= self.maximum if self.open_max else value > self.maximum)
+        if low or high:
+            raise DiffuRecError(f"{where} must be {self}, got {value}")
+
+    def __str__(self) -> str:
+        low, high = self.minimum, self.maximum
+        if low is not None and high is not None:
+            left, right = "(" if self.open_min else "[", ")" if self.open_max else "]"
+            return f"in {left}{_number(low)}, {_number(high)}{right}"
+        if low is not None:
+            if self.open_min:
+                return "positive" if low == 0 else f"greater than {_number(low)}"
+            return f"at least {_number(low)}"
+        if high is not None:
+            return f"{'less than' if self.open_max else 'at most'} {_number(high)}"
+        return "a number"
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+AT_LEAST_ONE = Range(1)
+NOT_NEGATIVE = Range(0)
+POSITIVE = Range(0, open_min=True)
+FRACTION = Range(0, 1, open_max=True)  # a probability that may not be 1 (dropout)
+SEEDS = Range(0, SEED_LIMIT)
+MAX_LENS = Range(1, MAX_LEN_LIMIT)
+
+# The models' numeric hyperparameters (--set KEY=VALUE, params.yaml's train.hyper); the models
+# check their other (string) hyperparameters themselves.
+HYPERPARAMETER_RANGES = {
+    "hidden_size": AT_LEAST_ONE,
+    "num_blocks": AT_LEAST_ONE,
+    "num_heads": AT_LEAST_ONE,
+    "ffn_size": AT_LEAST_ONE,
+    "diffusion_steps": AT_LEAST_ONE,
+    "reverse_steps": AT_LEAST_ONE,
+    "dropout": FRACTION,
+    "emb_dropout": FRACTION,
+    "layer_norm_eps": POSITIVE,
+    "lambda_uncertainty": POSITIVE,
+    "item_init_std": POSITIVE,
+}
+
+
 def setting(
-    default: Any, help: str, *, choices: tuple[str, ...] | None = None, metavar: str | None = None
+    default: Any,
+    help: str,
+    *,
+    choices: tuple[str, ...] | None = None,
+    metavar: str | None = None,
+    allowed: Range | None = None,
 ) -> Any:
-    """A TrainSettings field: its default and what `diffurec train --help` says of it."""
-    metadata = {"help": help, "choices": choices, "metavar": metavar}
+    """A TrainSettings field: its default, what `diffurec train --help` says of it and, for a
+    number, its allowed range (a None value, where the field allows it, is not checked)."""
+    metadata = {"help": help, "choices": choices, "metavar": metavar, "range": allowed}
     if isinstance(default, dict):
         return field(default_factory=dict, metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -69,14 +143,14 @@ class TrainSettings:
         "override one model hyperparameter, e.g. --set dropout=0.2 (repeatable; params.yaml: a mapping)",
         metavar="KEY=VALUE",
     )
-    epochs: int = setting(500, "maximum number of epochs")
-    batch_size: int = setting(512, "global batch size (all ranks)")
-    lr: float = setting(1e-3, "Adam learning rate")
-    weight_decay: float = setting(0.0, "Adam weight decay")
-    lr_step: int = setting(100, "StepLR: multiply the lr by lr_gamma every N epochs")
-    lr_gamma: float = setting(0.1, "StepLR factor")
-    eval_every: int = setting(20, "validate every N epochs (and after the last)")
-    patience: int = setting(5, "stop after N validations without improvement")
+    epochs: int = setting(500, "maximum number of epochs", allowed=AT_LEAST_ONE)
+    batch_size: int = setting(512, "global batch size (all ranks)", allowed=AT_LEAST_ONE)
+    lr: float = setting(1e-3, "Adam learning rate", allowed=POSITIVE)
+    weight_decay: float = setting(0.0, "Adam weight decay", allowed=NOT_NEGATIVE)
+    lr_step: int = setting(100, "StepLR: multiply the lr by lr_gamma every N epochs", allowed=AT_LEAST_ONE)
+    lr_gamma: float = setting(0.1, "StepLR factor", allowed=POSITIVE)
+    eval_every: int = setting(20, "validate every N epochs (and after the last)", allowed=AT_LEAST_ONE)
+    patience: int = setting(5, "stop after N validations without improvement", allowed=AT_LEAST_ONE)
     stop_rule: str = setting(
         "ndcg",
         "ndcg: improvement = higher validation NDCG@10; reference: any of the six metrics higher",
@@ -87,28 +161,31 @@ class TrainSettings:
         "time budget (over resumed runs too); training stops "
         "mid-epoch when it is spent (checked after every batch; "
         "every 20 under DDP), then one last validation runs",
+        allowed=NOT_NEGATIVE,
     )
-    seed: int = setting(1997, "random seed")
+    seed: int = setting(1997, "random seed", allowed=SEEDS)
     device: str = setting("auto", "auto, cpu, cuda or cuda:N")
-    threads: int | None = setting(None, "CPU threads per process (default: cores / local ranks)")
-    eval_batch_size: int = setting(1024, "users per validation batch")
+    threads: int | None = setting(
+        None, "CPU threads per process (default: cores / local ranks)", allowed=AT_LEAST_ONE
+    )
+    eval_batch_size: int = setting(1024, "users per validation batch", allowed=AT_LEAST_ONE)
     eval_reverse_steps: int | None = setting(
-        None, "DiffuRec reverse steps during validation (default: the preset's)"
+        None, "DiffuRec reverse steps during validation (default: the preset's)", allowed=AT_LEAST_ONE
     )
     checkpoint_dir: str | None = setting(None, "write a checkpoint here after every epoch", metavar="DIR")
     resume: bool = setting(False, "continue from the checkpoint in checkpoint_dir if there is one")
     progress: bool | None = setting(None, "progress bars (default: only on a terminal)")
 
-    def check(self) -> None:
+    def check(self, source: str | None = None) -> None:
+        """Raise a DiffuRecError for a setting out of its range; it names the setting as
+        `source: name` (params.yaml's train:, --settings) or, without a source, as its flag."""
+        where = f"{source}: model" if source else "--model"
         if self.model not in MODEL_NAMES:
-            raise DiffuRecError(f"--model {self.model!r}: choose from {', '.join(MODEL_NAMES)}")
+            raise DiffuRecError(f"{where} {self.model!r}: choose from {', '.join(MODEL_NAMES)}")
+        where = f"{source}: stop_rule" if source else "--stop-rule"
         if self.stop_rule not in STOP_RULES:
-            raise DiffuRecError(f"--stop-rule {self.stop_rule!r}: choose from {', '.join(STOP_RULES)}")
-        for name in ("epochs", "batch_size", "eval_every", "patience", "lr_step", "eval_batch_size"):
-            if getattr(self, name) < 1:
-                raise DiffuRecError(f"--{flag(name)} must be at least 1, got {getattr(self, name)}")
-        if self.lr <= 0:
-            raise DiffuRecError(f"--lr must be positive, got {self.lr}")
+            raise DiffuRecError(f"{where} {self.stop_rule!r}: choose from {', '.join(STOP_RULES)}")
+        check_ranges(self.to_mapping(), source)
         if self.resume and not self.checkpoint_dir:
             raise DiffuRecError("--resume needs --checkpoint-dir")
 
@@ -126,12 +203,25 @@ class TrainSettings:
                 raise DiffuRecError(f"{source}: unknown setting {name!r} (known: {', '.join(known)})")
             checked[name] = _typed(value, hints[name], f"{source}: {name}")
         settings = cls(**checked)
-        settings.check()
+        settings.check(source)
         return settings
 
     def to_mapping(self) -> dict[str, Any]:
         """The fields as plain values (what from_mapping reads back)."""
         return dataclasses.asdict(self)
+
+
+def check_ranges(values: dict[str, Any], source: str | None = None) -> None:
+    """Check the numbers among `values` (TrainSettings field names; `hyper`: hyperparameter
+    names) against their ranges; errors name `source: name`, or the flag without a source."""
+    fields = {f.name: f for f in dataclasses.fields(TrainSettings)}
+    for name, value in values.items():
+        allowed = fields[name].metadata["range"] if name in fields else None
+        if allowed is not None and value is not None:
+            allowed.check(value, f"{source}: {name}" if source else f"--{flag(name)}")
+    for name, value in (values.get("hyper") or {}).items():
+        if name in HYPERPARAMETER_RANGES:
+            HYPERPARAMETER_RANGES[name].check(value, f"{source}: hyper.{name}" if source else f"--set {name}")
 
 
 def flag(name: str) -> str:
@@ -222,9 +312,13 @@ def from_arguments(
 ) -> TrainSettings:
     """Settings from `base` (a params file's section or --settings) with the given flags on top."""
     values = dict(base or {})
-    for f in dataclasses.fields(TrainSettings):
-        if hasattr(args, f.name):
-            value = getattr(args, f.name)
-            # --set adds to (does not replace) the base's hyperparameters.
-            values[f.name] = {**values.get("hyper", {}), **parse_hyper(value)} if f.name == "hyper" else value
+    given = {
+        f.name: getattr(args, f.name) for f in dataclasses.fields(TrainSettings) if hasattr(args, f.name)
+    }
+    if "hyper" in given:
+        given["hyper"] = parse_hyper(given["hyper"])
+    check_ranges(given)  # first the flags alone, so that an error names the flag
+    if "hyper" in given:  # --set adds to (does not replace) the base's hyperparameters
+        given["hyper"] = {**values.get("hyper", {}), **given["hyper"]}
+    values.update(given)
     return TrainSettings.from_mapping(values, source=source)

@@ -23,6 +23,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from diffurec.cli import add_force, check_flags
 from diffurec.errors import DiffuRecError
 
 if TYPE_CHECKING:
@@ -149,6 +150,7 @@ def register(subparsers: Any) -> None:
     )
     fetch.add_argument("--url", help="a mirror of the official archive (default: the official URL)")
     fetch.add_argument("--sha256", help="the mirror archive's sha256 (default: the published digest)")
+    add_force(fetch, None)
     fetch.set_defaults(func=run_fetch_raw)
 
     lineage = commands.add_parser(
@@ -165,6 +167,7 @@ def register(subparsers: Any) -> None:
     )
     lineage.add_argument("--preset", help="the model preset")
     lineage.add_argument("--out", required=True, metavar="JSON", help="where to write it")
+    add_force(lineage, "a file that is not a JSON object")
     lineage.set_defaults(func=run_lineage)
 
 
@@ -304,6 +307,9 @@ def run_compile(args: argparse.Namespace) -> dict[str, Any]:
 def run_submit(args: argparse.Namespace) -> dict[str, Any]:
     from pipelines import runners
 
+    from diffurec.train_settings import POSITIVE
+
+    check_flags(args, {"timeout": POSITIVE})
     if not args.host:
         raise DiffuRecError("no Kubeflow endpoint: pass --host URL or set $KFP_HOST")
     print(
@@ -325,7 +331,9 @@ def run_submit(args: argparse.Namespace) -> dict[str, Any]:
 
 def run_fetch_raw(args: argparse.Namespace) -> dict[str, Any]:
     from diffurec.data.fetch import fetch_raw
+    from diffurec.files import prepare_output
 
+    prepare_output(args.out, kind="file", inputs=[args.source], force=args.force)
     result = fetch_raw(
         args.dataset,
         args.out,
@@ -340,8 +348,11 @@ def run_fetch_raw(args: argparse.Namespace) -> dict[str, Any]:
 
 def run_lineage(args: argparse.Namespace) -> dict[str, Any]:
     from diffurec.files import read_params
+    from diffurec.files import prepare_output
     from diffurec.lineage import build_lineage, write_lineage
 
+    inputs = [args.raw, args.splits, args.params]
+    prepare_output(args.out, kind="file", inputs=inputs, force=args.force, written_by="json")
     params = read_params(args.params, args.sections) if args.params else {}
     lineage = build_lineage(raw=args.raw, splits=args.splits, params=params, preset=args.preset)
     write_lineage(args.out, lineage)

@@ -181,8 +181,8 @@ def test_every_field_through_the_kubeflow_pipeline(tmp_path, repo_root, monkeypa
         ({"epochs": "many"}, "epochs: expected int"),
         ({"epochs": 2.5}, "epochs: expected int"),
         ({"epoch": 3}, "unknown setting 'epoch'"),
-        ({"lr": -1}, "--lr must be positive"),
-        ({"model": "gpt"}, "--model 'gpt'"),
+        ({"lr": -1}, "train: lr must be positive, got -1"),
+        ({"model": "gpt"}, "train: model 'gpt'"),
         ({"resume": "yes"}, "resume: expected bool"),
     ],
 )

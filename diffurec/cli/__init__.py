@@ -20,10 +20,13 @@ import logging
 import sys
 import time
 from importlib.metadata import entry_points
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from diffurec import __version__
 from diffurec.errors import DiffuRecError
+
+if TYPE_CHECKING:
+    from diffurec.train_settings import Range
 
 COMMAND_MODULES = (
     "diffurec.cli.data_commands",
@@ -81,6 +84,24 @@ def main(argv: list[str] | None = None) -> int:
             labels={**described.get("labels", {}), **result.get("labels", {})},
         )
     return status
+
+
+def add_force(parser: argparse.ArgumentParser, replaces: str | None) -> None:
+    """The --force flag every command with --out has (diffurec.files.prepare_output); `replaces`:
+    what it lets --out replace (None: nothing more, the output is replaced anyway)."""
+    text = f"replace --out even when it is {replaces}" if replaces else "replace --out (it is anyway)"
+    parser.add_argument(
+        "--force", action="store_true", help=f"{text}; never an input or a folder holding one"
+    )
+
+
+def check_flags(args: argparse.Namespace, ranges: dict[str, Range]) -> None:
+    """Check the numeric flags `ranges` names (argparse dests) that were given: one line naming
+    the flag for a value out of its range."""
+    for dest, allowed in ranges.items():
+        value = getattr(args, dest)
+        if value is not None:
+            allowed.check(value, "--" + dest.replace("_", "-"))
 
 
 def _describe(args: argparse.Namespace) -> dict[str, Any]:

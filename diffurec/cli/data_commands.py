@@ -11,6 +11,8 @@ import json
 import sys
 from typing import Any
 
+from diffurec.cli import add_force, check_flags
+
 
 def _add_reader_options(parser: argparse.ArgumentParser, required: bool = True) -> None:
     parser.add_argument("--input", required=required, metavar="FILE", help="the interaction log to read")
@@ -60,6 +62,7 @@ def register(subparsers: Any) -> None:
     fetch.add_argument("--md5", help="expected md5 (overrides the published digest)")
     fetch.add_argument("--timeout", type=float, default=60.0, help="network timeout, seconds")
     fetch.add_argument("--out", required=True, metavar="DIR", help="folder to unpack into")
+    add_force(fetch, None)
     fetch.set_defaults(func=run_fetch)
 
     validate = subparsers.add_parser(
@@ -77,6 +80,7 @@ def register(subparsers: Any) -> None:
     _add_reader_options(validate, required=False)
     validate.add_argument("--splits", metavar="DIR", help="a splits folder from 'diffurec preprocess'")
     validate.add_argument("--out", required=True, metavar="DIR", help="folder for report.json and data_docs/")
+    add_force(validate, "a non-empty folder that is not a validation report")
     validate.set_defaults(func=run_validate, describe=describe_validate)
 
     preprocess = subparsers.add_parser(
@@ -90,6 +94,7 @@ def register(subparsers: Any) -> None:
     )
     _add_reader_options(preprocess)
     preprocess.add_argument("--out", required=True, metavar="DIR", help="the splits folder to write")
+    add_force(preprocess, "a non-empty folder that is not a splits folder")
     preprocess.add_argument(
         "--min-rating",
         type=float,
@@ -121,8 +126,16 @@ def register(subparsers: Any) -> None:
 
 
 def run_fetch(args: argparse.Namespace) -> dict:
-    from diffurec.data.fetch import fetch_dataset
+    from pathlib import Path
 
+    from diffurec.data.fetch import DATASETS, fetch_dataset
+    from diffurec.files import prepare_output
+    from diffurec.train_settings import POSITIVE
+
+    check_flags(args, {"timeout": POSITIVE})
+    # The dataset's own folder inside OUT is what gets replaced.
+    target = Path(args.out) / DATASETS[args.dataset].folder
+    prepare_output(target, kind="folder", inputs=[args.from_path], force=args.force)
     result = fetch_dataset(
         args.dataset,
         args.out,
@@ -150,7 +163,15 @@ def run_validate(args: argparse.Namespace) -> dict:
     if bool(args.input) == bool(args.splits):
         raise DiffuRecError("give exactly one of --input FILE (raw log) or --splits DIR")
     from diffurec.data import validation
+    from diffurec.files import prepare_output
 
+    prepare_output(
+        args.out,
+        kind="folder",
+        inputs=[args.input, args.splits],
+        force=args.force,
+        written_by=validation.REPORT_FORMAT,
+    )
     if args.splits:
         if any(getattr(args, k) for k in ("format", "user_col", "item_col", "time_col", "rating_col", "sep")):
             raise DiffuRecError("reader options (--format, --*-col, --sep) apply to --input only")
@@ -184,12 +205,12 @@ def run_validate(args: argparse.Namespace) -> dict:
 
 def run_preprocess(args: argparse.Namespace) -> dict:
     from diffurec.data.preprocess import preprocess_file
-    from diffurec.errors import DiffuRecError
+    from diffurec.data.splits import FORMAT_NAME
+    from diffurec.files import prepare_output
+    from diffurec.train_settings import MAX_LENS, NOT_NEGATIVE, Range
 
-    if args.max_len < 1:
-        raise DiffuRecError(f"--max-len must be at least 1, got {args.max_len}")
-    if args.kcore < 0:
-        raise DiffuRecError(f"--kcore must be 0 (off) or positive, got {args.kcore}")
+    check_flags(args, {"max_len": MAX_LENS, "kcore": NOT_NEGATIVE, "min_rating": Range()})
+    prepare_output(args.out, kind="folder", inputs=[args.input], force=args.force, written_by=FORMAT_NAME)
     stats = preprocess_file(
         args.input,
         args.out,

@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from diffurec.cli import add_force, check_flags
 from diffurec.errors import DiffuRecError
 
 if TYPE_CHECKING:
@@ -38,6 +39,7 @@ def _register_train(subparsers) -> None:
     )
     p.add_argument("--splits", required=True, help="splits folder written by 'diffurec preprocess'")
     p.add_argument("--out", required=True, help="model folder to write")
+    add_force(p, "a non-empty folder that is not a model folder")
     base = p.add_mutually_exclusive_group()
     base.add_argument(
         "--params",
@@ -84,10 +86,18 @@ def describe_model_folder(args: argparse.Namespace) -> dict:
 
 def run_train(args: argparse.Namespace) -> dict:
     from diffurec.data.splits import load_splits
-    from diffurec.files import read_json_object
+    from diffurec.files import prepare_output, read_json_object
+    from diffurec.model_folder import FORMAT_NAME
     from diffurec.train import train
 
     settings = settings_from_args(args)
+    prepare_output(
+        args.out,
+        kind="folder",
+        inputs=[args.splits, args.params, args.lineage_json, settings.checkpoint_dir],
+        force=args.force,
+        written_by=FORMAT_NAME,
+    )
     splits = load_splits(args.splits)
     lineage = read_json_object(args.lineage_json, "lineage JSON not found") if args.lineage_json else {}
     summary = train(splits, args.out, settings, lineage=lineage)
@@ -143,14 +153,28 @@ def _register_evaluate(subparsers) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     p.add_argument("--out", required=True, help="metrics JSON to write")
+    add_force(p, "a file that is not a JSON object")
     p.set_defaults(func=run_evaluate, describe=describe_model_folder)
+
+
+def _check_inference_flags(args: argparse.Namespace) -> None:
+    """The numeric flags evaluate and recommend share."""
+    from diffurec.train_settings import AT_LEAST_ONE, SEEDS
+
+    check_flags(args, {"batch_size": AT_LEAST_ONE, "reverse_steps": AT_LEAST_ONE, "seed": SEEDS})
 
 
 def run_evaluate(args: argparse.Namespace) -> dict:
     from diffurec.evaluate import evaluate_folder
-    from diffurec.files import write_json_atomic
+    from diffurec.files import prepare_output, write_json_atomic
     from diffurec.metrics import METRIC_KEYS
+    from diffurec.train_settings import AT_LEAST_ONE
 
+    _check_inference_flags(args)
+    check_flags(args, {"threads": AT_LEAST_ONE})
+    prepare_output(
+        args.out, kind="file", inputs=[args.model, args.splits], force=args.force, written_by="json"
+    )
     result, splits = evaluate_folder(
         args.model,
         args.splits,
@@ -197,13 +221,19 @@ def _register_recommend(subparsers) -> None:
     p.add_argument("--seed", type=int, default=1997, help="seed of the model's inference noise")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--out", required=True, help="TSV to write: user_id, rank, item_id, score")
+    add_force(p, None)
     p.set_defaults(func=run_recommend, describe=describe_model_folder)
 
 
-def run_recommend(args) -> dict:
+def run_recommend(args: argparse.Namespace) -> dict:
     from diffurec import device as devices
     from diffurec import recommend
+    from diffurec.files import prepare_output
+    from diffurec.train_settings import AT_LEAST_ONE
 
+    _check_inference_flags(args)
+    check_flags(args, {"top_k": AT_LEAST_ONE})
+    prepare_output(args.out, kind="file", inputs=[args.model, args.splits, args.histories], force=args.force)
     device = devices.choose_device(args.device)
     devices.configure(device)
     result = recommend.recommend_to_file(

@@ -12,6 +12,7 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
+from diffurec.cli import add_force, check_flags
 from diffurec.errors import DiffuRecError
 from diffurec.prometheus import DEFAULT_DEADLINE_SECONDS, URL_ENV
 
@@ -35,6 +36,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--metrics", required=True, metavar="JSON", help="its metrics (diffurec evaluate)")
     _add_registry_args(parser)
     parser.add_argument("--out", metavar="JSON", help="write {name, version, run_id, ...} here")
+    add_force(parser, "a file that is not a JSON object")
     parser.set_defaults(func=_registry_errors(run_register))
 
     parser = subparsers.add_parser(
@@ -70,6 +72,7 @@ def register(subparsers: Any) -> None:
         help="the thresholds as a JSON object (the `gate:` section), instead of --params",
     )
     parser.add_argument("--out", required=True, metavar="JSON", help="where to write the decision")
+    add_force(parser, "a file that is not a JSON object")
     parser.add_argument(
         "--model-name",
         "--name",
@@ -133,6 +136,7 @@ def register(subparsers: Any) -> None:
         "promoting (for pipelines that always run this step)",
     )
     parser.add_argument("--out", metavar="JSON", help="write what was done here")
+    add_force(parser, "a file that is not a JSON object")
     parser.set_defaults(func=_registry_errors(run_promote))
 
 
@@ -175,8 +179,12 @@ def _add_registry_args(parser: argparse.ArgumentParser) -> None:
 
 def run_register(args: argparse.Namespace) -> dict:
     from diffurec import registry
-    from diffurec.files import write_json_atomic
+    from diffurec.files import prepare_output, write_json_atomic
 
+    if args.out:
+        prepare_output(
+            args.out, kind="file", inputs=[args.model, args.metrics], force=args.force, written_by="json"
+        )
     result = registry.register_model_folder(args.model, args.metrics, args.name, args.tracking_uri)
     if args.out:
         write_json_atomic(args.out, result)
@@ -192,7 +200,12 @@ def run_register(args: argparse.Namespace) -> dict:
 
 def run_gate(args: argparse.Namespace) -> dict:
     from diffurec import gate
+    from diffurec.files import prepare_output
+    from diffurec.train_settings import POSITIVE
 
+    check_flags(args, {"prometheus_timeout": POSITIVE})
+    inputs = [args.candidate, args.baseline, args.splits, args.params]
+    prepare_output(args.out, kind="file", inputs=inputs, force=args.force, written_by="json")
     if args.thresholds is not None:
         thresholds, params = gate.parse_thresholds(args.thresholds), None
     else:
@@ -224,8 +237,10 @@ def run_gate(args: argparse.Namespace) -> dict:
 
 def run_promote(args: argparse.Namespace) -> dict:
     from diffurec import promote
-    from diffurec.files import write_json_atomic
+    from diffurec.files import prepare_output, write_json_atomic
 
+    if args.out:
+        prepare_output(args.out, kind="file", inputs=[args.decision], force=args.force, written_by="json")
     result = promote.promote(
         args.name,
         args.version,

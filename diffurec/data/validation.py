@@ -16,7 +16,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -24,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from diffurec.data.splits import MIN_SEQUENCE_LENGTH, leave_one_out, load_splits
+from diffurec.files import temporary_sibling
 
 log = logging.getLogger(__name__)
 
@@ -235,7 +235,7 @@ def run_suite(suite_name: str, expectations, tables: dict[str, pd.DataFrame], ou
     started = time.perf_counter()
     out = Path(out).resolve()  # GX's site store wants an absolute base directory
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    tmp = temporary_sibling(out)
     try:
         context = gx.get_context(mode="ephemeral")
         context.variables.progress_bars = ProgressBarsConfig(globally=False)
