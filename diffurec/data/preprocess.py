@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from diffurec.data.readers import read_interactions
+from diffurec.data.readers import LoadedLog, duckdb_session, load_frame, load_interactions
 from diffurec.data.splits import DEFAULT_MAX_LEN, MIN_SEQUENCE_LENGTH, build_splits, write_splits
 from diffurec.errors import DiffuRecError
-from diffurec.files import file_md5
+from diffurec.files import file_md5, scratch_folder
 
 log = logging.getLogger(__name__)
 
@@ -34,69 +34,104 @@ TIE_RULE_STABLE = "stable sort by timestamp: equal timestamps keep file order"
 TIE_RULE_FILE = "no timestamps: file order is the chronological order"
 
 
-def kcore(frame: pd.DataFrame, k: int) -> pd.DataFrame:
-    """Iteratively drop users and items with fewer than k interactions until none is left."""
-    while True:
-        user_counts = frame.groupby("user", sort=False)["item"].transform("size")
-        item_counts = frame.groupby("item", sort=False)["user"].transform("size")
-        keep = (user_counts >= k) & (item_counts >= k)
-        if keep.all():
-            return frame
-        frame = frame[keep.to_numpy()]
+def _count(con, table: str) -> int:
+    return int(con.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+
+
+def _replace(con, table: str, select: str) -> int:
+    """CREATE OR REPLACE `table` from a query (which may read the table itself); its row count."""
+    con.execute(f"CREATE OR REPLACE TABLE {table}_next AS {select}")
+    con.execute(f"DROP TABLE IF EXISTS {table}")
+    con.execute(f"ALTER TABLE {table}_next RENAME TO {table}")
+    return _count(con, table)
 
 
 def clean_interactions(
-    frame: pd.DataFrame,
+    con,
+    loaded: LoadedLog,
     min_rating: float | None = None,
     dedup: str = "keep-all",
     kcore_k: int = 0,
     source: str = "input",
-):
-    """Apply steps 1-5; returns (ordered frame, dropped counts). Raises when no user is left."""
+) -> dict[str, int]:
+    """Apply steps 1-5 to the view `interactions` in DuckDB; leaves table `cleaned` (with
+    `ufirst`, the user's first position as read, the key users are ordered by) and returns the
+    dropped counts. Raises when no user is left."""
     if dedup not in DEDUP_POLICIES:
         raise DiffuRecError(f"unknown duplicate policy {dedup!r}: use {' or '.join(DEDUP_POLICIES)}")
+    has_time = "timestamp" in loaded.roles
+    values = ", ".join(f'"{role}"' for role in loaded.roles)
+    values = f", {values}" if values else ""
     dropped = {}
+    rows = loaded.rows
     if min_rating is not None:
-        if "rating" not in frame:
+        if "rating" not in loaded.roles:
             raise DiffuRecError(f"{source}: --min-rating given but the file has no rating column")
-        keep = frame["rating"].to_numpy() >= min_rating
-        dropped["below_min_rating"] = int((~keep).sum())
-        frame = frame[keep]
-
-    # Order first, so "first" and "last" mean chronological. lexsort is stable; `row` breaks
-    # timestamp ties by file order explicitly.
-    user_codes = pd.factorize(frame["user"], sort=False)[0]
-    keys = [frame["row"].to_numpy()]
-    if "timestamp" in frame:
-        keys.append(frame["timestamp"].to_numpy())
-    keys.append(user_codes)
-    frame = frame.iloc[np.lexsort(keys)]
-
-    if "timestamp" in frame:
-        subset = [c for c in ("user", "item", "timestamp", "rating") if c in frame]
-        exact = frame.duplicated(subset=subset, keep="first").to_numpy()
-        dropped["exact_duplicates"] = int(exact.sum())
-        frame = frame[~exact]
+        where = f"WHERE rating >= {float(min_rating)!r}"
+    else:
+        where = ""
+    kept = _replace(con, "cleaned", f'SELECT "user", item{values}, row, pos FROM interactions {where}')
+    if min_rating is not None:
+        dropped["below_min_rating"] = rows - kept
+    # Users are ordered by their first row as read; ties in time keep file order (row, then
+    # the position: a sequence line's items share one row).
+    _replace(
+        con,
+        "cleaned",
+        "SELECT c.*, f.ufirst FROM cleaned c JOIN "
+        '(SELECT "user", min(pos) AS ufirst FROM cleaned GROUP BY "user") f USING ("user")',
+    )
+    order = "timestamp, row, pos" if has_time else "row, pos"
+    if has_time:
+        exact = '"user", item, timestamp' + (", rating" if "rating" in loaded.roles else "")
+        left = _replace(
+            con,
+            "cleaned",
+            f"SELECT * FROM cleaned QUALIFY row_number() OVER (PARTITION BY {exact} ORDER BY row, pos) = 1",
+        )
+        dropped["exact_duplicates"], kept = kept - left, left
     if dedup == "keep-first":
-        repeat = frame.duplicated(subset=["user", "item"], keep="first").to_numpy()
-        dropped["repeated_user_item"] = int(repeat.sum())
-        frame = frame[~repeat]
+        left = _replace(
+            con,
+            "cleaned",
+            "SELECT * FROM cleaned QUALIFY row_number() OVER "
+            f'(PARTITION BY "user", item ORDER BY {order}) = 1',
+        )
+        dropped["repeated_user_item"], kept = kept - left, left
     if kcore_k and kcore_k > 1:
-        before = len(frame)
-        frame = kcore(frame, kcore_k)
-        dropped["kcore"] = before - len(frame)
+        before = kept
+        while True:
+            left = _replace(
+                con,
+                "cleaned",
+                f'SELECT * FROM cleaned WHERE "user" IN (SELECT "user" FROM cleaned GROUP BY "user" '
+                f"HAVING count(*) >= {int(kcore_k)}) AND item IN (SELECT item FROM cleaned GROUP BY item "
+                f"HAVING count(*) >= {int(kcore_k)})",
+            )
+            if left == kept:
+                break
+            kept = left
+        dropped["kcore"] = before - kept
 
-    lengths = frame.groupby("user", sort=False)["item"].transform("size").to_numpy()
-    short = lengths < MIN_SEQUENCE_LENGTH
-    dropped["short_user_interactions"] = int(short.sum())
-    dropped["short_users"] = int(frame.loc[short, "user"].nunique())
-    frame = frame[~short]
-    if len(frame) == 0:
+    short_users, short_rows = con.execute(
+        'SELECT count(*), coalesce(sum(n), 0) FROM (SELECT count(*) AS n FROM cleaned GROUP BY "user") '
+        f"WHERE n < {MIN_SEQUENCE_LENGTH}"
+    ).fetchone()
+    dropped["short_user_interactions"] = int(short_rows)
+    dropped["short_users"] = int(short_users)
+    if short_rows:
+        kept = _replace(
+            con,
+            "cleaned",
+            'SELECT * FROM cleaned WHERE "user" IN (SELECT "user" FROM cleaned GROUP BY "user" '
+            f"HAVING count(*) >= {MIN_SEQUENCE_LENGTH})",
+        )
+    if kept == 0:
         raise DiffuRecError(
             f"{source}: no user has at least {MIN_SEQUENCE_LENGTH} interactions "
             f"after cleaning ({_describe_dropped(dropped)}); nothing to split"
         )
-    return frame, dropped
+    return dropped
 
 
 def _describe_dropped(dropped: dict) -> str:
@@ -120,8 +155,9 @@ def length_distribution(lengths: np.ndarray) -> dict:
     }
 
 
-def preprocess_frame(
-    frame: pd.DataFrame,
+def preprocess_loaded(
+    con,
+    loaded: LoadedLog,
     out,
     max_len: int = DEFAULT_MAX_LEN,
     min_rating: float | None = None,
@@ -129,17 +165,36 @@ def preprocess_frame(
     kcore_k: int = 0,
     source: dict | None = None,
 ) -> dict:
-    """Clean, order, remap and split a read_interactions frame; write the splits folder."""
+    """Clean, order, remap and split the log load_interactions/load_frame put into `con`; write
+    the splits folder. Everything up to the final integer arrays runs in DuckDB."""
     source = dict(source or {})
-    rows_read = len(frame)
-    has_time = "timestamp" in frame
-    ordered, dropped = clean_interactions(
-        frame, min_rating, dedup, kcore_k, source=source.get("path", "input")
+    has_time = "timestamp" in loaded.roles
+    dropped = clean_interactions(con, loaded, min_rating, dedup, kcore_k, source=source.get("path", "input"))
+    order = "timestamp, row, pos" if has_time else "row, pos"
+    # Stored in sequence order, so rowid is the position in seq_items.
+    interactions = _replace(
+        con,
+        "ordered",
+        f'SELECT "user", item, ufirst{", timestamp" if has_time else ""} FROM cleaned '
+        f"ORDER BY ufirst, {order}",
     )
-    user_codes, user_ids = pd.factorize(ordered["user"], sort=False)
-    item_codes, item_ids = pd.factorize(ordered["item"], sort=False)
-    counts = np.bincount(user_codes, minlength=len(user_ids))
-    offsets = np.zeros(len(user_ids) + 1, dtype=np.int64)
+    con.execute("DROP TABLE cleaned")
+    _replace(
+        con,
+        "items",
+        "SELECT item, row_number() OVER (ORDER BY first) AS idx FROM "
+        "(SELECT item, min(rowid) AS first FROM ordered GROUP BY item)",
+    )
+    seq_items = con.execute(
+        "SELECT CAST(i.idx AS INTEGER) AS idx FROM ordered o JOIN items i USING (item) ORDER BY o.rowid"
+    ).fetchnumpy()["idx"]
+    counts = con.execute("SELECT count(*) AS n FROM ordered GROUP BY ufirst ORDER BY ufirst").fetchnumpy()[
+        "n"
+    ]
+    counts = np.asarray(counts, dtype=np.int64)
+    user_ids = con.execute('SELECT "user" FROM ordered GROUP BY ufirst, "user" ORDER BY ufirst').fetchall()
+    item_ids = con.execute("SELECT item FROM items ORDER BY idx").fetchall()
+    offsets = np.zeros(len(counts) + 1, dtype=np.int64)
     np.cumsum(counts, out=offsets[1:])
 
     settings = {"min_rating": min_rating, "dedup": dedup, "kcore": kcore_k, "max_len": max_len}
@@ -153,17 +208,23 @@ def preprocess_frame(
         "preprocessing": settings,
     }
     splits = build_splits(
-        (item_codes + 1).astype(np.int32), offsets, list(item_ids), list(user_ids), max_len=max_len, meta=meta
+        np.asarray(seq_items, dtype=np.int32),
+        offsets,
+        [i for (i,) in item_ids],
+        [u for (u,) in user_ids],
+        max_len=max_len,
+        meta=meta,
     )
+    num_users, num_items = len(counts), len(item_ids)
     stats = {
-        "rows_read": rows_read,
-        "rows_dropped": rows_read - len(ordered),
+        "rows_read": loaded.rows,
+        "rows_dropped": loaded.rows - interactions,
         "dropped": dropped,
-        "users": splits.num_users,
-        "items": splits.num_items,
-        "interactions": int(len(ordered)),
-        "train_samples": int(len(splits.train_targets)),
-        "density": round(len(ordered) / (splits.num_users * splits.num_items), 6),
+        "users": num_users,
+        "items": num_items,
+        "interactions": interactions,
+        "train_samples": int((counts - 3).sum()),
+        "density": round(interactions / (num_users * num_items), 6),
         "sequence_length": length_distribution(counts),
         "inputs_truncated_to_max_len": int((counts - 2 > max_len).sum()),
         "tie_rule": meta["tie_rule"],
@@ -171,12 +232,11 @@ def preprocess_frame(
         "settings": settings,
     }
     if has_time:
-        stamps = ordered["timestamp"].to_numpy()
-        stats["timestamps"] = {
-            "min": float(stamps.min()),
-            "max": float(stamps.max()),
-            "ties_within_user": int(ordered.duplicated(["user", "timestamp"]).sum()),
-        }
+        low, high, ties = con.execute(
+            "SELECT min(timestamp), max(timestamp), "
+            'count(*) - count(DISTINCT ("user", timestamp)) FROM ordered'
+        ).fetchone()
+        stats["timestamps"] = {"min": float(low), "max": float(high), "ties_within_user": int(ties)}
     write_splits(splits, out, stats=stats)
     log.info(
         "wrote %s: %d users, %d items, %d interactions, %d training samples",
@@ -187,6 +247,21 @@ def preprocess_frame(
         stats["train_samples"],
     )
     return stats
+
+
+def preprocess_frame(
+    frame: pd.DataFrame,
+    out,
+    max_len: int = DEFAULT_MAX_LEN,
+    min_rating: float | None = None,
+    dedup: str = "keep-all",
+    kcore_k: int = 0,
+    source: dict | None = None,
+) -> dict:
+    """Clean, order, remap and split a read_interactions frame; write the splits folder."""
+    with scratch_folder(out) as work, duckdb_session(work) as con:
+        loaded = load_frame(con, frame, (source or {}).get("path", "input"))
+        return preprocess_loaded(con, loaded, out, max_len, min_rating, dedup, kcore_k, source)
 
 
 def preprocess_file(
@@ -206,23 +281,23 @@ def preprocess_file(
     """Read any supported file and write its splits folder to `out`; returns stats.json's dict."""
     path = Path(path)
     started = time.perf_counter()
-    frame = read_interactions(
-        path,
-        format=format,
-        user_col=user_col,
-        item_col=item_col,
-        time_col=time_col,
-        rating_col=rating_col,
-        sep=sep,
-    )
-    source = {
-        "path": str(path),
-        "format": frame.attrs.get("format"),
-        "columns": frame.attrs.get("source_columns", {}),
-        "md5": file_md5(path),
-    }
-    stats = preprocess_frame(
-        frame, out, max_len=max_len, min_rating=min_rating, dedup=dedup, kcore_k=kcore_k, source=source
-    )
+    with scratch_folder(out) as work, duckdb_session(work) as con:
+        loaded = load_interactions(
+            con,
+            path,
+            format=format,
+            user_col=user_col,
+            item_col=item_col,
+            time_col=time_col,
+            rating_col=rating_col,
+            sep=sep,
+        )
+        source = {
+            "path": str(path),
+            "format": loaded.format,
+            "columns": loaded.source_columns,
+            "md5": file_md5(path),
+        }
+        stats = preprocess_loaded(con, loaded, out, max_len, min_rating, dedup, kcore_k, source)
     stats["seconds"] = round(time.perf_counter() - started, 3)
     return stats

@@ -18,9 +18,16 @@ import csv
 import gzip
 import io
 import logging
+import os
 import re
+import shutil
+import tempfile
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -249,17 +256,28 @@ def _read_sequences(path: Path, text: str) -> pd.DataFrame:
 def _check_ids(path: Path, frame: pd.DataFrame, source: dict[str, str | None]) -> None:
     for role in ("user", "item"):
         values = frame[role]
-        missing = values.isna().to_numpy()
-        if values.dtype == object:
-            missing |= values.astype(str).str.strip().eq("").to_numpy() & ~missing
+        missing = np.array(values.isna(), dtype=bool)
+        if values.dtype == object or pd.api.types.is_string_dtype(values):  # whitespace only
+            missing |= np.array(values.astype(str).str.strip().eq(""), dtype=bool)
         if missing.any():
             first = int(np.flatnonzero(missing)[0])
-            raise located(
-                path,
-                f"{role} id is empty ({int(missing.sum())} row(s) with no {role} id)",
-                row=int(frame["row"].iat[first]),
-                column=source[role],
-            )
+            raise _empty_id_error(path, role, int(missing.sum()), int(frame["row"].iat[first]), source[role])
+
+
+def _empty_id_error(path: Path, role: str, count: int, row: int, column: str | None) -> DiffuRecError:
+    return located(path, f"{role} id is empty ({count} row(s) with no {role} id)", row=row, column=column)
+
+
+def _not_a_number_error(
+    path: Path, role: str, shown: object, count: int, row: int, column: str | None
+) -> DiffuRecError:
+    what = "is empty" if shown is None or pd.isna(shown) else f"{shown!r} is not a number"
+    unit = " (unix seconds or an ISO 8601 date)" if role == "timestamp" else ""
+    return located(path, f"{role} {what}{unit}; {count} such row(s)", row=row, column=column)
+
+
+def _negative_error(path: Path, role: str, value: float, row: int, column: str | None) -> DiffuRecError:
+    return located(path, f"{role} {value:g} is negative", row=row, column=column)
 
 
 def to_numbers(values: pd.Series, role: str) -> pd.Series:
@@ -291,19 +309,10 @@ def _numeric(
     if bad.any():
         first = int(np.flatnonzero(bad)[0])
         shown = frame[role].iat[first]
-        what = "is empty" if pd.isna(shown) else f"{shown!r} is not a number"
-        unit = " (unix seconds or an ISO 8601 date)" if role == "timestamp" else ""
-        raise located(
-            path,
-            f"{role} {what}{unit}; {int(bad.sum())} such row(s)",
-            row=int(frame["row"].iat[first]),
-            column=source,
-        )
+        raise _not_a_number_error(path, role, shown, int(bad.sum()), int(frame["row"].iat[first]), source)
     if not allow_negative and (values < 0).any():
         first = int(np.flatnonzero((values < 0).to_numpy())[0])
-        raise located(
-            path, f"{role} {values.iat[first]:g} is negative", row=int(frame["row"].iat[first]), column=source
-        )
+        raise _negative_error(path, role, values.iat[first], int(frame["row"].iat[first]), source)
     return values
 
 
@@ -426,3 +435,384 @@ def read_interactions(
     frame.attrs.update(format=name, source_columns={k: v for k, v in source.items() if v})
     log.info("read %s (%s): %d interactions", path, name, len(frame))
     return frame
+
+
+# --------------------------------------------------------------------------------------------
+# The same reading into DuckDB, out of core: preprocess and validate read logs of any size
+# this way. Ids stay DuckDB strings; only final integer arrays come back to Python.
+# --------------------------------------------------------------------------------------------
+
+# Bad input in a file up to this size is re-read by read_interactions, so its message is the
+# in-memory reader's own; larger files get the same message built from DuckDB's counts.
+EXACT_MESSAGE_BYTES = 256 << 20
+# str.strip()'s ASCII whitespace: ids are stripped as read_interactions strips them.
+_ID_WHITESPACE = " \t\n\r\x0b\x0c\x1c\x1d\x1e\x1f"
+
+
+@dataclass
+class LoadedLog:
+    """What load_interactions put into DuckDB: the view `interactions` with columns user, item
+    (stripped strings), rating and timestamp (DOUBLE, where the source has them; strict=False
+    adds rating_text/timestamp_text as found), row (line number, or record number in Parquet and
+    delimited files until line_numbers() maps them) and pos (the order the rows were read in)."""
+
+    path: Path
+    format: str
+    source_columns: dict[str, str]
+    rows: int
+    roles: tuple[str, ...]  # which of "rating", "timestamp" the source has
+    rows_are_records: bool = False  # row counts records of a text file, not its lines
+    header: bool = False
+    scan: str = ""  # the DuckDB table function that reads the file
+    _blank_lines: np.ndarray | None = None
+
+    def line_numbers(self, rows: np.ndarray) -> np.ndarray:
+        """File rows as read_interactions numbers them (line numbers of text files)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if not self.rows_are_records:
+            return rows
+        if self._blank_lines is None:
+            self._blank_lines = _blank_line_numbers(self.path)
+        lines = rows + int(self.header)
+        # Each empty line at or before a record's line pushes it one further.
+        for blank in self._blank_lines:
+            lines = lines + (lines >= blank)
+        return lines
+
+
+def sql_text(value: str) -> str:
+    """A SQL string literal."""
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _gzip_magic(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(2) == b"\x1f\x8b"
+
+
+def _head_text(path: Path, limit: int = 1 << 16) -> str | None:
+    """The file's first line, decoded (None when it is not UTF-8 or the gzip is broken)."""
+    try:
+        with gzip.open(path, "rb") if _gzip_magic(path) else open(path, "rb") as f:
+            raw = f.read(limit)
+    except (EOFError, OSError, zlib.error):
+        return None
+    raw = raw[: raw.index(b"\n") + 1] if b"\n" in raw else raw
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    return text[1:] if text.startswith("\ufeff") else text
+
+
+def _blank_line_numbers(path: Path) -> np.ndarray:
+    """Line numbers of the empty lines of a text file, read in chunks of whole lines."""
+    found: list[int] = []
+    lines_before = 0
+    carry = b""
+    with gzip.open(path, "rb") if _gzip_magic(path) else open(path, "rb") as f:
+        while True:
+            chunk = f.read(1 << 24)
+            text = carry + chunk
+            cut = len(text) if not chunk else text.rfind(b"\n") + 1
+            part, carry = text[:cut], text[cut:]
+            for match in re.finditer(rb"(?m)^\r?$", part):
+                if match.start() < len(part):
+                    found.append(lines_before + part.count(b"\n", 0, match.start()) + 1)
+            lines_before += part.count(b"\n")
+            if not chunk:
+                return np.asarray(found, dtype=np.int64)
+
+
+def _numeric_sql(column: str) -> str:
+    """A text value as DOUBLE; NULL where it is missing or not a number (NaN included)."""
+    value = f"TRY_CAST(trim({column}) AS DOUBLE)"
+    return f"(CASE WHEN isnan({value}) THEN NULL ELSE {value} END)"
+
+
+def _date_sql(column: str) -> str:
+    """An ISO 8601 text value as unix seconds (the session is UTC: naive dates are UTC)."""
+    return f"(epoch_us(TRY_CAST(trim({column}) AS TIMESTAMPTZ)) / 1e6)"
+
+
+def _exact_error(path: Path, kwargs: dict, error: Exception | None) -> DiffuRecError | None:
+    """read_interactions' own message for a problem DuckDB met (small files only), else None."""
+    if path.stat().st_size <= EXACT_MESSAGE_BYTES:
+        try:
+            read_interactions(path, **kwargs)
+        except DiffuRecError as exact:
+            return exact
+    return None
+
+
+def _read_error(path: Path, kwargs: dict, error: Exception | None) -> DiffuRecError:
+    """The message for a file DuckDB could not read: read_interactions' own where it has one."""
+    exact = _exact_error(path, kwargs, error)
+    if exact is not None:
+        return exact
+    if error is None:
+        return DiffuRecError(f"{path}: has no data rows")
+    detail = " ".join(str(error).split())[:300]
+    if "Out of Memory" in detail:
+        return DiffuRecError(
+            f"{path}: DuckDB ran out of its memory limit; raise DIFFUREC_DUCKDB_MEMORY ({detail})"
+        )
+    return DiffuRecError(f"{path}: cannot read the table ({detail})")
+
+
+def _csv_scan(path: Path, spec: FormatSpec, delimiter: str, width: int) -> str:
+    """DuckDB's CSV reader set up like _parse_table: every field text, tab-like files unquoted."""
+    quote = "''" if delimiter in ("\t", "::") else "'\"'"
+    fields = "{" + ", ".join(f"'c{i}': 'VARCHAR'" for i in range(width)) + "}"
+    header = str(spec.header).lower()
+    compression = "gzip" if _gzip_magic(path) else "none"
+    return (
+        f"read_csv({sql_text(str(path))}, delim={sql_text(delimiter)}, header={header}, "
+        f"quote={quote}, escape={quote}, columns={fields}, null_padding={header}, strict_mode=true, "
+        f"auto_detect=false, nullstr='', compression='{compression}')"
+    )
+
+
+def load_interactions(
+    con,
+    path,
+    format: str | None = None,
+    user_col: str | None = None,
+    item_col: str | None = None,
+    time_col: str | None = None,
+    rating_col: str | None = None,
+    sep: str | None = None,
+    strict: bool = True,
+) -> LoadedLog:
+    """read_interactions into the DuckDB connection `con` (see LoadedLog): same rows, values and
+    errors. Delimited formats and Parquet go through DuckDB's readers; sequence files are parsed
+    by read_interactions and handed over."""
+    import duckdb
+
+    path = Path(path)
+    kwargs: dict[str, Any] = dict(
+        format=format,
+        user_col=user_col,
+        item_col=item_col,
+        time_col=time_col,
+        rating_col=rating_col,
+        sep=sep,
+        strict=strict,
+    )
+    name = format or detect_format(path)
+    if name not in FORMATS:
+        raise DiffuRecError(f"unknown format {name!r}: use one of {', '.join(FORMAT_NAMES)}")
+    spec = FORMATS[name]
+    if name == "sequences":
+        frame = read_interactions(path, **kwargs)
+        return load_frame(con, frame, path, name, frame.attrs.get("source_columns", {}))
+    if not path.exists():
+        raise DiffuRecError(f"{path}: no such file")
+    if path.is_dir():
+        raise DiffuRecError(f"{path}: is a folder, expected a file")
+
+    delimiter = None
+    if name == "parquet":
+        if path.stat().st_size == 0:
+            raise DiffuRecError(f"{path}: file is empty")
+        scan = f"read_parquet({sql_text(str(path))})"
+        try:
+            schema = con.execute(f"DESCRIBE SELECT * FROM {scan}").fetchall()
+        except duckdb.Error as error:
+            raise _read_error(path, kwargs, error) from None
+        types = {str(r[0]): str(r[1]).upper() for r in schema}
+        columns = list(types)
+        field = {c: '"' + c.replace('"', '""') + '"' for c in columns}
+    else:
+        delimiter = sep or spec.sep
+        assert delimiter is not None  # sequences (no delimiter) are read above
+        head = _head_text(path)
+        if head is None or not head.strip():
+            raise _read_error(path, kwargs, None)
+        if spec.header:
+            raw = [str(c) for c in _parse_table(path, head, spec, delimiter, nrows=0).columns]
+            columns = [(c.split(":")[0] if name == "inter" else c).strip() for c in raw]
+        else:
+            columns = list(spec.positional)
+        scan = _csv_scan(path, spec, delimiter, len(columns))
+        types = {c: "VARCHAR" for c in columns}
+        field = {c: f"c{i}" for i, c in enumerate(columns)}
+
+    if spec.header:
+        source = {
+            "user": _pick(path, columns, user_col, spec.user, "user", strict, delimiter),
+            "item": _pick(path, columns, item_col, spec.item, "item", strict, delimiter),
+            "timestamp": _pick(path, columns, time_col, spec.time, "time", False, delimiter),
+            "rating": _pick(path, columns, rating_col, spec.rating, "rating", False, delimiter),
+        }
+        if source["timestamp"] is None:
+            log.warning(
+                "%s: no time column (tried %s); the file order is taken as chronological "
+                "(name one with --time-col)",
+                path,
+                ", ".join(spec.time),
+            )
+    else:
+        for role, given in (
+            ("user", user_col),
+            ("item", item_col),
+            ("time", time_col),
+            ("rating", rating_col),
+        ):
+            if given is not None:
+                raise DiffuRecError(
+                    f"--{role}-col does not apply to format {name!r} "
+                    f"(it has no header; its columns are {', '.join(spec.positional)})"
+                )
+        source = {role: role for role in ("user", "item", "timestamp", "rating")}
+
+    named = {role: column for role, column in source.items() if column is not None}
+    roles = tuple(role for role in ("rating", "timestamp") if role in named)
+    select = {}
+    for role in ("user", "item"):
+        column = source[role]
+        select[role] = (
+            "NULL::VARCHAR"
+            if column is None
+            else f"trim(CAST({field[column]} AS VARCHAR), {sql_text(_ID_WHITESPACE)})"
+        )
+    for role in roles:
+        column, kind = field[named[role]], types[named[role]]
+        if role == "timestamp" and kind.startswith("TIMESTAMP"):
+            select[role] = f"epoch_us({column}) / 1e6"
+        elif role == "timestamp" and kind == "DATE":
+            select[role] = f"epoch_us(CAST({column} AS TIMESTAMP)) / 1e6"
+        elif kind == "VARCHAR":
+            select[role] = _numeric_sql(column)
+        else:
+            select[role] = f"TRY_CAST({column} AS DOUBLE)"
+        if not strict:
+            select[f"{role}_text"] = f"CAST({column} AS VARCHAR)"
+
+    def create() -> int:
+        listed = ", ".join(f'{sql} AS "{as_name}"' for as_name, sql in select.items())
+        con.execute("DROP TABLE IF EXISTS interactions_read")
+        con.execute(f"CREATE TABLE interactions_read AS SELECT {listed} FROM {scan}")
+        return int(con.execute("SELECT count(*) FROM interactions_read").fetchone()[0])
+
+    try:
+        rows = create()
+        if rows and "timestamp" in roles and types[named["timestamp"]] == "VARCHAR":
+            numbers = con.execute("SELECT count(timestamp) FROM interactions_read").fetchone()[0]
+            if numbers == 0:  # no value is a number: a column of ISO 8601 dates?
+                column = field[named["timestamp"]]
+                dates, present = con.execute(
+                    f"SELECT count({_date_sql(column)}), count({column}) FROM {scan}"
+                ).fetchone()
+                if present and dates == present:
+                    select["timestamp"] = _date_sql(column)
+                    rows = create()
+    except duckdb.Error as error:
+        raise _read_error(path, kwargs, error) from None
+    if rows == 0:
+        raise _read_error(path, kwargs, None)
+    # Rows keep the file's order: `rowid` numbers them as read.
+    con.execute(
+        "CREATE OR REPLACE VIEW interactions AS SELECT *, rowid + 1 AS row, rowid AS pos FROM "
+        "interactions_read"
+    )
+    loaded = LoadedLog(
+        path,
+        name,
+        named,
+        rows,
+        roles,
+        rows_are_records=name != "parquet",
+        header=spec.header,
+        scan=scan,
+    )
+    if strict:
+        _check_loaded(con, loaded, kwargs, field)
+    log.info("read %s (%s): %d interactions", path, name, rows)
+    return loaded
+
+
+def load_frame(
+    con, frame: pd.DataFrame, path, format: str | None = None, source_columns: dict | None = None
+) -> LoadedLog:
+    """A read_interactions frame into `con` as the view `interactions` (see LoadedLog)."""
+    roles = tuple(role for role in ("rating", "timestamp") if role in frame)
+    table = pd.DataFrame({role: frame[role].to_numpy(dtype=object) for role in ("user", "item")})
+    for role in roles:
+        table[role] = frame[role].to_numpy(dtype=np.float64)
+    table["row"] = frame["row"].to_numpy(dtype=np.int64)
+    con.register("interactions_frame", table)
+    con.execute("DROP TABLE IF EXISTS interactions_read")
+    con.execute("CREATE TABLE interactions_read AS SELECT * FROM interactions_frame")
+    con.unregister("interactions_frame")
+    con.execute("CREATE OR REPLACE VIEW interactions AS SELECT *, rowid AS pos FROM interactions_read")
+    return LoadedLog(
+        Path(path),
+        format or frame.attrs.get("format") or "frame",
+        dict(source_columns if source_columns is not None else frame.attrs.get("source_columns", {})),
+        len(frame),
+        roles,
+    )
+
+
+def _check_loaded(con, loaded: LoadedLog, kwargs: dict, field: dict[str, str]) -> None:
+    """read_interactions' strict checks (empty ids, non-numeric or negative timestamps, non-numeric
+    ratings), in its order, computed by DuckDB over every row."""
+    checks = [
+        ("user", "empty", '"user" IS NULL OR "user" = \'\''),
+        ("item", "empty", "item IS NULL OR item = ''"),
+    ]
+    if "timestamp" in loaded.roles:
+        checks += [("timestamp", "number", "timestamp IS NULL"), ("timestamp", "negative", "timestamp < 0")]
+    if "rating" in loaded.roles:
+        checks += [("rating", "number", "rating IS NULL")]
+    listed = ", ".join(f"count(*) FILTER (WHERE {c}), min(pos) FILTER (WHERE {c})" for _, _, c in checks)
+    found = con.execute(f"SELECT {listed} FROM interactions").fetchone()
+    for index, (role, kind, _) in enumerate(checks):
+        count, first = found[2 * index], found[2 * index + 1]
+        if not count:
+            continue
+        path = loaded.path
+        exact = _exact_error(path, kwargs, None)
+        if exact is not None:
+            raise exact
+        column = loaded.source_columns[role]
+        row = int(loaded.line_numbers(np.asarray([first + 1]))[0]) if loaded.rows_are_records else first + 1
+        if kind == "empty":
+            raise _empty_id_error(path, role, int(count), row, column)
+        if kind == "negative":
+            value = con.execute(f"SELECT {role} FROM interactions WHERE pos = {int(first)}").fetchone()[0]
+            raise _negative_error(path, role, value, row, column)
+        shown = con.execute(
+            f"SELECT {field[column]} FROM {loaded.scan} LIMIT 1 OFFSET {int(first)}"
+        ).fetchone()[0]
+        raise _not_a_number_error(path, role, shown, int(count), row, column)
+
+
+DUCKDB_MEMORY_LIMIT = "2GB"  # DIFFUREC_DUCKDB_MEMORY overrides; DuckDB spills the rest to disk
+DUCKDB_THREADS = 2  # DIFFUREC_DUCKDB_THREADS overrides
+
+
+@contextmanager
+def duckdb_session(work_dir) -> Iterator:
+    """A DuckDB connection whose database and spill files live in a fresh folder inside
+    work_dir (removed afterwards), with a memory limit, so a log larger than memory streams
+    through disk instead of failing. Timestamps are read in UTC."""
+    import duckdb
+
+    work_dir = Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix=".duckdb-", dir=work_dir))
+    con = duckdb.connect(str(folder / "work.duckdb"))
+    try:
+        con.execute(
+            f"SET memory_limit = {sql_text(os.environ.get('DIFFUREC_DUCKDB_MEMORY', DUCKDB_MEMORY_LIMIT))}"
+        )
+        con.execute(f"SET threads = {int(os.environ.get('DIFFUREC_DUCKDB_THREADS', DUCKDB_THREADS))}")
+        con.execute(f"SET temp_directory = {sql_text(str(folder / 'spill'))}")
+        con.execute("SET preserve_insertion_order = true")  # rowid = the order rows were read in
+        con.execute("SET TimeZone = 'UTC'")
+        yield con
+    finally:
+        con.close()
+        shutil.rmtree(folder, ignore_errors=True)
