@@ -13,7 +13,9 @@ def evaluate(model: Input[Model], splits: Input[Dataset], split: str, metrics: O
     import json
 
     from diffurec.cli import main
+    from diffurec.lineage import fill_run_identity
 
+    fill_run_identity(DIFFUREC_DATASET=splits.metadata.get("dataset"))
     if (
         main(
             [

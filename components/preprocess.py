@@ -13,7 +13,9 @@ def preprocess(raw: Input[Dataset], max_len: int, splits: Output[Dataset]):
     import os
 
     from diffurec.cli import main
+    from diffurec.lineage import fill_run_identity
 
+    fill_run_identity(DIFFUREC_DATASET=raw.metadata.get("dataset"))
     status = main(
         [
             "preprocess",
@@ -32,3 +34,5 @@ def preprocess(raw: Input[Dataset], max_len: int, splits: Output[Dataset]):
     stats = json.load(open(os.path.join(splits.path, "stats.json")))
     splits.metadata.update({key: stats[key] for key in ("users", "items", "interactions") if key in stats})
     splits.metadata["md5"] = dir_md5(splits.path)
+    if raw.metadata.get("dataset"):
+        splits.metadata["dataset"] = raw.metadata["dataset"]

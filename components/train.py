@@ -24,8 +24,9 @@ def train(
     import os
 
     from diffurec.cli import main
-    from diffurec.lineage import build_lineage, write_lineage
+    from diffurec.lineage import build_lineage, fill_run_identity, write_lineage
 
+    fill_run_identity(DIFFUREC_DATASET=data_params.get("dataset"))
     lineage_file = model.path + ".lineage.json"
     write_lineage(
         lineage_file,
@@ -56,6 +57,7 @@ def train(
             "preset": summary["preset"],
             "best_epoch": summary.get("best_epoch"),
             "epochs": summary.get("epochs_run", summary.get("epochs")),
+            "dataset": data_params.get("dataset"),
         }
     )
     png = os.path.join(model.path, "curve.png")

@@ -17,7 +17,11 @@ def validate(data: Input[Dataset], kind: str, report: Output[HTML], summary: Out
     import tempfile
 
     from diffurec.cli import main
+    from diffurec.lineage import fill_run_identity
 
+    # The dataset label of the step's Prometheus series (fetch and preprocess record it); not
+    # an input parameter, so that it stays out of the cache key.
+    fill_run_identity(DIFFUREC_DATASET=data.metadata.get("dataset"))
     out = tempfile.mkdtemp(prefix="validate-")
     if kind == "raw":
         command = ["validate", "--input", os.path.join(data.path, data.metadata["file"])]
@@ -51,6 +55,10 @@ def validate(data: Input[Dataset], kind: str, report: Output[HTML], summary: Out
                 f"<th>expectation</th><th>column</th><th>severity</th><th>result</th>"
                 f"</tr>{rows}</table></body></html>"
             )
+        # The Metrics artifact's file is the report JSON: an output without a file is never
+        # taken from kfp's local cache (it treats the missing file as a lost artifact).
+        with open(summary.path, "w") as out_file:
+            json.dump(result, out_file)
         summary.log_metric("expectations_evaluated", result["expectations_evaluated"])
         summary.log_metric("expectations_failed", result["failed"])
         summary.log_metric("expectations_warnings", result["warnings"])

@@ -23,6 +23,9 @@ from pathlib import Path
 
 from kfp import dsl, kubernetes
 
+from diffurec.lineage import CODE_MD5_ENV, IMAGE_ENV, PIPELINE_ENV, RUN_ID_ENV, RUN_NAME_ENV, source_md5
+
+from components import IMAGE
 from components.evaluate import evaluate
 from components.fetch import fetch_raw
 from components.gate import gate
@@ -55,6 +58,14 @@ SETTINGS_KEYS = (
 DVC_REMOTE_SECRET = "diffurec-dvc-remote"
 DVC_REMOTE_SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 DATA_PVC, DATA_MOUNT = "diffurec-data", "/data"
+# The run's identity on a cluster: KFP labels and annotates every pod of a run with them.
+RUN_FIELD_PATHS = {
+    RUN_ID_ENV: "metadata.labels['pipeline/runid']",
+    RUN_NAME_ENV: "metadata.annotations['pipelines.kubeflow.org/run_name']",
+}
+# Network steps: 3 more tries, 30 s, 60 s, 120 s apart (at most 5 min).
+NETWORK_RETRIES = 3
+NETWORK_BACKOFF = {"backoff_duration": "30s", "backoff_factor": 2.0, "backoff_max_duration": "300s"}
 SERVICE_ACCOUNT = "diffurec-pipeline-runner"
 
 
@@ -131,7 +142,10 @@ def build_pipeline(cluster: bool = True, params: dict | None = None):
         for task in (data_task, raw_task):
             kubernetes.mount_pvc(task, pvc_name=DATA_PVC, mount_path=DATA_MOUNT)
 
-        # Pure functions of their inputs: cached.
+        # Pure functions of their inputs: cached. KFP keys a task's cache on its input artifacts'
+        # ids, parameters, command and image: fetch_raw on the md5, so it returns the same raw
+        # artifact for the same data, and everything below hits the cache until the md5 or a
+        # parameter changes. Nothing per-run (the run id) is an input of these steps.
         raw_check = validate(data=raw_task.outputs["raw"], kind="raw")
         raw_check.set_display_name("validate raw log")
         splits_task = preprocess(raw=raw_task.outputs["raw"], max_len=max_len).after(raw_check)
@@ -140,7 +154,8 @@ def build_pipeline(cluster: bool = True, params: dict | None = None):
 
         # The data parameters, recorded with the train settings in the model's lineage.
         data_params = {"dataset": dataset, "source": source, "max_len": max_len}
-        # Training is the expensive step: cached on (data, parameters, image), on a GPU node.
+        # Training is the expensive step, on a GPU node: cached on the raw and splits artifacts
+        # (made from the md5), the settings and the data parameters.
         train_task = train_model(
             raw=raw_task.outputs["raw"],
             splits=splits_task.outputs["splits"],
@@ -183,6 +198,11 @@ def build_pipeline(cluster: bool = True, params: dict | None = None):
             metrics=eval_task.outputs["metrics"],
             registry_name=registry_name,
             tracking_uri=tracking_uri,
+            dataset=dataset,
+            data_version=data_task.outputs["commit"],
+            # KFP fills these in when the run starts (the local runner too): the version's tags.
+            kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+            kfp_run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
         ).set_caching_options(False)
         gate_task = gate(
             candidate=eval_task.outputs["metrics"],
@@ -198,32 +218,55 @@ def build_pipeline(cluster: bool = True, params: dict | None = None):
         # The condition tests a scalar; the decision artifact is made outside it.
         with dsl.If(gate_task.outputs["Output"] == True, name="gate-passed"):  # noqa: E712
             promote_task = promote(
-                decision=gate_task.outputs["decision"], registry_name=registry_name, tracking_uri=tracking_uri
+                decision=gate_task.outputs["decision"],
+                registry_name=registry_name,
+                tracking_uri=tracking_uri,
+                dataset=dataset,
+                kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+                kfp_run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
             ).set_caching_options(False)
         for task in (data_task, raw_task, register_task, gate_task, promote_task):
             task.set_cpu_request("500m").set_cpu_limit("2")
             task.set_memory_request("1G").set_memory_limit("4G")
 
+        every_task = (
+            data_task,
+            raw_task,
+            raw_check,
+            splits_task,
+            splits_check,
+            train_task,
+            baseline_task,
+            eval_task,
+            baseline_eval,
+            register_task,
+            gate_task,
+            promote_task,
+        )
+        if not cluster:
+            # kfp's local runner caches on a step's own source, arguments and environment; the
+            # library's code version joins them (on a cluster the image does).
+            code_md5 = source_md5(REPO / "diffurec")
+            for task in every_task:
+                task.set_env_variable(CODE_MD5_ENV, code_md5)
         if cluster:
-            for task in (
-                data_task,
-                raw_task,
-                raw_check,
-                splits_task,
-                splits_check,
-                train_task,
-                baseline_task,
-                eval_task,
-                baseline_eval,
-                register_task,
-                gate_task,
-                promote_task,
-            ):
+            for task in every_task:
                 kubernetes.use_config_map_as_env(
                     task, SETTINGS_CONFIG_MAP, {key: key for key in SETTINGS_KEYS}
                 )
                 task.set_env_variable("GX_ANALYTICS_ENABLED", "false")
                 task.set_env_variable("MLFLOW_ENABLE_TELEMETRY", "false")
+                # Who runs: constants of the spec (in the cache key, equal from run to run) and
+                # the run's id and name from the labels KFP puts on every pod (not in the cache
+                # key), so the Prometheus series of every step carry them (diffurec.lineage).
+                task.set_env_variable(PIPELINE_ENV, defaults["registry_name"])
+                task.set_env_variable(IMAGE_ENV, IMAGE)
+                for name, field_path in RUN_FIELD_PATHS.items():
+                    kubernetes.use_field_path_as_env(task, env_name=name, field_path=field_path)
+            # Steps that talk to a network service: a failure may be the service's, so retried.
+            # (Not in local runs: the local runner would retry a user error just as long.)
+            for task in (data_task, raw_task, register_task, gate_task, promote_task):
+                task.set_retry(num_retries=NETWORK_RETRIES, **NETWORK_BACKOFF)
             # Optional: a folder remote on the data volume, or a source, needs no credentials.
             kubernetes.use_secret_as_env(
                 raw_task, DVC_REMOTE_SECRET, {key: key for key in DVC_REMOTE_SECRET_KEYS}, optional=True

@@ -238,7 +238,14 @@ def run_local(pipeline_root: str, params_file: str | None, overrides: list[str])
     arguments, params = pipeline_arguments(root, params_file, overrides, local=True)
     artifacts = Path(pipeline_root) if Path(pipeline_root).is_absolute() else root / pipeline_root
     artifacts.mkdir(parents=True, exist_ok=True)
-    kfp.local.init(runner=kfp.local.SubprocessRunner(use_venv=False), pipeline_root=str(artifacts.resolve()))
+    # Cached like on a cluster: a rerun on the same data md5 and parameters (and the same
+    # diffurec code, diffurec.lineage.source_md5) takes the data and training steps from
+    # PIPELINE_ROOT/.kfp_cache and runs register, gate and promote again.
+    kfp.local.init(
+        runner=kfp.local.SubprocessRunner(use_venv=False),
+        pipeline_root=str(artifacts.resolve()),
+        enable_caching=True,
+    )
     # The steps run in subprocesses of this interpreter: make `diffurec` and its settings theirs.
     for name, value in tool_env().items():
         if name == "PATH" or name not in os.environ:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -14,6 +15,7 @@ from diffurec.cli import main
 from diffurec.errors import DiffuRecError
 
 DVC = [sys.executable, "-m", "dvc"]
+PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 
 
 def _git_repo(path):
@@ -136,3 +138,137 @@ def test_cli_lineage_bad_input_is_one_line(tmp_path, capsys):
     (tmp_path / "bad.json").write_text(json.dumps({"raw_data_md5": "x"}))
     with pytest.raises(DiffuRecError, match="bad.json: lineage has no 'splits_md5'"):
         lineage.read_lineage(tmp_path / "bad.json")
+
+
+# ---- the registry's lineage tags and `diffurec lineage` -------------------------------------
+
+
+@pytest.fixture(scope="module")
+def popularity_run(ml100k_splits, tmp_path_factory):
+    """A real popularity model on ML-100K with its lineage, trained and evaluated by the CLI."""
+    from promotion_models import train_with_cli
+
+    return train_with_cli(ml100k_splits.path, tmp_path_factory.mktemp("lineage") / "candidate")
+
+
+RUN_IDENTITY = {
+    "DIFFUREC_GIT_COMMIT": "0123456789abcdef0123456789abcdef01234567",
+    "DIFFUREC_IMAGE_REF": "ghcr.io/example/diffurec:0123456",
+    "DIFFUREC_RUN_ID": "5f1c2d3e-kfp-run-uuid",
+    "DIFFUREC_RUN_NAME": "retrain 2026-11-29",
+    "DIFFUREC_DATA_VERSION": "fedcba9876543210fedcba9876543210fedcba98",
+}
+
+
+def test_lineage_command_prints_the_chain(popularity_run, ml100k_splits, tmp_path, monkeypatch, capsys):
+    """register -> gate -> promote with the real commands on a sqlite MLflow store, the run's
+    identity in the environment as a Kubeflow task has it; `diffurec lineage` reads the chain
+    back, by number and by @champion, as text and as JSON."""
+    from promotion_models import fresh_tracking_uri
+
+    model_dir, metrics = popularity_run
+    uri = fresh_tracking_uri(tmp_path)
+    for name, value in RUN_IDENTITY.items():
+        monkeypatch.setenv(name, value)
+    # params.yaml's gate without its Prometheus checks; the candidate is its own baseline.
+    gate_section = {key: value for key, value in yaml.safe_load(PARAMS.read_text())["gate"].items()}
+    gate_section.pop("prometheus", None)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"gate": gate_section}))
+    registered, decision_file = tmp_path / "registered.json", tmp_path / "decision.json"
+    assert main(["register", "--model", str(model_dir), "--metrics", str(metrics), "--name", "rec",
+                 "--tracking-uri", uri, "--out", str(registered)]) == 0  # fmt: skip
+    version = json.loads(registered.read_text())["version"]
+    assert main(["gate", "--candidate", str(metrics), "--baseline", str(metrics),
+                 "--params", str(tmp_path / "params.yaml"),
+                 "--name", "rec", "--version", version, "--tracking-uri", uri,
+                 "--out", str(decision_file)]) == 0  # fmt: skip
+    decision = json.loads(decision_file.read_text())
+    assert decision["passed"] is True
+    assert main(["promote", "--name", "rec", "--decision", str(decision_file), "--tracking-uri", uri]) == 0
+    capsys.readouterr()
+
+    assert main(["lineage", "--name", "rec", "--version", "@champion", "--tracking-uri", uri, "--json"]) == 0
+    chain = json.loads(capsys.readouterr().out)
+    recorded = json.loads((model_dir / "train_summary.json").read_text())["lineage"]
+    assert chain["version"] == version and chain["aliases"] == ["champion"]
+    # The commit of the code that trained the model (the fixture's, recorded in its lineage).
+    assert chain["git_commit"] == recorded["git_commit"] and len(recorded["git_commit"]) == 40
+    assert chain["image"] == RUN_IDENTITY["DIFFUREC_IMAGE_REF"]
+    assert chain["kfp_run_id"] == RUN_IDENTITY["DIFFUREC_RUN_ID"]
+    assert chain["kfp_run_name"] == RUN_IDENTITY["DIFFUREC_RUN_NAME"]
+    assert chain["data_revision"] == RUN_IDENTITY["DIFFUREC_DATA_VERSION"]
+    # The data's md5s are DVC's, computed here from the splits folder itself.
+    assert chain["splits_md5"] == lineage.dir_md5(ml100k_splits.path) == recorded["splits_md5"]
+    assert chain["raw_data_md5"] == str(recorded["raw_data_md5"] or "unknown")
+    assert chain["params"] == recorded["params"]
+    assert chain["registered"]["version"] == version and chain["registered"]["mlflow_run_id"]
+    assert chain["gate"] == {
+        "decision_id": decision["decision_id"],
+        "passed": True,
+        "reason": decision["reason"],
+        "decided_at": decision["decided_at"],
+    }
+    assert chain["promotion"]["decision_id"] == decision["decision_id"]
+    assert chain["promotion"]["promoted_from"] == "none" and chain["promotion"]["override"] is False
+
+    assert main(["lineage", "--name", "rec", "--version", version, "--tracking-uri", uri]) == 0
+    text = capsys.readouterr().out
+    for expected in (
+        f"rec version {version} (@champion)",
+        f"git commit     {recorded['git_commit']}",
+        f"image          {RUN_IDENTITY['DIFFUREC_IMAGE_REF']}",
+        f"splits md5     {chain['splits_md5']}",
+        f"KFP run        {RUN_IDENTITY['DIFFUREC_RUN_ID']} ({RUN_IDENTITY['DIFFUREC_RUN_NAME']})",
+        f"gate           passed by decision {decision['decision_id']}",
+        f"by decision {decision['decision_id']}",
+    ):
+        assert expected in text, (expected, text)
+
+
+def test_lineage_command_bad_version_is_one_line(popularity_run, tmp_path, capsys):
+    """No champion yet, a version that does not exist, a malformed version: one line each, exit 2."""
+    from promotion_models import fresh_tracking_uri
+
+    model_dir, metrics = popularity_run
+    uri = fresh_tracking_uri(tmp_path)
+    assert main(["register", "--model", str(model_dir), "--metrics", str(metrics), "--name", "rec",
+                 "--tracking-uri", uri]) == 0  # fmt: skip
+    capsys.readouterr()
+    for version, expected in (("@champion", "has no alias 'champion'"), ("7", "rec"), ("v1", "'v1'")):
+        assert main(["lineage", "--name", "rec", "--version", version, "--tracking-uri", uri]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and expected in err[0], (version, err)
+    # An old version without the new tags: the chain says unknown, not a crash.
+    assert main(["lineage", "--name", "rec", "--version", "1", "--tracking-uri", uri, "--json"]) == 0
+    chain = json.loads(capsys.readouterr().out)
+    assert chain["gate"] is None and chain["promotion"] is None
+
+
+def test_fill_run_identity_keeps_what_is_set(monkeypatch):
+    """The pod's (or local runner's) run id wins over the placeholder value; unresolved
+    placeholders and empty values set nothing; unknown names are refused."""
+    monkeypatch.setenv("DIFFUREC_RUN_ID", "from-the-pod")
+    monkeypatch.delenv("DIFFUREC_RUN_NAME", raising=False)
+    monkeypatch.delenv("DIFFUREC_DATASET", raising=False)
+    identity = lineage.fill_run_identity(
+        DIFFUREC_RUN_ID="from-the-placeholder",
+        DIFFUREC_RUN_NAME="{{$.pipeline_job_name}}",
+        DIFFUREC_DATASET="ml-100k",
+    )
+    assert identity["DIFFUREC_RUN_ID"] == "from-the-pod" and identity["DIFFUREC_DATASET"] == "ml-100k"
+    assert "DIFFUREC_RUN_NAME" not in identity
+    lineage.fill_run_identity(DIFFUREC_RUN_NAME="run-7")
+    assert lineage.os.environ["DIFFUREC_RUN_NAME"] == "run-7"
+    with pytest.raises(ValueError, match="DIFFUREC_NOPE"):
+        lineage.fill_run_identity(DIFFUREC_NOPE="x")
+
+
+def test_source_md5_changes_with_the_code(tmp_path):
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "a.py").write_text("x = 1\n")
+    (tmp_path / "pkg" / "notes.txt").write_text("not code\n")
+    first = lineage.source_md5(tmp_path)
+    (tmp_path / "pkg" / "notes.txt").write_text("changed, still not code\n")
+    assert lineage.source_md5(tmp_path) == first
+    (tmp_path / "pkg" / "a.py").write_text("x = 2\n")
+    assert lineage.source_md5(tmp_path) != first

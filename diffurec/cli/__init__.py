@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 COMMAND_MODULES = (
     "diffurec.cli.data_commands",
     "diffurec.cli.data_version_commands",
+    "diffurec.cli.lineage_commands",
     "diffurec.cli.model_commands",
     "diffurec.cli.promotion_commands",
 )
