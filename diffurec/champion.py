@@ -14,6 +14,7 @@ from typing import Any
 
 from diffurec.errors import DiffuRecError
 from diffurec.gate import data_version, same_users
+from diffurec.metrics import check_identity, check_metric_values
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,7 @@ def champion_for(
     current = registry.get_version(name, alias="champion", mlflow_client=mlflow_client)
     if current is None:
         return None
+    check_metric_values(current["metrics"], f"champion {name} v{current['version']}'s registered metrics")
     champion = {
         "version": current["version"],
         "metrics": current["metrics"],
@@ -53,7 +55,11 @@ def champion_for(
             f"on {data_version(candidate)} ({candidate.get('split')}, {candidate.get('users')} "
             f"users): pass --splits DIR (the candidate's splits) to re-evaluate the champion"
         )
-    folder = registry.download_model_folder(f"models:/{name}/{current['version']}", tracking_uri=tracking_uri)
+    folder = registry.download_model_folder(
+        f"models:/{name}/{current['version']}",
+        tracking_uri=tracking_uri,
+        manifest_sha256=registered_manifest(current),
+    )
     result = reevaluate(folder, splits_dir, candidate)
     log.info("re-evaluated champion v%s on %s: %s", current["version"], splits_dir, result["metrics"])
     champion.update(
@@ -73,7 +79,7 @@ def reevaluate(model_dir: str | Path, splits_dir: str | Path, candidate: dict) -
     from diffurec.data.splits import load_splits
     from diffurec.evaluate import evaluate
     from diffurec.lineage import data_md5
-    from diffurec.model_folder import load_model_folder
+    from diffurec.model_folder import ITEM_MAP_FILE, check_item_map, load_model_folder
 
     splits = load_splits(splits_dir)
     if candidate.get("users") is not None and splits.num_users != candidate["users"]:
@@ -81,7 +87,7 @@ def reevaluate(model_dir: str | Path, splits_dir: str | Path, candidate: dict) -
             f"{splits_dir}: {splits.num_users} users, but the candidate was "
             f"evaluated on {candidate['users']}: not the candidate's splits"
         )
-    expected = data_version(candidate)
+    expected = candidate.get("splits_md5") or data_version(candidate)
     if expected:
         found = data_md5(splits_dir)
         if found != expected:
@@ -89,10 +95,60 @@ def reevaluate(model_dir: str | Path, splits_dir: str | Path, candidate: dict) -
                 f"{splits_dir}: data version {found}, but the candidate was "
                 f"evaluated on {expected}: not the candidate's splits"
             )
-    model = load_model_folder(model_dir)
+    model = load_model_folder(model_dir)  # verifies it against its manifest
+    check_item_map(model_dir, splits.item_ids, Path(splits_dir) / ITEM_MAP_FILE)
     settings = candidate.get("settings") or {}
     options = {key: settings[key] for key in REEVALUATION_SETTINGS if settings.get(key) is not None}
     return evaluate(model, splits, split=candidate.get("split", "test"), **options)
+
+
+def registered_manifest(version: dict) -> str:
+    """The manifest digest a registered version was registered with (its `manifest_sha256` tag)."""
+    digest = version["tags"].get("manifest_sha256")
+    if not digest:
+        raise DiffuRecError(
+            f"registered model {version['name']} v{version['version']} has no manifest_sha256 tag "
+            "(registered before models carried a checksum): register the model folder again"
+        )
+    return digest
+
+
+def check_candidate(
+    candidate: dict,
+    source: str,
+    version: dict | None = None,
+    baseline: dict | None = None,
+    baseline_source: str = "",
+    splits_dir: str | Path | None = None,
+) -> None:
+    """Refuse a candidate's metrics that do not describe what the gate is asked about: with a
+    registered `version`, metrics of another model (manifest digest) or other data than the
+    version was registered with; a baseline or `splits_dir` of other data than the candidate's."""
+    from diffurec.lineage import data_md5
+
+    measured = candidate.get("splits_md5")
+    if version is not None:
+        check_identity(
+            candidate,
+            source,
+            manifest_sha256=registered_manifest(version),
+            splits_md5=version["tags"].get("splits_md5") or None,
+            expected_from=f"registered model {version['name']} v{version['version']}",
+        )
+    elif measured is not None:
+        check_identity(candidate, source)  # its own lineage must record these splits
+    if baseline is not None and measured and baseline.get("splits_md5") not in (None, measured):
+        raise DiffuRecError(
+            f"{baseline_source}: measured on splits {baseline['splits_md5']}, the candidate on "
+            f"{measured}: not the candidate's data"
+        )
+    if splits_dir is not None and measured:
+        found = data_md5(splits_dir)
+        if found != measured:
+            raise DiffuRecError(
+                f"{splits_dir}: data version {found}, but the candidate was "
+                f"evaluated on {measured}: not the candidate's splits"
+            )
 
 
 def same_metrics(registered: dict, candidate: dict) -> bool:

@@ -199,20 +199,34 @@ def evaluate_folder(
     threads: int | None = None,
 ) -> tuple[dict, Splits]:
     """`evaluate` of a model folder on a splits folder: the metrics JSON (docs/formats.md) with
-    the folder, the splits and the model's lineage filled in, and the splits it read."""
+    the folder, the splits and the model's lineage filled in, and the splits it read.
+
+    The folder must match its manifest and the splits' items must be the model's (same ids at
+    the same indices); the result records both identities (model.manifest_sha256, splits_md5)."""
     from diffurec import device as devices
     from diffurec.data.splits import load_splits
-    from diffurec.model_folder import load_model_folder, read_summary
+    from diffurec.lineage import data_md5
+    from diffurec.model_folder import (
+        ITEM_MAP_FILE,
+        check_item_map,
+        load_model_folder,
+        read_config,
+        read_summary,
+        verify_manifest,
+    )
 
     on = devices.choose_device(device)
     devices.configure(on, threads)
-    model = load_model_folder(model_dir, on)
+    read_config(model_dir)  # a folder of another kind: say so before the manifest's complaint
+    manifest_sha256 = verify_manifest(model_dir)
+    model = load_model_folder(model_dir, on, verify=False)
     splits = load_splits(splits_dir)
     if model.config["num_items"] != splits.num_items:
         raise DiffuRecError(
             f"{Path(model_dir) / 'config.json'}: model has {model.config['num_items']} items "
             f"but splits {splits.path} have {splits.num_items}"
         )
+    check_item_map(model_dir, splits.item_ids, Path(splits_dir) / ITEM_MAP_FILE)
     try:
         result = evaluate(
             model,
@@ -227,6 +241,8 @@ def evaluate_folder(
     except ValueError as error:  # e.g. reverse steps out of range
         raise DiffuRecError(f"evaluate {model_dir}: {error}") from None
     result["model"]["folder"] = str(model_dir)
+    result["model"]["manifest_sha256"] = manifest_sha256
     result["splits"] = str(splits_dir)
+    result["splits_md5"] = data_md5(splits_dir)
     result["lineage"] = read_summary(model_dir).get("lineage", {})
     return result, splits

@@ -49,7 +49,7 @@ from pathlib import Path
 from diffurec import prometheus
 from diffurec.errors import DiffuRecError, located
 from diffurec.files import read_json_object, read_params, write_json_atomic
-from diffurec.metrics import METRIC_KEYS
+from diffurec.metrics import METRIC_KEYS, check_metric_values
 
 METRIC_SECTIONS = ("min", "min_margin_over_popularity", "max_drop_vs_champion")
 THRESHOLD_SECTIONS = (*METRIC_SECTIONS, "prometheus")
@@ -181,6 +181,7 @@ def read_metrics(path: str | Path) -> dict:
         _number(metrics[key], f"{path}: metrics.{key}")
     if data.get("unit", "percent") != "percent":
         raise located(path, f"unit is {data.get('unit')!r}, expected 'percent'")
+    check_metric_values(data, str(path))
     return data
 
 
@@ -590,7 +591,7 @@ def gate_candidate(
     tagged when they fail closed (see run_prometheus_checks).
     """
     from diffurec import registry
-    from diffurec.champion import champion_for, same_metrics
+    from diffurec.champion import champion_for, check_candidate, same_metrics
 
     if not (math.isfinite(prometheus_deadline) and prometheus_deadline > 0):
         raise DiffuRecError(f"--prometheus-timeout: expected seconds > 0, got {prometheus_deadline!r}")
@@ -609,6 +610,10 @@ def gate_candidate(
                 f"{candidate_path}: these metrics are not the ones registered "
                 f"with {name} v{target['version']}; pass the matching --version"
             )
+    # Metrics of another model or other data than the version, baseline and --splits: refused.
+    check_candidate(
+        candidate, str(candidate_path), target if name else None, baseline, str(baseline_path), splits_dir
+    )
     # Before the champion's (possibly slow) re-evaluation: an unreachable Prometheus ends it.
     prometheus_outcome = run_prometheus_checks(
         thresholds["prometheus"],

@@ -113,22 +113,22 @@ def top_k_items(
 
 
 def recommend_to_file(
-    model_dir,
-    out,
-    splits_dir=None,
-    histories_path=None,
+    model_dir: str | Path,
+    out: str | Path,
+    splits_dir: str | Path | None = None,
+    histories_path: str | Path | None = None,
     top_k: int = 10,
     mask_history: bool = False,
     reverse_steps: int | None = None,
     batch_size: int = 1024,
     seed: int = 1997,
-    device="cpu",
+    device: str | torch.device = "cpu",
 ) -> dict:
     """Load a model folder, build the histories, write the recommendations TSV atomically."""
-    from diffurec.model_folder import load_model_folder, read_item_map
+    from diffurec.model_folder import ITEM_MAP_FILE, check_item_map, load_model_folder, read_item_map
 
-    model = load_model_folder(model_dir, device)
-    item_ids = read_item_map(Path(model_dir) / "item_map.tsv")
+    model = load_model_folder(model_dir, device)  # verifies the folder against its manifest
+    item_ids = read_item_map(Path(model_dir) / ITEM_MAP_FILE)
     if len(item_ids) != model.config["num_items"]:
         raise DiffuRecError(
             f"{Path(model_dir) / 'item_map.tsv'}: {len(item_ids)} items, config.json says "
@@ -138,10 +138,7 @@ def recommend_to_file(
         from diffurec.data.splits import load_splits
 
         splits = load_splits(splits_dir)
-        if splits.item_ids != item_ids:
-            raise DiffuRecError(
-                f"{Path(splits_dir) / 'item_map.tsv'}: item ids differ from the model's item_map.tsv"
-            )
+        check_item_map(model_dir, splits.item_ids, Path(splits_dir) / ITEM_MAP_FILE)
         users = splits.user_ids
         items, offsets = np.asarray(splits.seq_items), np.asarray(splits.seq_offsets)
     else:

@@ -82,11 +82,21 @@ def register_model_folder(
     """
     from diffurec.gate import data_version, read_metrics
     from diffurec.lineage import git_commit
-    from diffurec.model_folder import read_config, read_summary
+    from diffurec.metrics import check_identity
+    from diffurec.model_folder import MANIFEST_FILE, read_config, read_summary, verify_manifest
 
     config = read_config(model_dir)
+    manifest_sha256 = verify_manifest(model_dir)
     summary = read_summary(model_dir)
     metrics_json = read_metrics(metrics_path)
+    # The metrics must describe this folder, measured on the splits it was trained on.
+    check_identity(
+        metrics_json,
+        str(metrics_path),
+        manifest_sha256=manifest_sha256,
+        splits_md5=(summary.get("lineage") or {}).get("splits_md5"),
+        expected_from=f"{Path(model_dir) / MANIFEST_FILE} and its train_summary.json",
+    )
     lineage = {**(summary.get("lineage") or {}), **(metrics_json.get("lineage") or {})}
     if not lineage.get("git_commit"):
         lineage["git_commit"] = git_commit()[0]
@@ -102,6 +112,7 @@ def register_model_folder(
         "metrics": json.dumps(metrics_json["metrics"], sort_keys=True),
         "eval_settings": json.dumps(metrics_json.get("settings") or {}, sort_keys=True),
         "lineage": json.dumps(lineage, sort_keys=True, default=str)[:5000],
+        "manifest_sha256": manifest_sha256,
     }
     for key in METRIC_KEYS:
         tags[metric_name(key)] = repr(float(metrics_json["metrics"][key]))
@@ -124,7 +135,7 @@ def register_model_folder(
         ]
         metrics = [Metric(metric_name(key), float(metrics_json["metrics"][key]), 0, 0) for key in METRIC_KEYS]
         mlflow_client.log_batch(run_id, metrics=metrics, params=params)
-        mlflow_client.log_artifacts(run_id, str(model_dir), ARTIFACT_PATH)
+        _upload_verified(mlflow_client, run_id, model_dir, manifest_sha256)
         mlflow_client.log_dict(run_id, metrics_json, "metrics.json")
         mlflow_client.set_terminated(run_id)
     except Exception:
@@ -142,6 +153,20 @@ def register_model_folder(
         "source": source,
         "tracking_uri": uri,
     }
+
+
+def _upload_verified(mlflow_client: Any, run_id: str, model_dir: str | Path, manifest_sha256: str) -> None:
+    """Upload the manifest's files of `model_dir` as the run's `model/` artifacts: a verified
+    copy, so exactly the bytes the manifest lists travel (no link followed, no unlisted file)."""
+    import tempfile
+
+    from diffurec.model_folder import MANIFEST_FILE, ManifestMismatch, copy_verified
+
+    with tempfile.TemporaryDirectory(prefix="diffurec-register-") as staging:
+        copy = Path(staging) / ARTIFACT_PATH
+        if copy_verified(model_dir, copy) != manifest_sha256:
+            raise ManifestMismatch(Path(model_dir), MANIFEST_FILE, "changed while registering; try again")
+        mlflow_client.log_artifacts(run_id, str(copy), ARTIFACT_PATH)
 
 
 def _ensure_registered_model(mlflow_client: Any, name: str) -> None:
@@ -200,24 +225,66 @@ def get_version(
 
 
 def download_model_folder(
-    model_uri: str, tracking_uri: str | None = None, dst: str | Path | None = None
+    model_uri: str,
+    tracking_uri: str | None = None,
+    dst: str | Path | None = None,
+    manifest_sha256: str | None = None,
 ) -> Path:
-    """Download a registered model folder, e.g. `models:/diffurec@champion`; return its path."""
+    """Download a registered model folder, e.g. `models:/diffurec@champion`; return its path
+    (`dst`, which must be absent or empty, else a new temporary folder).
+
+    The download must match its manifest (and, when given, have the manifest digest
+    `manifest_sha256`, the version's tag): otherwise nothing is left behind and the error names
+    the file."""
+    import shutil
     import tempfile
 
     import mlflow
+
+    from diffurec.model_folder import MANIFEST_FILE, ManifestMismatch, verify_manifest
 
     uri = resolve_tracking_uri(tracking_uri)
     client(uri)  # fails with one clear line on a bad store
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
-    target = Path(dst) if dst is not None else Path(tempfile.mkdtemp(prefix="diffurec-model-"))
-    target.mkdir(parents=True, exist_ok=True)
+    target = Path(dst) if dst is not None else None
+    if target is not None:
+        if target.exists() and (not target.is_dir() or any(target.iterdir())):
+            raise DiffuRecError(f"{target}: exists and is not an empty folder (where the model would go)")
+        target.parent.mkdir(parents=True, exist_ok=True)
+    # Downloaded into a fresh folder and verified there: a copy that fails leaves nothing behind.
+    staging = Path(
+        tempfile.mkdtemp(
+            prefix=f".{target.name}.download-" if target else "diffurec-model-",
+            dir=target.parent if target else None,
+        )
+    )
     try:
-        path = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(target))
-    except Exception as error:
-        raise DiffuRecError(f"cannot load {model_uri}: {_first_line(error)}") from error
-    return Path(path)
+        try:
+            path = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(staging)))
+        except Exception as error:
+            raise DiffuRecError(f"cannot load {model_uri}: {_first_line(error)}") from error
+        try:
+            digest = verify_manifest(path)
+        except ManifestMismatch as error:
+            raise DiffuRecError(f"{model_uri}: {error.file}: {error.problem} (the stored copy)") from None
+        except DiffuRecError as error:
+            raise DiffuRecError(f"{model_uri}: {error}") from None
+        if manifest_sha256 is not None and digest != manifest_sha256:
+            raise DiffuRecError(
+                f"{model_uri}: {MANIFEST_FILE} has sha256 {digest}, the registry recorded "
+                f"{manifest_sha256}: the stored copy is another model folder"
+            )
+        if target is None:
+            return path
+        if target.exists():
+            target.rmdir()  # empty, checked above
+        path.rename(target)
+        shutil.rmtree(staging, ignore_errors=True)  # what is left of it, if `path` was inside
+        return target
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
 
 
 def set_version_tags(

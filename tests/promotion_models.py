@@ -55,7 +55,7 @@ def train_with_cli(splits_dir: Path, folder: Path) -> tuple[Path, Path]:
 
 def fit_on_first(splits, samples: int, folder: Path) -> tuple[Path, Path]:
     """Popularity fitted on the first `samples` training samples: (model folder, metrics JSON)."""
-    from diffurec.evaluate import evaluate
+    from diffurec.evaluate import evaluate_folder
     from diffurec.model_folder import save_model_folder
     from diffurec.models import build_model
 
@@ -69,8 +69,8 @@ def fit_on_first(splits, samples: int, folder: Path) -> tuple[Path, Path]:
         item_map_path=Path(splits.path) / "item_map.tsv",
         summary={"fitted_on_samples": samples, "lineage": lineage},
     )
-    result = evaluate(model, splits, split="test", progress=False)
-    result["lineage"] = lineage
+    # The evaluator's own metrics JSON: bound to the folder's manifest and the splits' md5.
+    result = evaluate_folder(model_dir, splits.path, split="test", device="cpu")[0]
     metrics = folder / "metrics.json"
     metrics.write_text(json.dumps(result))
     return model_dir, metrics

@@ -164,6 +164,7 @@ def test_popularity_trains_to_the_same_folder_format(splits_dir, tmp_path):
         "curve.json",
         "curve.png",
         "item_map.tsv",
+        "manifest.json",
         "model.safetensors",
         "train_summary.json",
     ]

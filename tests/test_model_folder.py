@@ -11,7 +11,13 @@ import torch
 from trainer_data import TINY_DIFFUREC, TINY_SASREC
 
 from diffurec.errors import DiffuRecError
-from diffurec.model_folder import load_model_folder, read_config, read_item_map, save_model_folder
+from diffurec.model_folder import (
+    load_model_folder,
+    read_config,
+    read_item_map,
+    save_model_folder,
+    write_manifest,
+)
 from diffurec.models import build_model
 
 ITEMS, MAX_LEN = 40, 12
@@ -56,6 +62,7 @@ def test_round_trip_gives_the_same_scores(tmp_path, name, preset, hyper):
         "curve.json",
         "curve.png",
         "item_map.tsv",
+        "manifest.json",
         "model.safetensors",
         "train_summary.json",
     ]
@@ -101,6 +108,10 @@ def test_bad_folders_give_one_line_errors(tmp_path):
     folder = save_model_folder(tmp_path / "m", model, item_ids=[str(i) for i in range(ITEMS)])
     config = json.loads((folder / "config.json").read_text())
     (folder / "config.json").write_text(json.dumps({**config, "num_items": ITEMS + 1}))
+    with pytest.raises(DiffuRecError, match="config.json: sha256 differs from manifest.json"):
+        load_model_folder(folder)
+    # Sealed again (as if trained so), the loader's own checks speak.
+    write_manifest(folder)
     with pytest.raises(DiffuRecError, match="model.safetensors: weights do not match config.json"):
         load_model_folder(folder)
     (folder / "config.json").write_text(json.dumps({**config, "format": "something-else"}))
@@ -110,6 +121,10 @@ def test_bad_folders_give_one_line_errors(tmp_path):
     with pytest.raises(DiffuRecError, match=r"config.json, row 2, column 13: not valid JSON"):
         load_model_folder(folder)
     (folder / "config.json").write_text(json.dumps(config))
+    write_manifest(folder)
     (folder / "model.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(DiffuRecError, match="model.safetensors: sha256 differs from manifest.json"):
+        load_model_folder(folder)
+    write_manifest(folder)
     with pytest.raises(DiffuRecError, match="model.safetensors: unreadable"):
         load_model_folder(folder)

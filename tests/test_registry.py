@@ -9,6 +9,7 @@ import pytest
 from diffurec import registry
 from diffurec.cli import main
 from diffurec.errors import DiffuRecError
+from diffurec.model_folder import write_manifest
 from promotion_models import fresh_tracking_uri, train_with_cli
 
 
@@ -172,6 +173,8 @@ def test_without_a_recorded_commit_the_registry_takes_diffurec_git_commit(
     (folder / "train_summary.json").write_text(json.dumps(summary))
     metrics = json.loads(metrics_path.read_text())
     metrics["lineage"].pop("git_commit", None)
+    # As if trained without a commit: sealed again, and its metrics name the new manifest.
+    metrics["model"]["manifest_sha256"] = write_manifest(folder)
     (tmp_path / "metrics.json").write_text(json.dumps(metrics))
     monkeypatch.setenv("DIFFUREC_GIT_COMMIT", "0123abcd" * 5)
     registry.register_model_folder(folder, tmp_path / "metrics.json", "pop", tracking_uri)
