@@ -1,5 +1,7 @@
 # The DiffuRec image: every pipeline step, the PyTorchJob and the MLflow server run it.
-#   podman build -t ghcr.io/diffurec/diffurec:0.1.0 .        (or docker build)
+#   podman build -t ghcr.io/diffurec/diffurec:0.1.0 \
+#     --build-arg GIT_COMMIT="$(git rev-parse HEAD)" \
+#     --build-arg IMAGE_REF=ghcr.io/diffurec/diffurec:0.1.0 .   (or docker build)
 #   podman run --rm ghcr.io/diffurec/diffurec:0.1.0 --help
 # BASE_IMAGE is a CUDA build of PyTorch; its torch is kept as it is: requirements.txt pins
 # torch==2.13.0 for the CPU machines, so that line is dropped from the install below.
@@ -42,6 +44,15 @@ RUN python -m pip install --no-deps . \
     && python -m pip check \
     && useradd --create-home --uid 1000 --user-group --shell /usr/sbin/nologin diffurec \
     && diffurec --version
+
+# The commit the image is built from and its own name: every model trained or registered in
+# it records them (diffurec.lineage; there is no .git in the image). CI passes both. Last, so
+# that a new commit rebuilds no layer above.
+ARG GIT_COMMIT=""
+ARG IMAGE_REF=""
+LABEL org.opencontainers.image.revision="${GIT_COMMIT}"
+ENV DIFFUREC_GIT_COMMIT="${GIT_COMMIT}" \
+    DIFFUREC_IMAGE_REF="${IMAGE_REF}"
 
 USER 1000:1000
 WORKDIR /home/diffurec

@@ -5,12 +5,14 @@ end on a real ML-100K slice (the gate's branch taken or skipped as the threshold
 from __future__ import annotations
 
 import json
+import re
 import socket
 
 import pytest
 import yaml
 
 from diffurec.cli import main
+from diffurec.lineage import source_md5
 
 from pipeline_clone import VENV_BIN, champion_version, registered_versions, run, tool_env, write_slice
 
@@ -39,12 +41,8 @@ def test_compiled_spec_is_up_to_date(tmp_path, repo_root):
 def test_spec_gpu_caching_condition_and_parameters(repo_root):
     spec, platform = _spec(repo_root)
     tasks = spec["root"]["dag"]["tasks"]
-    # Caching: off where the step reads or changes outside state, on for pure steps.
-    caching = {name: task.get("cachingOptions", {}).get("enableCache", False) for name, task in tasks.items()}
-    assert caching["fetch-raw"] is False and caching["register"] is False
-    assert caching["gate"] is False
-    assert caching["train"] is True and caching["preprocess"] is True
-    assert caching["evaluate"] is True and caching["validate"] is True
+    # Caching (fetch_raw now cached on the resolved md5), retries, run identity:
+    # tests/test_pipeline_cache.py.
     # promote runs only inside the condition on the gate's scalar output.
     condition = next(task for name, task in tasks.items() if name.startswith("condition"))
     assert "gate" in condition["dependentTasks"]
@@ -116,6 +114,7 @@ def test_local_run_takes_or_skips_the_promote_branch(tmp_path, repo_root, shared
     runs = sorted((tmp_path / "kfp").glob("diffurec-train-evaluate-promote-*"))
     assert len(runs) == 1 and (runs[0] / "promote" / "executor_output.json").is_file()
     assert champion_version(uri, NAME) == "1"
+    code_md5 = source_md5(repo_root / "diffurec")
 
     # Above any possible HR@10 (percent). The candidate is the popularity model this time: the
     # branch depends on the gate only, and DiffuRec's training ran in the first run already.
@@ -130,6 +129,24 @@ def test_local_run_takes_or_skips_the_promote_branch(tmp_path, repo_root, shared
     assert set(versions) == {"1", "2"}
     assert versions["2"].get("gate_passed") == "false"
     assert champion_version(uri, NAME) == "1"
+
+    # Lineage: each version names the kfp run that registered it (KFP's placeholder resolves
+    # to the run's folder name; the run id is the local runner's, every step's Prometheus `run`
+    # label), and the data revision resolve_data read.
+    for version, run_dir in (("1", runs[0]), ("2", runs[1])):
+        tags = versions[version]
+        assert tags["kfp_run_name"] == run_dir.name, tags
+        assert tags["kfp_run_id"].startswith("kfp-local-"), tags
+        resolved = json.loads((run_dir / "resolve-data" / "executor_output.json").read_text())
+        assert tags["data_revision"] == (resolved["parameterValues"]["commit"] or "unknown")
+        assert tags["splits_md5"] == tags["data_version"] != "unknown"
+        assert json.loads(tags["params"])["data"]["dataset"] == "ml-100k"
+    assert versions["1"]["kfp_run_name"] != versions["2"]["kfp_run_name"]
+    # Caching: the same data and data parameters, another candidate model: the second run took
+    # the data steps and the popularity baseline from kfp's local cache and re-ran the rest.
+    if source_md5(repo_root / "diffurec") == code_md5:  # else the library changed meanwhile: a miss
+        hits = set(re.findall(r"Task (\S+) cache hit", output))
+        assert hits == {"fetch-raw", "validate", "preprocess", "validate-2", "train-2", "evaluate-2"}, hits
 
 
 def test_submit_unreachable_endpoint_is_one_line(capsys):
@@ -152,3 +169,39 @@ def test_submit_needs_a_host_and_valid_overrides(monkeypatch, capsys):
     # A train setting is checked before anything is submitted.
     assert main(["pipeline", "submit", "--host", "http://127.0.0.1:1", "--set", "train.epochs=x"]) == 2
     assert "epochs: expected int" in capsys.readouterr().err
+
+
+def _dockerfile_instructions(text: str) -> list[tuple[str, str]]:
+    """(KEYWORD, arguments) per instruction, continuation lines joined, comments left out."""
+    instructions: list[tuple[str, str]] = []
+    pending = ""
+    for line in text.splitlines():
+        if not pending and (not line.strip() or line.lstrip().startswith("#")):
+            continue
+        pending += line.rstrip().removesuffix("\\") + " "
+        if not line.rstrip().endswith("\\"):
+            keyword, _, rest = pending.strip().partition(" ")
+            instructions.append((keyword.upper(), " ".join(rest.split())))
+            pending = ""
+    return instructions
+
+
+def test_image_carries_its_commit_and_name_from_the_retrain_build(repo_root):
+    """Lineage in a container: the build arguments GIT_COMMIT and IMAGE_REF become
+    DIFFUREC_GIT_COMMIT and DIFFUREC_IMAGE_REF (after the dependency and code layers, so a new
+    commit rebuilds none of them), and the retrain workflow passes the commit and the image's
+    name. Read statically: no image builder runs here."""
+    instructions = _dockerfile_instructions((repo_root / "Dockerfile").read_text())
+    keywords = [keyword for keyword, _ in instructions]
+    arg = instructions.index(("ARG", 'GIT_COMMIT=""'))
+    assert ("ARG", 'IMAGE_REF=""') in instructions
+    env = next(rest for keyword, rest in instructions[arg:] if keyword == "ENV")
+    assert 'DIFFUREC_GIT_COMMIT="${GIT_COMMIT}"' in env and 'DIFFUREC_IMAGE_REF="${IMAGE_REF}"' in env
+    assert arg > max(i for i, keyword in enumerate(keywords) if keyword in ("RUN", "COPY"))
+    retrain = yaml.safe_load((repo_root / ".github" / "workflows" / "retrain.yml").read_text())
+    build = next(
+        s for s in retrain["jobs"]["image"]["steps"] if "docker/build-push-action" in s.get("uses", "")
+    )
+    build_args = dict(line.split("=", 1) for line in build["with"]["build-args"].splitlines())
+    assert build_args["GIT_COMMIT"] == "${{ github.sha }}"
+    assert build_args["IMAGE_REF"] == build["with"]["tags"] == "${{ steps.name.outputs.image }}"
