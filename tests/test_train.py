@@ -31,6 +31,7 @@ from diffurec.train import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
+FREEZE = 1e-30  # StepLR gamma: after epoch 1 the lr is too small to move a float32 weight
 
 
 @pytest.fixture(scope="module")
@@ -110,10 +111,11 @@ def test_stop_rules_differ_on_an_improvement_outside_ndcg10():
 
 
 def test_patience_stops_training_and_keeps_the_best_weights(tiny_splits, tmp_path):
-    # lr 0 after the first epoch (StepLR gamma 0) freezes the weights, so validation cannot
+    # lr 1e-32 after the first epoch (StepLR gamma FREEZE; the settings want a positive gamma)
+    # moves no float32 weight (Adam steps of about lr, far below their rounding), so validation cannot
     # improve any more: with patience 2 the run must stop after epoch 3, best epoch 1.
     summary = train(
-        tiny_splits, tmp_path / "model", tiny_settings(epochs=10, lr_step=1, lr_gamma=0.0, patience=2)
+        tiny_splits, tmp_path / "model", tiny_settings(epochs=10, lr_step=1, lr_gamma=FREEZE, patience=2)
     )
     assert summary["stop_reason"] == "patience"
     assert summary["epochs_run"] == 3 and summary["best_epoch"] == 1
@@ -286,7 +288,7 @@ SUMMARY_KEYS = [
 def test_a_run_stopped_by_patience_resumes_to_the_same_folder(tiny_splits, tmp_path):
     # as in the patience test: frozen weights after epoch 1, so the run stops after epoch 3
     settings = tiny_settings(
-        epochs=10, lr_step=1, lr_gamma=0.0, patience=2, checkpoint_dir=str(tmp_path / "ck")
+        epochs=10, lr_step=1, lr_gamma=FREEZE, patience=2, checkpoint_dir=str(tmp_path / "ck")
     )
     first = train(tiny_splits, tmp_path / "first", settings)
     assert list(first) == SUMMARY_KEYS
