@@ -303,6 +303,21 @@ def temporary_sibling(folder: Path) -> Path:
 
 
 @contextmanager
+def scratch_folder(path: str | os.PathLike) -> Iterator[Path]:
+    """A working folder beside `path` (on its disk, e.g. for spill files), removed at the end,
+    on an exception, Ctrl-C or SIGTERM; named like atomic_folder's temporary, so what a
+    kill -9 leaves is removed by the next run writing `path`."""
+    path = Path(path)
+    _make_parent(path)
+    with _termination_raises():
+        folder = temporary_sibling(path)
+        try:
+            yield folder
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextmanager
 def atomic_folder(folder: str | os.PathLike) -> Iterator[Path]:
     """Yield an empty temporary sibling of `folder`; on success it replaces `folder`.
 

@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -446,6 +447,29 @@ def test_the_next_run_removes_what_a_killed_writer_left(
     assert main(["-q", "preprocess", "--input", str(log), "--out", str(out)]) == 0
     assert not tmp.exists()  # ... but the next run does
     assert sorted(p.name for p in tmp_path.iterdir()) == ["log.txt", "splits"]
+
+
+def test_a_preprocess_killed_mid_run_is_cleaned_up_by_the_next(tmp_path: Path) -> None:
+    """The real command, killed with SIGKILL while its temporary folder (DuckDB's work files,
+    then the splits being written) exists beside the output; the next run removes it."""
+    log = tmp_path / "log.csv"
+    rng = random.Random(1)
+    rows = "".join(f"{rng.randrange(5000)},{rng.randrange(2000)},{10**9 + i}\n" for i in range(100_000))
+    log.write_text("user_id,item_id,timestamp\n" + rows)
+    out = tmp_path / "splits"
+    argv = [sys.executable, "-m", "diffurec", "-q", "preprocess", "--input", str(log), "--out", str(out)]
+    run = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=REPO)
+    deadline = time.monotonic() + 120
+    while not (left := list(tmp_path.glob(".splits.tmp-*"))) and run.poll() is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    assert left, "preprocess ended before its temporary folder was seen"
+    run.kill()
+    run.wait(timeout=30)
+    assert all(path.exists() for path in left) and not out.exists()
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["log.csv", "splits"]
 
 
 def test_a_live_writers_temporary_folder_is_left_alone(tmp_path: Path) -> None:

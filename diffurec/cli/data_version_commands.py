@@ -13,6 +13,8 @@ import argparse
 import json
 from typing import Any
 
+from diffurec.cli import add_force, check_flags
+
 
 # The telemetry step of each subcommand (monitoring/README.md): `data pull` is the pipeline's
 # fetch step, whichever way it gets the raw log.
@@ -49,6 +51,7 @@ def register(subparsers: Any) -> None:
         "--deadline", type=float, default=600.0, help="seconds for a clone at most (default 600)"
     )
     resolve.add_argument("--out", metavar="JSON", help="write the JSON here (default: print it)")
+    add_force(resolve, "a file that is not a JSON object")
     resolve.set_defaults(func=run_resolve)
 
     pull = commands.add_parser(
@@ -60,6 +63,7 @@ def register(subparsers: Any) -> None:
     )
     pull.add_argument("--md5", required=True, help="the raw log's md5 (from `diffurec data resolve`)")
     pull.add_argument("--out", required=True, metavar="FILE", help="where to write the raw log")
+    add_force(pull, None)
     pull.add_argument("--repo", metavar="DIR", help="repository whose default remote to use (default: here)")
     pull.add_argument("--remote", metavar="NAME", help="a remote of that repository's .dvc/config by name")
     pull.add_argument(
@@ -91,7 +95,12 @@ def describe_data(args: argparse.Namespace) -> dict[str, Any]:
 
 def run_resolve(args: argparse.Namespace) -> dict[str, Any]:
     from diffurec.data.remote import resolve_data
-    from diffurec.files import write_json_atomic
+    from diffurec.files import prepare_output, write_json_atomic
+    from diffurec.train_settings import POSITIVE
+
+    check_flags(args, {"deadline": POSITIVE})
+    if args.out:
+        prepare_output(args.out, kind="file", inputs=[args.repo], force=args.force, written_by="json")
 
     found = resolve_data(args.rev, source=args.source, repo=args.repo, deadline_s=args.deadline)
     if args.out:
@@ -104,6 +113,11 @@ def run_resolve(args: argparse.Namespace) -> dict[str, Any]:
 
 def run_pull(args: argparse.Namespace) -> dict[str, Any]:
     from diffurec.data.remote import pull_raw, remote_settings
+    from diffurec.files import prepare_output
+    from diffurec.train_settings import POSITIVE
+
+    check_flags(args, {"deadline": POSITIVE})
+    prepare_output(args.out, kind="file", inputs=[], force=args.force)
 
     settings = remote_settings(args.repo, args.remote) if args.repo or args.remote else None
     found = pull_raw(args.md5, args.out, remote=settings, deadline_s=args.deadline)
