@@ -179,7 +179,8 @@ def version_tags(lineage: dict) -> dict[str, str]:
     pipeline resolved the data from, when the run or its parameters name one), parameters and
     the run."""
     params = lineage.get("params") or {}
-    data_params = params.get("data") if isinstance(params.get("data"), dict) else {}
+    data_params = params.get("data")
+    data_params = data_params if isinstance(data_params, dict) else {}
     splits_md5 = str(lineage.get("splits_md5") or UNKNOWN)
     return {
         "git_commit": str(lineage.get("git_commit") or UNKNOWN),

@@ -13,6 +13,7 @@ import yaml
 from diffurec import lineage
 from diffurec.cli import main
 from diffurec.errors import DiffuRecError
+from test_promote_cluster import tracking_uri  # noqa: F401 (fixture: a real mlflow server on 127.0.0.1)
 
 DVC = [sys.executable, "-m", "dvc"]
 PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
@@ -160,14 +161,18 @@ RUN_IDENTITY = {
 }
 
 
-def test_lineage_command_prints_the_chain(popularity_run, ml100k_splits, tmp_path, monkeypatch, capsys):
-    """register -> gate -> promote with the real commands on a sqlite MLflow store, the run's
-    identity in the environment as a Kubeflow task has it; `diffurec lineage` reads the chain
-    back, by number and by @champion, as text and as JSON."""
+@pytest.mark.parametrize("store", ["sqlite", pytest.param("mlflow server", marks=pytest.mark.slow)])
+def test_lineage_command_prints_the_chain(
+    store, popularity_run, ml100k_splits, tmp_path, monkeypatch, capsys, request
+):
+    """register -> gate -> promote with the real commands on a sqlite MLflow store and on a real
+    `mlflow server` on 127.0.0.1 (test_promote_cluster's), the run's identity in the environment
+    as a Kubeflow task has it; `diffurec lineage` reads the chain back, by number and by
+    @champion, as text and as JSON."""
     from promotion_models import fresh_tracking_uri
 
     model_dir, metrics = popularity_run
-    uri = fresh_tracking_uri(tmp_path)
+    uri = fresh_tracking_uri(tmp_path) if store == "sqlite" else request.getfixturevalue("tracking_uri")
     for name, value in RUN_IDENTITY.items():
         monkeypatch.setenv(name, value)
     # params.yaml's gate without its Prometheus checks; the candidate is its own baseline.
