@@ -16,15 +16,12 @@ Failures are DiffuRecErrors in two kinds, because the gate treats them different
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
-import socket
-import threading
-import time
 import urllib.parse
 from dataclasses import dataclass
 
+from diffurec import net
 from diffurec.errors import DiffuRecError
 
 URL_ENV = "DIFFUREC_PROMETHEUS"  # the settings ConfigMap key; locally the same variable
@@ -75,34 +72,18 @@ def instant_query(url: str, promql: str, deadline_seconds: float = DEFAULT_DEADL
 
 def _get(base: urllib.parse.SplitResult, path: str, deadline_seconds: float, url: str) -> tuple[int, bytes]:
     """GET `path`; (HTTP status, body), all within `deadline_seconds`."""
-    connection_type = http.client.HTTPSConnection if base.scheme == "https" else http.client.HTTPConnection
-    connection = connection_type(base.hostname or "", base.port, timeout=deadline_seconds)
-    # A socket timeout restarts with every byte: a watchdog shuts the socket at the deadline.
-    watchdog = threading.Timer(deadline_seconds, _shut, args=(connection,))
-    watchdog.daemon = True
-    started = time.monotonic()
-    watchdog.start()
+    target = urllib.parse.urlunsplit((base.scheme, base.netloc, "", "", "")) + path
     try:
-        connection.request("GET", path, headers={"Accept": "application/json"})
-        response = connection.getresponse()
-        body = response.read()
-        if time.monotonic() - started < deadline_seconds:
-            return response.status, body
-    except (OSError, http.client.HTTPException) as error:
-        if time.monotonic() - started < deadline_seconds and not isinstance(error, TimeoutError):
-            raise PrometheusUnavailable(f"Prometheus {url}: cannot be reached ({_describe(error)})") from None
-    finally:
-        watchdog.cancel()
-        connection.close()
-    raise PrometheusUnavailable(f"Prometheus {url}: no answer within {deadline_seconds:g} s")
-
-
-def _shut(connection: http.client.HTTPConnection) -> None:
-    if connection.sock is not None:
-        try:
-            connection.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
+        status, _, body = net.http_request(
+            "GET", target, headers={"Accept": "application/json"}, deadline_s=deadline_seconds
+        )
+    except net.NetworkError as error:
+        if error.timed_out:
+            raise PrometheusUnavailable(
+                f"Prometheus {url}: no answer within {deadline_seconds:g} s"
+            ) from None
+        raise PrometheusUnavailable(f"Prometheus {url}: {error.reason}") from None
+    return status, body
 
 
 def _samples(data: object, url: str, promql: str) -> list[Sample]:
@@ -127,15 +108,6 @@ def _samples(data: object, url: str, promql: str) -> list[Sample]:
 
 def _value(text: object) -> float:
     return float(str(text))  # Prometheus writes numbers as strings: "1", "NaN", "+Inf"
-
-
-def _describe(error: BaseException) -> str:
-    if isinstance(error, ConnectionRefusedError):
-        return "connection refused"
-    if isinstance(error, socket.gaierror):
-        return f"unknown host: {error.strerror}"
-    text = _first_line(str(error))
-    return text or type(error).__name__
 
 
 def _first_line(text: str | bytes) -> str:

@@ -35,8 +35,10 @@ import math
 import os
 import re
 import time
-import urllib.request
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
+
+from diffurec import net
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -54,6 +56,8 @@ DATASET_ENV = "DIFFUREC_DATASET"
 SERIES_LABELS = ("run", "dataset", "version")
 LAST_SUCCESS = "diffurec_step_last_success_timestamp_seconds"
 LAST_FAILURE = "diffurec_step_last_failure_timestamp_seconds"
+# The whole report (reading the group back, then the push) ends within this, however slowly
+# the Pushgateway answers.
 PUSH_TIMEOUT_SECONDS = 5.0
 _warned = False
 _progress_gauges: dict[str, Any] = {}
@@ -148,12 +152,19 @@ def build_registry(
     return registry
 
 
-def previous_values(address: str, key: dict[str, str]) -> dict[str, float]:
+def previous_values(
+    address: str, key: dict[str, str], deadline_s: float = PUSH_TIMEOUT_SECONDS
+) -> dict[str, float]:
     """The carried-forward series of a group as the Pushgateway holds them now ({} when it has no
-    such group), read from its API (/api/v1/metrics)."""
+    such group), read from its API (/api/v1/metrics) within `deadline_s`."""
     base = address if "://" in address else f"http://{address}"
-    with urllib.request.urlopen(f"{base.rstrip('/')}/api/v1/metrics", timeout=PUSH_TIMEOUT_SECONDS) as reply:
-        groups = json.load(reply).get("data") or []
+    url = f"{base.rstrip('/')}/api/v1/metrics"
+    status, _, body = net.http_request(
+        "GET", url, headers={"Accept": "application/json"}, deadline_s=deadline_s
+    )
+    if status != 200:
+        raise net.NetworkError(url, f"HTTP {status}")
+    groups = json.loads(body).get("data") or []
     wanted = {"job": JOB, **key}
     for group in groups:
         if group.get("labels") != wanted:
@@ -184,16 +195,51 @@ def report_step(
     from prometheus_client import push_to_gateway
 
     key = grouping_key(step, labels)
+    stop = time.monotonic() + PUSH_TIMEOUT_SECONDS
     try:
         registry = build_registry(
-            seconds, succeeded, gauges, series_labels(labels), previous_values(address, key)
+            seconds,
+            succeeded,
+            gauges,
+            series_labels(labels),
+            previous_values(address, key, stop - time.monotonic()),
         )
-        push_to_gateway(address, job=JOB, registry=registry, grouping_key=key, timeout=PUSH_TIMEOUT_SECONDS)
+        push_to_gateway(
+            address,
+            job=JOB,
+            registry=registry,
+            grouping_key=key,
+            timeout=PUSH_TIMEOUT_SECONDS,
+            handler=_push_handler(stop),
+        )
         log.debug("pushed %s metrics to %s %s", step, address, key)
     except Exception as error:  # the step's own result matters more than its metrics
-        log.warning(
-            "metrics not pushed to %s: %s", address, str(error).splitlines()[0] if str(error) else error
-        )
+        if isinstance(error, net.NetworkError) and error.timed_out:  # said of the whole report
+            reason = f"{net.deadline_message(PUSH_TIMEOUT_SECONDS)} (reading the group back and pushing)"
+        else:
+            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        log.warning("metrics not pushed to %s: %s", address, reason)
+
+
+def _push_handler(stop: float) -> Callable[..., Callable[[], None]]:
+    """prometheus_client's push handler, sending through net.http_request by `stop` (monotonic)."""
+
+    def handler(
+        url: str, method: str, timeout: float | None, headers: list[tuple[str, str]], data: bytes
+    ) -> Callable[[], None]:
+        def send() -> None:
+            remaining = stop - time.monotonic()
+            if remaining <= 0:
+                raise net.NetworkError(url, net.deadline_message(PUSH_TIMEOUT_SECONDS), timed_out=True)
+            status, _, body = net.http_request(
+                method, url, data=data, headers=dict(headers), deadline_s=remaining
+            )
+            if status >= 400:
+                raise net.NetworkError(url, f"HTTP {status} {body[:200].decode('utf-8', 'replace').strip()}")
+
+        return send
+
+    return handler
 
 
 def _label_name(name: str) -> str:

@@ -17,8 +17,6 @@ import logging
 import os
 import shutil
 import tempfile
-import urllib.error
-import urllib.request
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,27 +58,13 @@ INTER_HEADER = "user_id:token\titem_id:token\trating:float\ttimestamp:float\n"
 
 
 def _download(url: str, target: Path, timeout: float) -> None:
-    from tqdm import tqdm
+    """GET `url` into `target`; `timeout` bounds the whole download, not each read (net.py)."""
+    from diffurec import net
 
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response, open(target, "wb") as f:
-            total = int(response.headers.get("Content-Length") or 0) or None
-            with tqdm(
-                total=total,
-                unit="B",
-                unit_scale=True,
-                desc=f"fetch {Path(url).name}",
-                disable=None,
-                leave=False,
-            ) as bar:
-                while block := response.read(1 << 16):
-                    f.write(block)
-                    bar.update(len(block))
-    except urllib.error.HTTPError as error:
-        raise DiffuRecError(f"{url}: download failed: HTTP {error.code} {error.reason}") from None
-    except (urllib.error.URLError, TimeoutError, OSError) as error:
-        reason = getattr(error, "reason", error)
-        raise DiffuRecError(f"{url}: download failed: {reason}") from None
+        net.download(url, target, deadline_s=timeout, progress=f"fetch {Path(url).name}")
+    except net.NetworkError as error:
+        raise DiffuRecError(f"{url}: download failed: {error.reason}") from None
 
 
 def _safe_extract(archive: Path, target: Path) -> None:
