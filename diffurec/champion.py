@@ -124,15 +124,16 @@ def check_candidate(
     """Refuse a candidate's metrics that do not describe what the gate is asked about: with a
     registered `version`, metrics of another model (manifest digest) or other data than the
     version was registered with; a baseline or `splits_dir` of other data than the candidate's."""
-    from diffurec.lineage import data_md5
+    from diffurec.lineage import UNKNOWN, data_md5
 
     measured = candidate.get("splits_md5")
     if version is not None:
+        recorded = version["tags"].get("splits_md5")
         check_identity(
             candidate,
             source,
             manifest_sha256=registered_manifest(version),
-            splits_md5=version["tags"].get("splits_md5") or None,
+            splits_md5=recorded if recorded not in (None, "", UNKNOWN) else None,
             expected_from=f"registered model {version['name']} v{version['version']}",
         )
     elif measured is not None:
