@@ -277,3 +277,13 @@ def test_source_md5_changes_with_the_code(tmp_path):
     assert lineage.source_md5(tmp_path) == first
     (tmp_path / "pkg" / "a.py").write_text("x = 2\n")
     assert lineage.source_md5(tmp_path) != first
+
+
+def test_lineage_command_pushes_to_its_own_step():
+    """A read command must not replace the Prometheus group of `pipeline lineage`, a pipeline step."""
+    from diffurec.cli import build_parser
+
+    parser = build_parser()
+    read = parser.parse_args(["lineage", "--version", "@champion"])
+    write = parser.parse_args(["pipeline", "lineage", "--out", "x"])
+    assert read.describe(read)["step"] == "version_lineage" != write.describe(write)["step"]

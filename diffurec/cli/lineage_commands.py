@@ -39,7 +39,12 @@ def register(subparsers: Any) -> None:
         "--tracking-uri", "--registry", dest="tracking_uri", metavar="URI", help=TRACKING_HELP
     )
     parser.add_argument("--json", action="store_true", help="print the chain as one JSON object")
-    parser.set_defaults(func=_registry_errors(run_lineage))
+    parser.set_defaults(func=_registry_errors(run_lineage), describe=describe_lineage)
+
+
+def describe_lineage(args: argparse.Namespace) -> dict:
+    """Its own Prometheus step: `pipeline lineage` (a pipeline step) pushes to "lineage"."""
+    return {"step": "version_lineage"}
 
 
 def run_lineage(args: argparse.Namespace) -> dict:
