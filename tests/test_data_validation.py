@@ -7,6 +7,7 @@ import json
 import shutil
 
 import numpy as np
+import pytest
 
 from diffurec.cli import main
 from diffurec.data import validation
@@ -181,3 +182,55 @@ def test_cli_validate_exit_codes_and_one_line(ml100k_splits, tmp_path, capsys):
     assert json.loads((tmp_path / "bad" / "report.json").read_text())["failed"] == 1
     assert main(["validate", "--out", str(tmp_path / "x")]) == 2
     assert "exactly one of --input" in capsys.readouterr().err
+
+
+# Every kind of raw-suite failure: a null user (row 3), timestamps not a number (row 5), out of
+# range (row 6) or empty (row 10), an exact duplicate (rows 7-8), a rating that is not a number
+# (row 11), a one-interaction user (9), blank lines shifting the rows.
+CORRUPT = (
+    HEADER + "1,a,4,978300760\n,b,4,978300761\n1,c,4,978300762\n"
+    "2,a,4,yesterday\n2,b,4,978300760000\n2,c,4,978300770\n2,c,4,978300770\n"
+    "9,a,4,978300800\n1,d,4,\n1,e,good,978300790\n\n3,a,5,978300800\n3,b,5,978300801\n3,c,5,978300802\n"
+)
+COMPARED = ("success", "unexpected_count", "unexpected_percent", "observed_value", "element_count")
+
+
+def test_every_row_checks_by_duckdb_equal_gx_on_the_same_rows(tmp_path, monkeypatch):
+    """The DuckDB form of each expectation (used above FULL_ROWS) against GX's own result."""
+    path = tmp_path / "corrupt.csv"
+    path.write_text(CORRUPT)
+    by_gx = validation.validate_file(path, tmp_path / "gx")
+    monkeypatch.setattr(validation, "FULL_ROWS", 0)  # "sampled": GX sees every row, DuckDB rechecks
+    by_duckdb = validation.validate_file(path, tmp_path / "duckdb")
+    assert by_gx["sample"] is None and by_gx["checked_on"] == {"all_rows": RAW_FULL, "sample": 0}
+    assert by_duckdb["sample"]["of"] == 13 and by_duckdb["checked_on"]["all_rows"] == RAW_FULL
+    assert len(_failed(by_gx)) == 5 and len(_failed(by_gx, "warning")) == 2
+    for gx_result, duckdb_result in zip(by_gx["results"], by_duckdb["results"], strict=True):
+        assert gx_result["expectation"] == duckdb_result["expectation"]
+        assert gx_result["kwargs"] == duckdb_result["kwargs"]
+        for key in COMPARED:
+            assert gx_result.get(key) == pytest.approx(duckdb_result.get(key)), (gx_result, key)
+        assert gx_result.get("example_file_rows") == duckdb_result.get("example_file_rows"), gx_result
+    for key in ("success", "failed", "warnings", "rows_rejected", "rows"):
+        assert by_gx[key] == by_duckdb[key], key
+
+
+def test_a_large_log_is_checked_on_every_row_and_gx_on_a_sample(tmp_path, monkeypatch):
+    """Above FULL_ROWS a bad row outside GX's sample still fails the run, with its file row."""
+    monkeypatch.setattr(validation, "FULL_ROWS", 20)
+    monkeypatch.setattr(validation, "SAMPLE_ROWS", 5)
+    rows = [f"{u},{i},4,{978300000 + 10 * u + i}" for u in range(8) for i in range(5)]
+    rows[13] = "2,3,4,yesterday"  # file row 15: not a multiple of 8 records, not in the sample
+    path = tmp_path / "large.csv"
+    path.write_text(HEADER + "\n".join(rows) + "\n")
+    report = validation.validate_file(path, tmp_path / "report")
+    assert report["sample"] == {"rows": 5, "of": 40, "rule": "every 8th row in file order"}
+    assert report["rows"] == {"interactions": 40} and report["rows_validated"] == 40
+    assert not report["success"]
+    assert _failed(report) == {("expect_column_values_to_not_be_null", "timestamp_numeric")}
+    failed = _result(report, "expect_column_values_to_not_be_null", "timestamp_numeric")
+    assert failed["unexpected_count"] == 1 and failed["example_file_rows"] == [15]
+    assert failed["checked_on"] == "all rows" and failed["element_count"] == 40
+    assert report["checked_on"] == {"all_rows": RAW_FULL, "sample": 0}
+    saved = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert saved["sample"]["rows"] == 5 and saved["results"][0]["checked_on"] == "all rows"

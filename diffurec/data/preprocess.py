@@ -39,7 +39,7 @@ def _count(con, table: str) -> int:
 
 
 def _replace(con, table: str, select: str) -> int:
-    """CREATE OR REPLACE `table` from a query (which may read the table itself); its row count."""
+    """Table `table` := the query (which may read the table itself); returns its row count."""
     con.execute(f"CREATE OR REPLACE TABLE {table}_next AS {select}")
     con.execute(f"DROP TABLE IF EXISTS {table}")
     con.execute(f"ALTER TABLE {table}_next RENAME TO {table}")
@@ -54,48 +54,43 @@ def clean_interactions(
     kcore_k: int = 0,
     source: str = "input",
 ) -> dict[str, int]:
-    """Apply steps 1-5 to the view `interactions` in DuckDB; leaves table `cleaned` (with
-    `ufirst`, the user's first position as read, the key users are ordered by) and returns the
-    dropped counts. Raises when no user is left."""
+    """Apply steps 1-5 in DuckDB to the view `interactions`; returns the dropped counts and
+    leaves tables `users` (user, ufirst: its first position as read, the key users are
+    ordered by), `items` (item, icode) and `cleaned` (ufirst, icode, timestamp, seq: integers
+    only, so the heavy steps never touch the string ids). Raises when no user is left."""
     if dedup not in DEDUP_POLICIES:
         raise DiffuRecError(f"unknown duplicate policy {dedup!r}: use {' or '.join(DEDUP_POLICIES)}")
-    has_time = "timestamp" in loaded.roles
-    values = ", ".join(f'"{role}"' for role in loaded.roles)
-    values = f", {values}" if values else ""
+    has_time, has_rating = "timestamp" in loaded.roles, "rating" in loaded.roles
     dropped = {}
-    rows = loaded.rows
+    kept = loaded.rows
+    where = ""
     if min_rating is not None:
-        if "rating" not in loaded.roles:
+        if not has_rating:
             raise DiffuRecError(f"{source}: --min-rating given but the file has no rating column")
         where = f"WHERE rating >= {float(min_rating)!r}"
-    else:
-        where = ""
-    kept = _replace(con, "cleaned", f'SELECT "user", item{values}, row, pos FROM interactions {where}')
-    if min_rating is not None:
-        dropped["below_min_rating"] = rows - kept
-    # Users are ordered by their first row as read; ties in time keep file order (row, then
-    # the position: a sequence line's items share one row).
-    _replace(
+    _replace(con, "users", f'SELECT "user", min(pos) AS ufirst FROM interactions {where} GROUP BY "user"')
+    _replace(con, "items", f"SELECT item, min(pos) AS icode FROM interactions {where} GROUP BY item")
+    values = ", t.timestamp" if has_time else ""
+    values += ", t.rating" if has_rating and has_time else ""  # the rating only tells exact duplicates
+    left = _replace(
         con,
         "cleaned",
-        "SELECT c.*, f.ufirst FROM cleaned c JOIN "
-        '(SELECT "user", min(pos) AS ufirst FROM cleaned GROUP BY "user") f USING ("user")',
+        f"SELECT u.ufirst, i.icode{values}, t.seq FROM interactions t "
+        f'JOIN users u USING ("user") JOIN items i USING (item) {where}',
     )
-    order = "timestamp, row, pos" if has_time else "row, pos"
-    if has_time:
-        exact = '"user", item, timestamp' + (", rating" if "rating" in loaded.roles else "")
-        left = _replace(
-            con,
-            "cleaned",
-            f"SELECT * FROM cleaned QUALIFY row_number() OVER (PARTITION BY {exact} ORDER BY row, pos) = 1",
-        )
+    if min_rating is not None:
+        dropped["below_min_rating"], kept = kept - left, left
+    if has_time:  # the first of each exact duplicate in file order stays
+        exact = "ufirst, icode, timestamp" + (", rating" if has_rating else "")
+        left = _replace(con, "cleaned", f"SELECT {exact}, min(seq) AS seq FROM cleaned GROUP BY {exact}")
         dropped["exact_duplicates"], kept = kept - left, left
+    order = "timestamp, seq" if has_time else "seq"
     if dedup == "keep-first":
         left = _replace(
             con,
             "cleaned",
             "SELECT * FROM cleaned QUALIFY row_number() OVER "
-            f'(PARTITION BY "user", item ORDER BY {order}) = 1',
+            f"(PARTITION BY ufirst, icode ORDER BY {order}) = 1",
         )
         dropped["repeated_user_item"], kept = kept - left, left
     if kcore_k and kcore_k > 1:
@@ -104,8 +99,8 @@ def clean_interactions(
             left = _replace(
                 con,
                 "cleaned",
-                f'SELECT * FROM cleaned WHERE "user" IN (SELECT "user" FROM cleaned GROUP BY "user" '
-                f"HAVING count(*) >= {int(kcore_k)}) AND item IN (SELECT item FROM cleaned GROUP BY item "
+                "SELECT * FROM cleaned WHERE ufirst IN (SELECT ufirst FROM cleaned GROUP BY ufirst "
+                f"HAVING count(*) >= {int(kcore_k)}) AND icode IN (SELECT icode FROM cleaned GROUP BY icode "
                 f"HAVING count(*) >= {int(kcore_k)})",
             )
             if left == kept:
@@ -114,7 +109,7 @@ def clean_interactions(
         dropped["kcore"] = before - kept
 
     short_users, short_rows = con.execute(
-        'SELECT count(*), coalesce(sum(n), 0) FROM (SELECT count(*) AS n FROM cleaned GROUP BY "user") '
+        "SELECT count(*), coalesce(sum(n), 0) FROM (SELECT count(*) AS n FROM cleaned GROUP BY ufirst) "
         f"WHERE n < {MIN_SEQUENCE_LENGTH}"
     ).fetchone()
     dropped["short_user_interactions"] = int(short_rows)
@@ -123,7 +118,7 @@ def clean_interactions(
         kept = _replace(
             con,
             "cleaned",
-            'SELECT * FROM cleaned WHERE "user" IN (SELECT "user" FROM cleaned GROUP BY "user" '
+            "SELECT * FROM cleaned WHERE ufirst IN (SELECT ufirst FROM cleaned GROUP BY ufirst "
             f"HAVING count(*) >= {MIN_SEQUENCE_LENGTH})",
         )
     if kept == 0:
@@ -170,30 +165,31 @@ def preprocess_loaded(
     source = dict(source or {})
     has_time = "timestamp" in loaded.roles
     dropped = clean_interactions(con, loaded, min_rating, dedup, kcore_k, source=source.get("path", "input"))
-    order = "timestamp, row, pos" if has_time else "row, pos"
+    order = "timestamp, seq" if has_time else "seq"
     # Stored in sequence order, so rowid is the position in seq_items.
     interactions = _replace(
         con,
         "ordered",
-        f'SELECT "user", item, ufirst{", timestamp" if has_time else ""} FROM cleaned '
-        f"ORDER BY ufirst, {order}",
+        f"SELECT ufirst, icode{', timestamp' if has_time else ''} FROM cleaned ORDER BY ufirst, {order}",
     )
     con.execute("DROP TABLE cleaned")
     _replace(
         con,
-        "items",
-        "SELECT item, row_number() OVER (ORDER BY first) AS idx FROM "
-        "(SELECT item, min(rowid) AS first FROM ordered GROUP BY item)",
+        "item_index",
+        "SELECT icode, row_number() OVER (ORDER BY first) AS idx FROM "
+        "(SELECT icode, min(rowid) AS first FROM ordered GROUP BY icode)",
     )
     seq_items = con.execute(
-        "SELECT CAST(i.idx AS INTEGER) AS idx FROM ordered o JOIN items i USING (item) ORDER BY o.rowid"
+        "SELECT CAST(x.idx AS INTEGER) AS idx FROM ordered o JOIN item_index x USING (icode) ORDER BY o.rowid"
     ).fetchnumpy()["idx"]
     counts = con.execute("SELECT count(*) AS n FROM ordered GROUP BY ufirst ORDER BY ufirst").fetchnumpy()[
         "n"
     ]
     counts = np.asarray(counts, dtype=np.int64)
-    user_ids = con.execute('SELECT "user" FROM ordered GROUP BY ufirst, "user" ORDER BY ufirst').fetchall()
-    item_ids = con.execute("SELECT item FROM items ORDER BY idx").fetchall()
+    user_ids = con.execute(
+        'SELECT "user" FROM users WHERE ufirst IN (SELECT ufirst FROM ordered) ORDER BY ufirst'
+    ).fetchall()
+    item_ids = con.execute("SELECT item FROM items JOIN item_index USING (icode) ORDER BY idx").fetchall()
     offsets = np.zeros(len(counts) + 1, dtype=np.int64)
     np.cumsum(counts, out=offsets[1:])
 
@@ -234,7 +230,7 @@ def preprocess_loaded(
     if has_time:
         low, high, ties = con.execute(
             "SELECT min(timestamp), max(timestamp), "
-            'count(*) - count(DISTINCT ("user", timestamp)) FROM ordered'
+            "count(*) - count(DISTINCT (ufirst, timestamp)) FROM ordered"
         ).fetchone()
         stats["timestamps"] = {"min": float(low), "max": float(high), "ties_within_user": int(ties)}
     write_splits(splits, out, stats=stats)

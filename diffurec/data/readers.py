@@ -454,7 +454,8 @@ class LoadedLog:
     """What load_interactions put into DuckDB: the view `interactions` with columns user, item
     (stripped strings), rating and timestamp (DOUBLE, where the source has them; strict=False
     adds rating_text/timestamp_text as found), row (line number, or record number in Parquet and
-    delimited files until line_numbers() maps them) and pos (the order the rows were read in)."""
+    delimited files until line_numbers() maps them), pos (the order the rows were read in) and
+    seq (the order of file position: row, then pos; equal to pos when reading a file)."""
 
     path: Path
     format: str
@@ -522,6 +523,15 @@ def _blank_line_numbers(path: Path) -> np.ndarray:
             lines_before += part.count(b"\n")
             if not chunk:
                 return np.asarray(found, dtype=np.int64)
+
+
+def _stripped_sql(value: str) -> str:
+    """An id without surrounding whitespace; trimming with a character set is slow in DuckDB,
+    so only values that start or end with a byte <= ' ' (all of _ID_WHITESPACE) are trimmed."""
+    return (
+        f"(CASE WHEN {value}[1] > ' ' AND {value}[-1] > ' ' THEN {value} "
+        f"ELSE trim({value}, {sql_text(_ID_WHITESPACE)}) END)"
+    )
 
 
 def _numeric_sql(column: str) -> str:
@@ -670,12 +680,8 @@ def load_interactions(
     roles = tuple(role for role in ("rating", "timestamp") if role in named)
     select = {}
     for role in ("user", "item"):
-        column = source[role]
-        select[role] = (
-            "NULL::VARCHAR"
-            if column is None
-            else f"trim(CAST({field[column]} AS VARCHAR), {sql_text(_ID_WHITESPACE)})"
-        )
+        if role in named:  # strict=False leaves a missing id column out, as read_interactions does
+            select[role] = _stripped_sql(f"CAST({field[named[role]]} AS VARCHAR)")
     for role in roles:
         column, kind = field[named[role]], types[named[role]]
         if role == "timestamp" and kind.startswith("TIMESTAMP"):
@@ -713,7 +719,7 @@ def load_interactions(
         raise _read_error(path, kwargs, None)
     # Rows keep the file's order: `rowid` numbers them as read.
     con.execute(
-        "CREATE OR REPLACE VIEW interactions AS SELECT *, rowid + 1 AS row, rowid AS pos FROM "
+        "CREATE OR REPLACE VIEW interactions AS SELECT *, rowid + 1 AS row, rowid AS pos, rowid AS seq FROM "
         "interactions_read"
     )
     loaded = LoadedLog(
@@ -741,6 +747,10 @@ def load_frame(
     for role in roles:
         table[role] = frame[role].to_numpy(dtype=np.float64)
     table["row"] = frame["row"].to_numpy(dtype=np.int64)
+    # Ties in time keep file order: the rank by (row, position) (sequence lines share a row).
+    seq = np.empty(len(table), dtype=np.int64)
+    seq[np.lexsort((np.arange(len(table)), table["row"].to_numpy()))] = np.arange(len(table))
+    table["seq"] = seq
     con.register("interactions_frame", table)
     con.execute("DROP TABLE IF EXISTS interactions_read")
     con.execute("CREATE TABLE interactions_read AS SELECT * FROM interactions_frame")
@@ -803,7 +813,7 @@ def duckdb_session(work_dir) -> Iterator:
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     folder = Path(tempfile.mkdtemp(prefix=".duckdb-", dir=work_dir))
-    con = duckdb.connect(str(folder / "work.duckdb"))
+    con = duckdb.connect(":memory:")
     try:
         con.execute(
             f"SET memory_limit = {sql_text(os.environ.get('DIFFUREC_DUCKDB_MEMORY', DUCKDB_MEMORY_LIMIT))}"
@@ -811,6 +821,7 @@ def duckdb_session(work_dir) -> Iterator:
         con.execute(f"SET threads = {int(os.environ.get('DIFFUREC_DUCKDB_THREADS', DUCKDB_THREADS))}")
         con.execute(f"SET temp_directory = {sql_text(str(folder / 'spill'))}")
         con.execute("SET preserve_insertion_order = true")  # rowid = the order rows were read in
+        con.execute("SET enable_progress_bar = false")
         con.execute("SET TimeZone = 'UTC'")
         yield con
     finally:

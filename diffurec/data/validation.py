@@ -17,7 +17,9 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -53,7 +55,7 @@ def _gx():
 
 
 def raw_expectations(columns: set[str]) -> list[tuple[str, object]]:
-    """The raw-interactions suite for a frame from read_interactions(strict=False)."""
+    """The raw-interactions suite for a table with `columns` (validate_file's)."""
     _, gxe = _gx()
     has_time = "timestamp" in columns or "timestamp_numeric" in columns
     has_rating = "rating" in columns
@@ -129,22 +131,108 @@ def splits_expectations(num_users: int, num_items: int, num_samples: int) -> lis
 # --------------------------------------------------------------------------------------------
 
 
-def raw_tables(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    """The read frame plus derived columns: numeric parses and interactions per user."""
-    from diffurec.data.readers import to_numbers
+# GX (pandas) sees every row of a log up to FULL_ROWS rows; a larger log is checked by DuckDB
+# over every row, expectation by expectation (ALL_ROWS_CHECKS), and GX runs on a systematic
+# sample of about SAMPLE_ROWS rows (every k-th row) for its Data Docs and any other expectation.
+FULL_ROWS = 2_000_000
+SAMPLE_ROWS = 100_000
 
-    table = frame.reset_index(drop=True).copy()
-    if "timestamp" in table:
-        table["timestamp_numeric"] = to_numbers(table["timestamp"], "timestamp")
-    if "rating" in table:
-        table["rating_numeric"] = to_numbers(table["rating"], "rating")
-    if "user" in table:
-        table["user_interactions"] = (
-            table.groupby("user", sort=False, dropna=False)["user"].transform("size").astype(np.int64)
-        )
+
+def _raw_view(con, loaded) -> list[str]:
+    """View `raw_table`: every row with the raw suite's columns (user, item, rating, timestamp as
+    found, their numeric parses, user_interactions) plus pos; returns its suite columns."""
+    found = {str(r[0]) for r in con.execute("DESCRIBE interactions").fetchall()}
+    columns = [c for c in ("user", "item") if c in found]
+    has_user = "user" in columns
+    select = [f't."{c}"' for c in columns]
+    for role in loaded.roles:
+        present, numbers = con.execute(
+            f"SELECT count({role}_text), count({role}) FROM interactions"
+        ).fetchone()
+        # As pandas types a column: numbers when every value is one, else the text as found.
+        select.append(f"t.{role}" if present == numbers else f"t.{role}_text AS {role}")
+        select.append(f"t.{role} AS {role}_numeric")
+        columns += [role, f"{role}_numeric"]
+    if has_user:
+        counts = 'SELECT "user", count(*) AS n FROM interactions GROUP BY "user"'
+        select.append("CAST(c.n AS BIGINT) AS user_interactions")
+        joined = f'interactions t JOIN ({counts}) c ON t."user" IS NOT DISTINCT FROM c."user"'
     else:
-        table["user_interactions"] = np.zeros(len(table), dtype=np.int64)
-    return {"interactions": table}
+        select.append("CAST(0 AS BIGINT) AS user_interactions")
+        joined = "interactions t"
+    columns.append("user_interactions")
+    con.execute(
+        f"CREATE OR REPLACE TABLE raw_table AS SELECT {', '.join(select)}, t.row, t.pos FROM {joined}"
+    )
+    return columns
+
+
+def _raw_frame(con, loaded, columns: list[str], every: int) -> pd.DataFrame:
+    """The GX table: every `every`-th row of raw_table in file order, `row` as file rows."""
+    listed = ", ".join(f'"{c}"' for c in columns)
+    where = f"WHERE pos % {every} = 0" if every > 1 else ""
+    frame = con.execute(f"SELECT {listed}, row FROM raw_table {where} ORDER BY pos").df()
+    frame["row"] = loaded.line_numbers(frame["row"].to_numpy())
+    return frame
+
+
+def _all_rows_check(con, loaded, columns: list[str], entry: dict) -> dict | None:
+    """One raw-suite result over every row of raw_table, in GX's terms (success, observed_value,
+    unexpected_count/percent, element_count, example_file_rows); None for an expectation
+    without a DuckDB form, or one on a missing column (GX's own error result stands)."""
+    kwargs, kind = entry["kwargs"], entry["expectation"]
+    column = kwargs.get("column")
+    if column is not None and column not in columns:
+        return None
+    total = int(con.execute("SELECT count(*) FROM raw_table").fetchone()[0])
+    if kind == "expect_table_row_count_to_be_between":
+        low, high = kwargs.get("min_value"), kwargs.get("max_value")
+        ok = (low is None or total >= low) and (high is None or total <= high)
+        return {"success": ok, "observed_value": total}
+    if kind == "expect_column_to_exist":
+        return {"success": column in columns}
+    if kind == "expect_column_max_to_be_between":
+        value = con.execute(f'SELECT max("{column}") FROM raw_table').fetchone()[0]
+        low, high = kwargs.get("min_value"), kwargs.get("max_value")
+        ok = value is not None and (low is None or value >= low) and (high is None or value <= high)
+        return {"success": bool(ok), "observed_value": value}
+    if kind == "expect_column_values_to_not_be_null":
+        bad, base = f'"{column}" IS NULL', total
+    elif kind == "expect_column_values_to_be_between":
+        low, high = kwargs.get("min_value"), kwargs.get("max_value")
+        parts = ([f'"{column}" < {low!r}'] if low is not None else []) + (
+            [f'"{column}" > {high!r}'] if high is not None else []
+        )
+        bad = " OR ".join(parts) or "false"
+        base = int(con.execute(f'SELECT count("{column}") FROM raw_table').fetchone()[0])
+    elif kind == "expect_compound_columns_to_be_unique":
+        listed = ", ".join(f'"{c}"' for c in kwargs["column_list"])
+        if any(c not in columns for c in kwargs["column_list"]):
+            return None
+        # Every row of a repeated combination is unexpected (GX's rule), rows with all missing aside.
+        present = " OR ".join(f'"{c}" IS NOT NULL' for c in kwargs["column_list"])
+        con.execute(
+            f"CREATE OR REPLACE TEMP TABLE repeated AS SELECT {listed} FROM raw_table WHERE {present} "
+            f"GROUP BY {listed} HAVING count(*) > 1"
+        )
+        matches = " AND ".join(f'r."{c}" IS NOT DISTINCT FROM t."{c}"' for c in kwargs["column_list"])
+        bad = f"EXISTS (SELECT 1 FROM repeated r WHERE {matches})"
+        base = int(con.execute(f"SELECT count(*) FROM raw_table WHERE {present}").fetchone()[0])
+    else:
+        return None
+    count = int(con.execute(f"SELECT count(*) FROM raw_table t WHERE {bad}").fetchone()[0])
+    examples = con.execute(
+        f"SELECT row FROM raw_table t WHERE {bad} ORDER BY pos LIMIT {EXAMPLE_ROWS}"
+    ).fetchnumpy()["row"]
+    result: dict[str, Any] = {
+        "success": count == 0,
+        "unexpected_count": count,
+        "unexpected_percent": 100.0 * count / base if base else None,
+        "element_count": total,
+    }
+    if count:
+        result["example_file_rows"] = [int(r) for r in loaded.line_numbers(np.asarray(examples))]
+    return {k: v for k, v in result.items() if v is not None}
 
 
 def _rows_equal(stored: np.ndarray, expected: np.ndarray, chunk: int = 65536) -> np.ndarray:
@@ -227,8 +315,20 @@ def _map_indices(path: Path) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 
 
-def run_suite(suite_name: str, expectations, tables: dict[str, pd.DataFrame], out, source: dict) -> dict:
-    """Validate `tables` against `expectations`; write report.json and data_docs/ to out."""
+def run_suite(
+    suite_name: str,
+    expectations,
+    tables: dict[str, pd.DataFrame],
+    out,
+    source: dict,
+    recheck: Callable[[str, dict], dict | None] | None = None,
+    sample: dict | None = None,
+) -> dict:
+    """Validate `tables` against `expectations`; write report.json and data_docs/ to out.
+
+    When `sample` describes the tables as a sample of a larger log ({"rows": n, "of": N, "rule":
+    ...}), `recheck(table, result)` gives an expectation's outcome over every row (or None where
+    it has none): it replaces GX's sample outcome, and each result says what it was checked on."""
     gx, _ = _gx()
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
@@ -275,7 +375,15 @@ def run_suite(suite_name: str, expectations, tables: dict[str, pd.DataFrame], ou
             )
             evaluated += run.statistics["evaluated_expectations"]
             for result in run.results:
-                results.append(_describe_result(table_name, result, frame))
+                entry = _describe_result(table_name, result, frame)
+                every_row = recheck(table_name, entry) if sample is not None and recheck else None
+                if every_row is not None:
+                    entry = {
+                        k: v for k, v in entry.items() if k not in ("example_file_rows", "example_values")
+                    }
+                    entry.update(every_row)
+                entry["checked_on"] = "sample" if sample is not None and every_row is None else "all rows"
+                results.append(entry)
         context.build_data_docs()
 
         expected = len(expectations)
@@ -291,8 +399,14 @@ def run_suite(suite_name: str, expectations, tables: dict[str, pd.DataFrame], ou
             "expectations_evaluated": evaluated,
             "failed": len(failed),
             "warnings": len(warnings),
-            "rows": {name: int(len(frame)) for name, frame in tables.items()},
-            "rows_validated": int(sum(len(frame) for frame in tables.values())),
+            "rows": {name: int(sample["of"] if sample else len(frame)) for name, frame in tables.items()},
+            "rows_validated": int(sum(sample["of"] if sample else len(f) for f in tables.values())),
+            # Which results hold for every row and which only for the sample GX saw.
+            "checked_on": {
+                "all_rows": sum(r["checked_on"] == "all rows" for r in results),
+                "sample": sum(r["checked_on"] == "sample" for r in results),
+            },
+            "sample": sample,
             # Offending values of every unmet expectation, warnings included (a row that breaks
             # two expectations counts twice).
             "rows_rejected": int(sum(r.get("unexpected_count") or 0 for r in failed + warnings)),
@@ -382,28 +496,46 @@ def summarize_failures(report: dict, limit: int = 3) -> str:
 def validate_file(
     path, out, format=None, user_col=None, item_col=None, time_col=None, rating_col=None, sep=None
 ) -> dict:
-    """Validate a raw interaction log with the raw suite; returns the report dict."""
-    from diffurec.data.readers import read_interactions
+    """Validate a raw interaction log with the raw suite; returns the report dict.
 
-    frame = read_interactions(
-        path,
-        format=format,
-        user_col=user_col,
-        item_col=item_col,
-        time_col=time_col,
-        rating_col=rating_col,
-        sep=sep,
-        strict=False,
-    )
-    tables = raw_tables(frame)
-    source = {
-        "path": str(path),
-        "format": frame.attrs.get("format"),
-        "columns": frame.attrs.get("source_columns", {}),
-    }
-    return run_suite(
-        "raw_interactions", raw_expectations(set(tables["interactions"].columns)), tables, out, source
-    )
+    DuckDB reads the log (load_interactions, strict=False: problems stay in the rows for the
+    suite to report); GX sees every row up to FULL_ROWS rows, else a sample while DuckDB checks
+    every row (see FULL_ROWS)."""
+    from diffurec.data.readers import duckdb_session, load_interactions
+
+    out = Path(out)
+    work = out.absolute().parent
+    while not work.is_dir():
+        work = work.parent
+    with duckdb_session(work) as con:
+        loaded = load_interactions(
+            con,
+            path,
+            format=format,
+            user_col=user_col,
+            item_col=item_col,
+            time_col=time_col,
+            rating_col=rating_col,
+            sep=sep,
+            strict=False,
+        )
+        columns = _raw_view(con, loaded)
+        sampled = loaded.rows > FULL_ROWS
+        every = max(1, -(-loaded.rows // SAMPLE_ROWS)) if sampled else 1
+        frame = _raw_frame(con, loaded, columns, every)
+        sample = None
+        if sampled:
+            sample = {"rows": len(frame), "of": loaded.rows, "rule": f"every {every}th row in file order"}
+        source = {"path": str(path), "format": loaded.format, "columns": loaded.source_columns}
+        return run_suite(
+            "raw_interactions",
+            raw_expectations(set(frame.columns)),
+            {"interactions": frame},
+            out,
+            source,
+            recheck=lambda table, entry: _all_rows_check(con, loaded, columns, entry),
+            sample=sample,
+        )
 
 
 def validate_splits_folder(folder, out) -> dict:
