@@ -142,7 +142,7 @@ def _raw_view(con, loaded) -> list[str]:
     """View `raw_table`: every row with the raw suite's columns (user, item, rating, timestamp as
     found, their numeric parses, user_interactions) plus pos; returns its suite columns."""
     found = {str(r[0]) for r in con.execute("DESCRIBE interactions").fetchall()}
-    columns = [c for c in ("user", "item") if c in found]
+    columns: list[str] = [c for c in ("user", "item") if c in found]
     has_user = "user" in columns
     select = [f't."{c}"' for c in columns]
     for role in loaded.roles:
