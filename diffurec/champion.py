@@ -12,6 +12,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from diffurec.errors import DiffuRecError
 from diffurec.gate import data_version, same_users
 from diffurec.metrics import check_identity, check_metric_values
@@ -23,15 +25,22 @@ REEVALUATION_SETTINGS = ("mask_history", "reverse_steps", "batch_size", "seed")
 
 
 def champion_for(
-    name: str, candidate: dict, splits_dir: str | Path | None, mlflow_client: Any, tracking_uri: str | None
-) -> dict | None:
+    name: str,
+    candidate: dict,
+    splits_dir: str | Path | None,
+    mlflow_client: Any,
+    tracking_uri: str | None,
+    need_ranks: bool = False,
+) -> tuple[dict | None, np.ndarray | None]:
     """The current champion of `name` with its metrics on the candidate's users, or None when
-    there is no champion (docs/formats.md, the decision's `champion`)."""
+    there is no champion (docs/formats.md, the decision's `champion`), and its per-user ranks
+    when it was re-evaluated (else None). need_ranks: re-evaluate it on `splits_dir` even when
+    it was measured on the candidate's users, for the paired comparison (diffurec.bootstrap)."""
     from diffurec import registry
 
     current = registry.get_version(name, alias="champion", mlflow_client=mlflow_client)
     if current is None:
-        return None
+        return None, None
     check_metric_values(current["metrics"], f"champion {name} v{current['version']}'s registered metrics")
     champion = {
         "version": current["version"],
@@ -46,8 +55,8 @@ def champion_for(
         "users": current["users"],
         "lineage": {"splits_md5": current["data_version"]},
     }
-    if same_users(registered, candidate):
-        return champion
+    if same_users(registered, candidate) and not (need_ranks and splits_dir):
+        return champion, None
     if not splits_dir:
         raise DiffuRecError(
             f"champion {name} v{current['version']} was measured on data version "
@@ -60,7 +69,7 @@ def champion_for(
         tracking_uri=tracking_uri,
         manifest_sha256=registered_manifest(current),
     )
-    result = reevaluate(folder, splits_dir, candidate)
+    result, ranks = reevaluate(folder, splits_dir, candidate)
     log.info("re-evaluated champion v%s on %s: %s", current["version"], splits_dir, result["metrics"])
     champion.update(
         metrics=result["metrics"],
@@ -70,14 +79,15 @@ def champion_for(
         re_evaluated=True,
         registered_metrics=current["metrics"],
     )
-    return champion
+    return champion, ranks
 
 
-def reevaluate(model_dir: str | Path, splits_dir: str | Path, candidate: dict) -> dict:
+def reevaluate(model_dir: str | Path, splits_dir: str | Path, candidate: dict) -> tuple[dict, np.ndarray]:
     """Evaluate a model folder on the candidate's splits folder with the candidate's evaluation
-    settings; refuses a splits folder that is not the one the candidate was measured on."""
+    settings (metrics JSON and per-user ranks); refuses a splits folder that is not the one the
+    candidate was measured on."""
     from diffurec.data.splits import load_splits
-    from diffurec.evaluate import evaluate
+    from diffurec.evaluate import evaluate_ranks
     from diffurec.lineage import data_md5
     from diffurec.model_folder import ITEM_MAP_FILE, check_item_map, load_model_folder
 
@@ -99,7 +109,7 @@ def reevaluate(model_dir: str | Path, splits_dir: str | Path, candidate: dict) -
     check_item_map(model_dir, splits.item_ids, Path(splits_dir) / ITEM_MAP_FILE)
     settings = candidate.get("settings") or {}
     options = {key: settings[key] for key in REEVALUATION_SETTINGS if settings.get(key) is not None}
-    return evaluate(model, splits, split=candidate.get("split", "test"), **options)
+    return evaluate_ranks(model, splits, split=candidate.get("split", "test"), **options)
 
 
 def registered_manifest(version: dict) -> str:

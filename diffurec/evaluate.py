@@ -12,7 +12,7 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -90,7 +90,12 @@ def _history_mask(
     return mask
 
 
-def evaluate(
+def evaluate(model, splits, *args: Any, **kwargs: Any) -> dict:
+    """Full-ranking metrics of `model` on `split`: evaluate_ranks without the per-user ranks."""
+    return evaluate_ranks(model, splits, *args, **kwargs)[0]
+
+
+def evaluate_ranks(
     model,
     splits,
     split: str = "test",
@@ -100,8 +105,9 @@ def evaluate(
     seed: int = DEFAULT_SEED,
     device: str | torch.device | None = None,
     progress: bool | None = None,
-) -> dict:
-    """Full-ranking metrics of `model` on `split` ('valid' or 'test') in the metrics-JSON shape.
+) -> tuple[dict, np.ndarray]:
+    """Full-ranking metrics of `model` on `split` ('valid' or 'test') in the metrics-JSON shape,
+    and each user's 1-based target rank (user i at index i; diffurec.bootstrap pairs them).
 
     `reverse_steps` (DiffuRec) defaults to the model's preset; `device` defaults to where the
     model is; CUDA runs under bf16 autocast (the final scores stay fp32). When the model's
@@ -129,6 +135,7 @@ def evaluate(
     was_training = model.training
     model.eval()
     totals = dict.fromkeys(METRIC_KEYS, 0.0)
+    user_ranks = np.zeros(num_users, dtype=np.int64)
     started = time.perf_counter()
     try:
         batches = range(0, num_users, batch_size)
@@ -147,7 +154,9 @@ def evaluate(
                 if history is not None
                 else None
             )
-            for key, value in ranking_totals(target_ranks(scores, batch_targets, masked)).items():
+            ranks = target_ranks(scores, batch_targets, masked)
+            user_ranks[users] = ranks.cpu().numpy()
+            for key, value in ranking_totals(ranks).items():
                 totals[key] += value
         if on.type == "cuda":
             torch.cuda.synchronize(on)
@@ -164,7 +173,7 @@ def evaluate(
         metrics["NDCG@10"],
         seconds,
     )
-    return {
+    result = {
         "metrics": metrics,
         "unit": "percent",
         "split": split,
@@ -185,6 +194,7 @@ def evaluate(
         "users_per_second": round(num_users / seconds, 2) if seconds > 0 else math.inf,
         "lineage": {},
     }
+    return result, user_ranks
 
 
 def evaluate_folder(
@@ -197,9 +207,10 @@ def evaluate_folder(
     seed: int = DEFAULT_SEED,
     device: str = "auto",
     threads: int | None = None,
-) -> tuple[dict, Splits]:
+) -> tuple[dict, Splits, np.ndarray]:
     """`evaluate` of a model folder on a splits folder: the metrics JSON (docs/formats.md) with
-    the folder, the splits and the model's lineage filled in, and the splits it read.
+    the folder, the splits and the model's lineage filled in, the splits it read and the
+    per-user ranks (evaluate_ranks).
 
     The folder must match its manifest and the splits' items must be the model's (same ids at
     the same indices); the result records both identities (model.manifest_sha256, splits_md5)."""
@@ -228,7 +239,7 @@ def evaluate_folder(
         )
     check_item_map(model_dir, splits.item_ids, Path(splits_dir) / ITEM_MAP_FILE)
     try:
-        result = evaluate(
+        result, ranks = evaluate_ranks(
             model,
             splits,
             split=split,
@@ -245,4 +256,4 @@ def evaluate_folder(
     result["splits"] = str(splits_dir)
     result["splits_md5"] = data_md5(splits_dir)
     result["lineage"] = read_summary(model_dir).get("lineage", {})
-    return result, splits
+    return result, splits, ranks

@@ -3,25 +3,31 @@
 Thresholds live in params.yaml under `gate:` (metric values are percent, as in metrics JSON):
 
     gate:
-      min:                          # absolute floors: candidate >= value
+      min:                          # absolute floors (0..100): candidate >= value; one at least
         HR@10: 3.0
         NDCG@10: 1.5
-      min_margin_over_popularity:   # candidate - popularity baseline >= value (percent points)
-        NDCG@10: 0.0
+      min_margin_over_popularity:   # candidate - popularity baseline >= value (percent points);
+        NDCG@10: 0.0                #   required: a gate without it is refused
       max_drop_vs_champion:         # change against the current champion, higher is better
-        NDCG@10: {relative: 0.02}   #   candidate >= champion * (1 - 0.02)
+        NDCG@10: {relative: 0.02}   #   candidate >= champion * (1 - 0.02), relative in [0, 1)
         HR@10: {absolute: 0.5}      #   candidate >= champion - 0.5 percent points
-                                    #   (a negative drop demands an improvement)
+                                    #   (a negative absolute drop demands an improvement)
+        NDCG@20: {relative: 0.02, confidence: 0.95}
+                                    #   fails only when the paired bootstrap's whole 95 %
+                                    #   interval of the change lies below -2 % (docs/gate.md)
       prometheus:                   # PromQL checks, evaluated now by Prometheus (instant queries)
         - name: training produced no NaN loss
           query: max(diffurec_train_nan_loss{pipeline="$pipeline", step="train", model="$model"})
           max: 0                    #   one of  min: V (value >= V), max: V (value <= V),
                                     #   equals_metric: NDCG@10 (within 1e-6 of the candidate's)
 
-Floors and the popularity margin always apply; the champion checks apply only when a champion
-exists, so with no champion yet the floors alone decide. The champion must have been measured
-on the same users as the candidate (same split of the same data version); `decide` refuses to
-compare otherwise, and `gate_candidate` re-evaluates the champion first (diffurec.champion).
+Floors and the popularity margin always apply (a gate without them is refused: it could not
+reject anything); the champion checks apply only when a champion exists, so with no champion
+yet the floors and the margin decide. The champion must have been measured on the same users
+as the candidate (same split of the same data version); `decide` refuses to compare otherwise,
+and `gate_candidate` re-evaluates the champion first (diffurec.champion). Given both models'
+per-user ranks (the candidate's `.ranks.npz`; the champion's from its re-evaluation on the
+candidate's splits), each champion check records a paired bootstrap of the change (`paired`).
 
 A Prometheus check's query may use the placeholders $pipeline ($DIFFUREC_PIPELINE, as the
 steps' pushes label it), $model (the candidate's architecture, e.g. diffurec), $run
@@ -30,6 +36,9 @@ value quoted for a PromQL string, so write them inside quotes. The query must gi
 (aggregate with max/min/count...): no sample, several, or NaN fail the check. Prometheus that
 cannot be reached fails the gate closed, unless allowed: then the checks are skipped, and the
 decision says so (`prometheus.skipped`, `reason`).
+
+Thresholds other than the configured ones (`--thresholds JSON`, the pipeline's `gate_override`)
+are an override: refused without a reason and who gave it, recorded in the decision and tagged.
 
 `decide` is pure: metrics in, decision dict out (docs/formats.md, "Gate decision JSON").
 `gate_candidate` is the whole step: read the metrics, find the champion, decide, stamp the
@@ -46,7 +55,9 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
-from diffurec import prometheus
+import numpy as np
+
+from diffurec import bootstrap, prometheus
 from diffurec.errors import DiffuRecError, located
 from diffurec.files import read_json_object, read_params, write_json_atomic
 from diffurec.metrics import METRIC_KEYS, check_metric_values
@@ -54,6 +65,11 @@ from diffurec.metrics import METRIC_KEYS, check_metric_values
 METRIC_SECTIONS = ("min", "min_margin_over_popularity", "max_drop_vs_champion")
 THRESHOLD_SECTIONS = (*METRIC_SECTIONS, "prometheus")
 DROP_KINDS = ("relative", "absolute")
+# Allowed values (percent points; a relative drop is a fraction): a floor outside 0..100 can
+# never fail or never pass, a relative drop of 1 or more lets any candidate through.
+FLOOR_RANGE = (0.0, 100.0)
+POINTS_RANGE = (-100.0, 100.0)  # margins and absolute drops (negative: demand an improvement)
+REQUIRED_SECTIONS = ("min", "min_margin_over_popularity")
 # A Prometheus check: a name, a query and exactly one limit (value >= min, value <= max, or
 # value within EQUALS_TOLERANCE of the candidate's metric of that name).
 PROMETHEUS_LIMITS = ("min", "max", "equals_metric")
@@ -101,17 +117,41 @@ def check_thresholds(gate: object, source: str = "gate") -> dict:
             if metric not in METRIC_KEYS:
                 raise DiffuRecError(f"{where}: unknown metric (expected one of {', '.join(METRIC_KEYS)})")
             if section == "max_drop_vs_champion":
-                if (
-                    not isinstance(threshold, dict)
-                    or len(threshold) != 1
-                    or next(iter(threshold)) not in DROP_KINDS
-                ):
-                    raise DiffuRecError(f"{where}: expected {{relative: FRACTION}} or {{absolute: POINTS}}")
-                kind, value = next(iter(threshold.items()))
-                checked[section][metric] = {kind: _number(value, f"{where}.{kind}")}
+                checked[section][metric] = _check_drop(threshold, where)
             else:
-                checked[section][metric] = _number(threshold, where)
+                limits = FLOOR_RANGE if section == "min" else POINTS_RANGE
+                checked[section][metric] = _number(threshold, where, limits)
     checked["prometheus"] = _check_prometheus_rules(gate.get("prometheus") or [], f"{source}.prometheus")
+    for section in REQUIRED_SECTIONS:
+        if not checked[section]:
+            example = "{NDCG@10: 1.5}" if section == "min" else "{NDCG@10: 0.0}"
+            raise DiffuRecError(
+                f"{source}.{section}: required, with one metric at least (e.g. {example}): "
+                f"a gate without it cannot reject a useless model"
+            )
+    return checked
+
+
+def _check_drop(rule: object, where: str) -> dict:
+    """{relative: FRACTION in [0, 1)} or {absolute: POINTS}, optionally with confidence: LEVEL."""
+    kinds = [kind for kind in DROP_KINDS if isinstance(rule, dict) and kind in rule]
+    if not isinstance(rule, dict) or len(kinds) != 1 or set(rule) - {*kinds, "confidence"}:
+        raise DiffuRecError(
+            f"{where}: expected {{relative: FRACTION}} or {{absolute: POINTS}}, optionally with "
+            f"confidence: LEVEL (e.g. {{relative: 0.02, confidence: 0.95}})"
+        )
+    (kind,) = kinds
+    value = _number(rule[kind], f"{where}.{kind}", POINTS_RANGE if kind == "absolute" else None)
+    if kind == "relative" and not 0.0 <= value < 1.0:
+        raise DiffuRecError(f"{where}.relative: expected a fraction in [0, 1) (0.02 = 2 %), got {value!r}")
+    checked = {kind: value}
+    if "confidence" in rule:
+        confidence = _number(rule["confidence"], f"{where}.confidence")
+        if not 0.5 <= confidence < 1.0:
+            raise DiffuRecError(
+                f"{where}.confidence: expected a level in [0.5, 1) (e.g. 0.95), got {confidence!r}"
+            )
+        checked["confidence"] = confidence
     return checked
 
 
@@ -162,9 +202,11 @@ def _check_prometheus_rules(rules: object, source: str) -> list[dict]:
     return checked
 
 
-def _number(value: object, where: str) -> float:
+def _number(value: object, where: str, limits: tuple[float, float] | None = None) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise DiffuRecError(f"{where}: expected a finite number, got {value!r}")
+    if limits is not None and not limits[0] <= value <= limits[1]:
+        raise DiffuRecError(f"{where}: expected a value in {limits[0]:g}..{limits[1]:g}, got {value!r}")
     return float(value)
 
 
@@ -206,13 +248,15 @@ def decide(
     baseline: dict | None = None,
     champion: dict | None = None,
     prometheus_outcome: dict | None = None,
+    paired_ranks: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> dict:
     """Run every check; return {"passed", "checks", "candidate", "champion", ...}.
 
     candidate, baseline: metrics JSON dicts. champion: {"version": str, "metrics": {...},
     "split", "users", "data_version", "re_evaluated": bool} or None (no champion yet).
     prometheus_outcome: what `run_prometheus_checks` returned (needed when the thresholds have
-    Prometheus checks).
+    Prometheus checks). paired_ranks: (candidate's, champion's) per-user ranks on the same
+    users, giving each champion check a paired bootstrap (needed for a `confidence` rule).
     """
     thresholds = check_thresholds(thresholds)
     if thresholds["prometheus"] and prometheus_outcome is None:
@@ -261,45 +305,7 @@ def decide(
     drops = thresholds["max_drop_vs_champion"]
     if champion is not None and drops:
         for metric, rule in drops.items():
-            old = float(champion["metrics"][metric])
-            ((kind, allowed),) = rule.items()
-            name = f"change vs champion v{champion['version']} {metric} ({kind})"
-            if kind == "absolute":
-                checks.append(
-                    _check(
-                        name,
-                        "change_vs_champion",
-                        metric,
-                        values[metric] - old,
-                        -allowed,
-                        reference=old,
-                        unit="points",
-                    )
-                )
-            elif old > 0:
-                checks.append(
-                    _check(
-                        name,
-                        "change_vs_champion",
-                        metric,
-                        (values[metric] - old) / old,
-                        -allowed,
-                        reference=old,
-                        unit="fraction",
-                    )
-                )
-            else:  # a zero champion: any candidate >= 0 keeps up, a relative change is undefined
-                checks.append(
-                    _check(
-                        name,
-                        "change_vs_champion",
-                        metric,
-                        values[metric] - old,
-                        0.0,
-                        reference=old,
-                        unit="points",
-                    )
-                )
+            checks.append(_champion_check(metric, rule, values[metric], champion, paired_ranks))
 
     if thresholds["prometheus"] and prometheus_outcome is not None:
         checks.extend(prometheus_outcome["checks"])
@@ -328,6 +334,58 @@ def decide(
         "thresholds": thresholds,
         "prometheus": prometheus_record,
     }
+
+
+def _champion_check(
+    metric: str,
+    rule: dict,
+    value: float,
+    champion: dict,
+    paired_ranks: tuple[np.ndarray, np.ndarray] | None,
+) -> dict:
+    """One max_drop_vs_champion check. Without `confidence` the point estimate (candidate's
+    value against the champion's) is checked; with it, the upper end of the paired bootstrap's
+    interval at that level: the check fails only when the whole interval lies below the
+    allowed change, i.e. the candidate is worse than allowed beyond the noise of these users."""
+    old = float(champion["metrics"][metric])
+    kind = "relative" if "relative" in rule else "absolute"
+    allowed, confidence = rule[kind], rule.get("confidence")
+    name = f"change vs champion v{champion['version']} {metric} ({kind}"
+    name += f", {confidence:.0%} interval)" if confidence is not None else ")"
+    paired = None
+    if paired_ranks is not None:
+        level = confidence if confidence is not None else bootstrap.DEFAULT_CONFIDENCE
+        paired = bootstrap.compare_ranks(*paired_ranks, metric, confidence=level)
+        paired["champion_mean"] = bootstrap.mean_metric(paired_ranks[1], metric)
+        if abs(paired["champion_mean"] - old) > bootstrap.METRIC_TOLERANCE:
+            raise DiffuRecError(
+                f"champion v{champion['version']}: its per-user ranks give {metric} "
+                f"{paired['champion_mean']:.6f}, its metrics {old:.6f}: not the same evaluation"
+            )
+    elif confidence is not None:
+        raise DiffuRecError(
+            f"gate.max_drop_vs_champion.{metric}: `confidence` needs both models' per-user ranks on "
+            f"the same users (the candidate's .ranks.npz from `diffurec evaluate`, and --splits to "
+            f"re-evaluate the champion)"
+        )
+    relative = kind == "relative" and old > 0
+    if relative and confidence is not None and paired is not None and paired["relative_interval"] is None:
+        relative = False  # a resample without hits: the relative change is undefined there
+    if relative:
+        point, threshold, unit = (value - old) / old, -allowed, "fraction"
+        bound = paired["relative_interval"][1] if paired is not None else None
+    else:
+        # absolute, or a zero champion (any candidate >= 0 keeps up; relative is undefined)
+        point, threshold, unit = value - old, (-allowed if kind == "absolute" else 0.0), "points"
+        bound = paired["interval"][1] if paired is not None else None
+    checked = point if confidence is None else bound
+    assert checked is not None
+    check = _check(name, "change_vs_champion", metric, checked, threshold, reference=old, unit=unit)
+    if confidence is not None:
+        check.update(confidence=confidence, estimate=round(point, 6))
+    if paired is not None:
+        check["paired"] = paired
+    return check
 
 
 def substitute(query: str, values: dict[str, str]) -> str:
@@ -448,8 +506,6 @@ def _check(
 
 
 def _reason(checks: list[dict], failed: list[str], champion: dict | None) -> str:
-    if not checks:
-        return "no checks configured: passed by default"
     scope = (
         "floors only (no champion yet)" if champion is None else f"against champion v{champion['version']}"
     )
@@ -496,6 +552,22 @@ def format_table(decision: dict) -> str:
                 for i, (cell, width) in enumerate(zip(row, widths, strict=True))
             )
         )
+    for check in decision["checks"]:
+        paired = check.get("paired")
+        if paired is not None:
+            low, high = paired["interval"]
+            line = (
+                f"  paired bootstrap {check['metric']} ({paired['users']} users): candidate - champion "
+                f"{paired['mean_difference']:+.3f} points, {paired['confidence']:.0%} interval "
+                f"[{low:+.3f}, {high:+.3f}]"
+            )
+            if paired["relative_interval"] is not None:
+                low, high = paired["relative_interval"]
+                line += f" = [{low * 100:+.1f}%, {high * 100:+.1f}%]"
+            lines.append(line)
+    override = decision.get("override")
+    if override:
+        lines.append(f"thresholds OVERRIDDEN by {override['by']}: {override['reason']}")
     verdict = "PASSED" if decision["passed"] else "REJECTED"
     lines.append(f"decision: {verdict} - {decision['reason']}")
     return "\n".join(lines)
@@ -511,9 +583,12 @@ def _show(value: float, check: dict) -> str:
     return f"{value:+.3f}"
 
 
-def stamp_decision(decision: dict, name: str | None, version: str | None, params: str | None) -> dict:
+def stamp_decision(
+    decision: dict, name: str | None, version: str | None, params: str | None, override: dict | None = None
+) -> dict:
     """`decide`'s result as written and recorded: `passed` first, then the registered version it
-    is about (or None), a fresh decision_id, decided_at (UTC) and the thresholds' file."""
+    is about (or None), a fresh decision_id, decided_at (UTC), the configured thresholds' file
+    and the override (override_record's, or None when the configured thresholds decided)."""
     return {
         "passed": decision["passed"],
         "name": name,
@@ -521,8 +596,46 @@ def stamp_decision(decision: dict, name: str | None, version: str | None, params
         "decision_id": uuid.uuid4().hex,
         "decided_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "params": params,
+        "override": override,
         **{key: value for key, value in decision.items() if key != "passed"},
     }
+
+
+def override_record(reason: str | None, by: str | None, configured: dict | None) -> dict:
+    """What an override of the configured thresholds records: why, who, and what it replaced
+    (None when no configured thresholds were found). Refused without a reason or a name."""
+    reason, by = (reason or "").strip(), (by or "").strip()
+    if not reason:
+        raise DiffuRecError(
+            "--thresholds overrides the configured gate thresholds: say why with --override-reason TEXT"
+        )
+    if not by:
+        raise DiffuRecError(
+            "--thresholds overrides the configured gate thresholds: say who with --override-by WHO"
+        )
+    return {"reason": reason, "by": by, "configured": configured}
+
+
+def resolve_thresholds(
+    params: str | Path,
+    thresholds_json: str | None,
+    override_reason: str | None = None,
+    override_by: str | None = None,
+) -> tuple[dict, str | None, dict | None]:
+    """The thresholds a gate run uses, their file and the override record, from the command
+    line: `params` holds the configured ones; `thresholds_json` replaces them, an override
+    (reason and name required; the configured ones are recorded when `params` exists).
+    Returns (thresholds, the configured thresholds' file or None, override or None)."""
+    if thresholds_json is None:
+        if override_reason or override_by:
+            raise DiffuRecError("--override-reason/--override-by: only with --thresholds JSON (the override)")
+        return load_thresholds(params), str(params), None
+    record = override_record(override_reason, override_by, None)  # before anything else: who and why
+    thresholds = parse_thresholds(thresholds_json)
+    if not Path(params).is_file():
+        return thresholds, None, record
+    record["configured"] = load_thresholds(params)
+    return thresholds, str(params), record
 
 
 def decision_tags(decision: dict) -> dict[str, str]:
@@ -530,12 +643,17 @@ def decision_tags(decision: dict) -> dict[str, str]:
     checks = [
         {key: check[key] for key in ("name", "value", "threshold", "passed")} for check in decision["checks"]
     ]
+    override = decision.get("override") or {}
     return {
         "gate_passed": str(decision["passed"]).lower(),
         "gate_decision_id": decision["decision_id"],
         "gate_decided_at": decision["decided_at"],
         "gate_reason": decision["reason"][:4000],  # MLflow caps a tag's value
         "gate_checks": json.dumps(checks)[:5000],
+        # Always all three: a later gate run without an override clears an earlier one's.
+        "gate_override": "true" if override else "false",
+        "gate_override_reason": str(override.get("reason", ""))[:4000],
+        "gate_override_by": str(override.get("by", ""))[:250],
     }
 
 
@@ -577,6 +695,8 @@ def gate_candidate(
     prometheus_url: str | None = None,
     allow_unreachable_prometheus: bool = False,
     prometheus_deadline: float = prometheus.DEFAULT_DEADLINE_SECONDS,
+    override: dict | None = None,
+    candidate_ranks: str | Path | None = None,
 ) -> dict:
     """The gate step: decide on the candidate's metrics, write the decision JSON to `out`, and
     return it.
@@ -586,12 +706,16 @@ def gate_candidate(
     metrics must be the candidate's, the champion (re-evaluated on `splits_dir` when it was
     measured on other data) is compared against, and the version is tagged with the decision.
     params: the thresholds' file, recorded in the decision (None when given otherwise).
+    override: `override_record`'s, when `thresholds` are not the configured ones.
+    candidate_ranks: the candidate's per-user ranks (default: its metrics JSON's `ranks_file`);
+    with them and `splits_dir` the champion is re-evaluated for the paired comparison.
     The Prometheus checks (thresholds["prometheus"]) query `prometheus_url` (default:
     $DIFFUREC_PROMETHEUS), each within `prometheus_deadline` seconds; nothing is written or
     tagged when they fail closed (see run_prometheus_checks).
     """
     from diffurec import registry
     from diffurec.champion import champion_for, check_candidate, same_metrics
+    from diffurec.promote import finish_interrupted
 
     if not (math.isfinite(prometheus_deadline) and prometheus_deadline > 0):
         raise DiffuRecError(f"--prometheus-timeout: expected seconds > 0, got {prometheus_deadline!r}")
@@ -602,6 +726,8 @@ def gate_candidate(
     registered: tuple[str, str] | None = None  # (name, version) of the candidate
     if name:
         mlflow_client = registry.client(tracking_uri)
+        # A promotion killed half-way is completed first: the champion is then the real one.
+        finish_interrupted(name, mlflow_client, tracking_uri)
         target = registry.get_version(name, version=version, mlflow_client=mlflow_client)
         assert target is not None  # by number: a missing version raises
         registered = (name, target["version"])
@@ -623,12 +749,20 @@ def gate_candidate(
         allow_unreachable=allow_unreachable_prometheus,
         deadline_seconds=prometheus_deadline,
     )
+    paired_ranks = None
     if registered is not None:
-        champion = champion_for(registered[0], candidate, splits_dir, mlflow_client, tracking_uri)
+        drops = bool(thresholds["max_drop_vs_champion"])
+        ranks = None
+        if drops and (candidate_ranks or candidate.get("ranks_file")):
+            ranks = bootstrap.read_ranks(candidate_path, candidate, candidate_ranks)
+        champion, champion_ranks = champion_for(
+            registered[0], candidate, splits_dir, mlflow_client, tracking_uri, need_ranks=ranks is not None
+        )
+        if ranks is not None and champion_ranks is not None:
+            paired_ranks = (ranks, champion_ranks)
     name, version = registered or (None, None)
-    decision = stamp_decision(
-        decide(candidate, thresholds, baseline, champion, prometheus_outcome), name, version, params
-    )
+    decided = decide(candidate, thresholds, baseline, champion, prometheus_outcome, paired_ranks)
+    decision = stamp_decision(decided, name, version, params, override)
     write_json_atomic(out, decision)
     if registered is not None:
         # Tag after the JSON is written: promote needs both, so an interrupted gate promotes nothing.

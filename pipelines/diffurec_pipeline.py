@@ -98,7 +98,12 @@ def default_arguments(params: dict) -> dict:
         "split": params["evaluate"]["split"],
         "registry_name": params["registry"]["name"],
         "tracking_uri": "",  # empty: $MLFLOW_TRACKING_URI (on a cluster: the ConfigMap's)
-        "gate_thresholds": params["gate"],
+        # The gate's thresholds are no run parameter: params.yaml's, compiled in as a constant
+        # (gate_thresholds). A run that needs others gives them here, a JSON `gate:` section,
+        # with a reason and a name: the gate records the override in its decision and tags.
+        "gate_override": "",
+        "override_reason": "",
+        "override_by": "",
         "prometheus_url": "",  # empty: $DIFFUREC_PROMETHEUS (on a cluster: the ConfigMap's)
         # true: an unreachable Prometheus skips the gate's Prometheus checks (recorded) instead
         # of failing the gate step
@@ -106,10 +111,21 @@ def default_arguments(params: dict) -> dict:
     }
 
 
+def gate_thresholds(params: dict) -> dict:
+    """params.yaml's `gate:` section, checked (a gate that cannot reject fails the compile):
+    the thresholds compiled into the spec as a constant of the gate step."""
+    from diffurec.gate import check_thresholds
+
+    check_thresholds(params.get("gate"), source=f"{PARAMS_FILE.name}: gate")
+    return params["gate"]
+
+
 def build_pipeline(cluster: bool = True, params: dict | None = None):
     """The pipeline function. cluster=False leaves out what only a cluster has (the settings
     ConfigMap) for kfp's local runner; everything else is identical."""
-    defaults = default_arguments(params or load_params())
+    params = params or load_params()
+    defaults = default_arguments(params)
+    thresholds = gate_thresholds(params)
 
     @dsl.pipeline(
         name=PIPELINE_NAME,
@@ -125,7 +141,9 @@ def build_pipeline(cluster: bool = True, params: dict | None = None):
         split: str = defaults["split"],
         registry_name: str = defaults["registry_name"],
         tracking_uri: str = defaults["tracking_uri"],
-        gate_thresholds: dict = defaults["gate_thresholds"],
+        gate_override: str = defaults["gate_override"],
+        override_reason: str = defaults["override_reason"],
+        override_by: str = defaults["override_by"],
         prometheus_url: str = defaults["prometheus_url"],
         allow_unreachable_prometheus: bool = defaults["allow_unreachable_prometheus"],
     ):
@@ -206,12 +224,16 @@ def build_pipeline(cluster: bool = True, params: dict | None = None):
         ).set_caching_options(False)
         gate_task = gate(
             candidate=eval_task.outputs["metrics"],
+            candidate_ranks=eval_task.outputs["ranks"],
             baseline=baseline_eval.outputs["metrics"],
             splits=splits_task.outputs["splits"],
             registry_name=registry_name,
             version=register_task.output,
             tracking_uri=tracking_uri,
-            thresholds=gate_thresholds,
+            thresholds=thresholds,
+            override=gate_override,
+            override_reason=override_reason,
+            override_by=override_by,
             prometheus_url=prometheus_url,
             allow_unreachable_prometheus=allow_unreachable_prometheus,
         ).set_caching_options(False)

@@ -261,8 +261,8 @@ def test_a_rejected_gate_fires_the_alert_in_prometheus(prometheus_servers, pipel
         )
     )
     params = tmp_path / "params.yaml"
-    params.write_text("gate:\n  min:\n    HR@10: 3.0\n")
-    arguments = ["gate", "--candidate", str(candidate), "--params", str(params)]
+    params.write_text("gate:\n  min:\n    HR@10: 3.0\n  min_margin_over_popularity:\n    NDCG@10: 0.0\n")
+    arguments = ["gate", "--candidate", str(candidate), "--baseline", str(candidate), "--params", str(params)]
     assert main([*arguments, "--out", str(tmp_path / "decision.json")]) == 0
 
     alerts = wait_for_alerts(prometheus_servers, pipeline, {"DiffuRecGateFailed"})

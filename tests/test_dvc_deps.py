@@ -100,8 +100,8 @@ def observed(tmp_path_factory: pytest.TempPathFactory, repo_root: Path, shared_d
             # floors every trained model clears, so promote runs its whole path
             "gate": {
                 "min": {"HR@10": 0.0},
-                "min_margin_over_popularity": {},
-                "max_drop_vs_champion": {"NDCG@10": {"relative": 1.0}},
+                "min_margin_over_popularity": {"NDCG@10": -100.0},
+                "max_drop_vs_champion": {"NDCG@10": {"absolute": 100.0}},
             },
         },
     )

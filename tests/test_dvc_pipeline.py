@@ -78,8 +78,8 @@ def clone(tmp_path_factory, repo_root, shared_data):
             # floors every trained model clears: this run must be promoted
             "gate": {
                 "min": {"HR@10": 0.0},
-                "min_margin_over_popularity": {},
-                "max_drop_vs_champion": {"NDCG@10": {"relative": 1.0}},
+                "min_margin_over_popularity": {"NDCG@10": -100.0},
+                "max_drop_vs_champion": {"NDCG@10": {"absolute": 100.0}},
             },
         },
     )

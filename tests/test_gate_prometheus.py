@@ -58,9 +58,14 @@ def metrics_json(ndcg10: float = NDCG10) -> dict:
     }
 
 
+# A gate needs a floor and the margin over popularity (issue 12); run_gate's baseline is the
+# candidate itself, so the margin holds.
+FLOORS = {"min": {"HR@10": 3.0}, "min_margin_over_popularity": {"NDCG@10": 0.0}}
+
+
 def write_params(folder: Path, rules: object) -> str:
     path = folder / "params.yaml"
-    path.write_text(yaml.safe_dump({"gate": {"min": {"HR@10": 3.0}, "prometheus": rules}}, sort_keys=False))
+    path.write_text(yaml.safe_dump({"gate": FLOORS | {"prometheus": rules}}, sort_keys=False))
     return str(path)
 
 
@@ -107,7 +112,8 @@ def push_run(servers: Servers, pipeline: str, nan_loss: float, ndcg10: float) ->
 
 
 def run_gate(candidate: str, params: str, out: Path, *extra: str) -> int:
-    return main(["gate", "--candidate", candidate, "--params", params, "--out", str(out), *extra])
+    command = ["gate", "--candidate", candidate, "--baseline", candidate, "--params", params]
+    return main([*command, "--out", str(out), *extra])
 
 
 def prometheus_checks(decision: dict) -> dict:
@@ -145,12 +151,12 @@ def test_checks_that_hold_pass_and_record_query_value_and_result(
     ndcg = checks[PUSHED_NDCG["name"]]
     assert (ndcg["value"], ndcg["threshold"], ndcg["metric"]) == (NDCG10, NDCG10, "NDCG@10")
     assert ndcg["passed"] is True
-    assert decision["failed"] == [] and "passed all 4 checks" in decision["reason"]
+    assert decision["failed"] == [] and "passed all 5 checks" in decision["reason"]
     printed = capsys.readouterr().out
     assert "training produced no NaN loss" in printed and "<= 0" in printed
     # The gate's gauges count the Prometheus checks; MLflow tags would carry them too.
     gauges = gate.decision_gauges(decision)
-    assert gauges["gate_checks"] == 4.0 and gauges["gate_prometheus_checks_skipped"] == 0.0
+    assert gauges["gate_checks"] == 5.0 and gauges["gate_prometheus_checks_skipped"] == 0.0
     tags = json.loads(gate.decision_tags(decision)["gate_checks"])
     assert {"name": NO_NAN_LOSS["name"], "value": 0.0, "threshold": 0.0, "passed": True} in tags
 
@@ -170,7 +176,7 @@ def test_failing_checks_reject_the_candidate(servers, pipeline, candidate, tmp_p
     mismatch = checks[PUSHED_NDCG["name"]]
     assert mismatch["value"] == pytest.approx(NDCG10 + 1e-4, abs=1e-12) and mismatch["threshold"] == NDCG10
     assert checks[no_data["name"]]["value"] is None and checks[no_data["name"]]["note"] == "no data"
-    assert "rejected: 3 of 4 checks failed" in decision["reason"]
+    assert "rejected: 3 of 5 checks failed" in decision["reason"]
     # --fail-on-reject turns the rejection into exit status 2 (after writing the decision).
     out.unlink()
     status = run_gate(candidate, params, out, "--prometheus", servers.prometheus, "--fail-on-reject")
@@ -206,7 +212,7 @@ def test_the_repository_checks_hold_on_what_the_steps_push(
     monkeypatch.delenv("DIFFUREC_PUSHGATEWAY")
     out = tmp_path / "decision.json"
     params = str(repo_root / "params.yaml")
-    extra = ("--baseline", candidate, "--prometheus", servers.prometheus)
+    extra = ("--prometheus", servers.prometheus)
     assert run_gate(candidate, params, out, *extra) == 0
     decision = json.loads(out.read_text())
     checks = prometheus_checks(decision)
@@ -305,8 +311,8 @@ def test_allowed_unreachable_prometheus_is_recorded_as_skipped(pipeline, candida
     )
     assert status == 0
     decision = json.loads(out.read_text())
-    assert decision["passed"] is True  # the floor alone decided
-    assert [check["kind"] for check in decision["checks"]] == ["floor"]
+    assert decision["passed"] is True  # the floor and the margin alone decided
+    assert [check["kind"] for check in decision["checks"]] == ["floor", "margin_over_popularity"]
     skipped = decision["prometheus"]["skipped"]
     assert url in skipped and "connection refused" in skipped and "--allow-unreachable-prometheus" in skipped
     assert "3 Prometheus checks skipped" in decision["reason"]
@@ -385,7 +391,8 @@ def test_an_empty_section_asks_nothing_and_decides_as_before(pipeline, candidate
     url = f"http://127.0.0.1:{free_port()}"  # would refuse: it is never asked
     assert run_gate(candidate, write_params(tmp_path, []), out, "--prometheus", url) == 0
     decision = json.loads(out.read_text())
-    assert decision["prometheus"] is None and [c["kind"] for c in decision["checks"]] == ["floor"]
+    kinds = [check["kind"] for check in decision["checks"]]
+    assert decision["prometheus"] is None and kinds == ["floor", "margin_over_popularity"]
     assert "skipped" not in decision["reason"]
     assert "gate_prometheus_checks_skipped" not in gate.decision_gauges(decision)
 
@@ -428,7 +435,7 @@ def test_the_section_is_checked_the_same_as_json(tmp_path):
         {"name": NO_NAN_LOSS["name"], "query": NO_NAN_LOSS["query"], "max": 0.0},
         {"name": "regex anchor", "query": 'up{job=~"diffurec$"}', "min": 1.0},
     ]
-    assert gate.parse_thresholds(json.dumps({"min": {"HR@10": 3.0}, "prometheus": rules})) == loaded
+    assert gate.parse_thresholds(json.dumps(FLOORS | {"prometheus": rules})) == loaded
     with pytest.raises(DiffuRecError, match=r"^--thresholds\.prometheus\[0\]\.query: expected a non-empty"):
         gate.parse_thresholds('{"prometheus": [{"name": "x", "query": "", "max": 0}]}')
 
@@ -467,6 +474,6 @@ def test_one_check_needs_exactly_one_finite_sample():
 
 
 def test_decide_refuses_prometheus_rules_that_were_not_evaluated():
-    thresholds = {"min": {"HR@10": 3.0}, "prometheus": [NO_NAN_LOSS]}
+    thresholds = FLOORS | {"prometheus": [NO_NAN_LOSS]}
     with pytest.raises(DiffuRecError, match="Prometheus checks: evaluate them first"):
         gate.decide(metrics_json(), thresholds)

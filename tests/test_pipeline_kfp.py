@@ -64,12 +64,15 @@ def test_spec_gpu_caching_condition_and_parameters(repo_root):
     ]
     assert train_platform["nodeSelector"]["labels"] == {"nvidia.com/gpu.present": "true"}
     assert train_platform["tolerations"][0]["key"] == "nvidia.com/gpu"
-    # Parameters cover data location, preset, budget and thresholds, defaults from params.yaml.
+    # Parameters cover data location, preset, budget and a gate override, defaults from
+    # params.yaml; the thresholds are no parameter but params.yaml's, compiled in (issue 12).
     params = yaml.safe_load((repo_root / "params.yaml").read_text())
     inputs = spec["root"]["inputDefinitions"]["parameters"]
-    assert {"dataset", "source", "train", "gate_thresholds"} <= set(inputs)
+    assert {"dataset", "source", "train", "gate_override", "override_reason", "override_by"} <= set(inputs)
+    assert "gate_thresholds" not in inputs
     assert inputs["train"]["defaultValue"] == params["train"]
-    assert inputs["gate_thresholds"]["defaultValue"] == params["gate"]
+    constant = tasks["gate"]["inputs"]["parameters"]["thresholds"]["runtimeValue"]["constant"]
+    assert constant == params["gate"]
 
 
 def _local_run(repo_root, root, uri, source, thresholds, model="diffurec"):
@@ -94,7 +97,11 @@ def _local_run(repo_root, root, uri, source, thresholds, model="diffurec"):
         "--set",
         f"registry_name={NAME}",
         "--set",
-        f"gate_thresholds={json.dumps(thresholds)}",
+        f"gate_override={json.dumps(thresholds)}",
+        "--set",
+        "override_reason=test thresholds for a tiny slice",
+        "--set",
+        "override_by=test_pipeline_kfp",
     ]
     return run(command, cwd=repo_root, env=tool_env(uri))
 
@@ -106,7 +113,7 @@ def test_local_run_takes_or_skips_the_promote_branch(tmp_path, repo_root, shared
     )
     uri = f"sqlite:///{tmp_path}/mlflow.db"
 
-    floors = {"min": {"HR@10": 0.0}, "min_margin_over_popularity": {}, "max_drop_vs_champion": {}}
+    floors = {"min": {"HR@10": 0.0}, "min_margin_over_popularity": {"NDCG@10": -100.0}}
     first = _local_run(repo_root, tmp_path / "kfp", uri, source, floors)
     output = first.stdout + first.stderr
     assert first.returncode == 0, output[-4000:]
@@ -116,9 +123,9 @@ def test_local_run_takes_or_skips_the_promote_branch(tmp_path, repo_root, shared
     assert champion_version(uri, NAME) == "1"
     code_md5 = source_md5(repo_root / "diffurec")
 
-    # Above any possible HR@10 (percent). The candidate is the popularity model this time: the
+    # Only a perfect HR@10 (percent) passes. The candidate is the popularity model this time: the
     # branch depends on the gate only, and DiffuRec's training ran in the first run already.
-    unreachable = {"min": {"HR@10": 100.1}}
+    unreachable = {"min": {"HR@10": 100.0}, "min_margin_over_popularity": {"NDCG@10": 0.0}}
     second = _local_run(repo_root, tmp_path / "kfp", uri, source, unreachable, model="popularity")
     output = second.stdout + second.stderr
     assert second.returncode == 0, output[-4000:]

@@ -22,7 +22,13 @@ from diffurec.errors import DiffuRecError
 from promotion_models import fit_on_first, fresh_tracking_uri, train_with_cli
 
 REPO = Path(__file__).resolve().parents[1]
-GATE = {"min": {"HR@10": 3.0, "NDCG@10": 1.5}, "max_drop_vs_champion": {"NDCG@10": {"relative": 0.02}}}
+GATE = {
+    "min": {"HR@10": 3.0, "NDCG@10": 1.5},
+    # The gate requires a margin over popularity (issue 12); these candidates are popularity
+    # models, gated with their own metrics as the baseline: a margin of 0 always holds.
+    "min_margin_over_popularity": {"NDCG@10": 0.0},
+    "max_drop_vs_champion": {"NDCG@10": {"relative": 0.02}},
+}
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +63,8 @@ def gate(candidate, version: str, store: Path) -> dict:
             [
                 "gate",
                 "--candidate",
+                str(candidate[1]),
+                "--baseline",
                 str(candidate[1]),
                 "--params",
                 str(store / "params.yaml"),
@@ -97,7 +105,11 @@ def test_first_promoted_on_floors_better_replaces_worse_refused(candidates, stor
     v1 = register(candidates["first"])
     first = gate(candidates["first"], v1, store)
     assert first["passed"] is True and first["champion"] is None
-    assert [check["name"] for check in first["checks"]] == ["floor HR@10", "floor NDCG@10"]
+    assert [check["name"] for check in first["checks"]] == [
+        "floor HR@10",
+        "floor NDCG@10",
+        "margin over popularity NDCG@10",
+    ]
     assert promote(v1, store) == 0
     assert (alias("champion"), alias("previous")) == ("1", None)
     printed = capsys.readouterr().out
@@ -120,7 +132,7 @@ def test_first_promoted_on_floors_better_replaces_worse_refused(candidates, stor
     assert worse["passed"] is False
     assert worse["failed"] == ["floor HR@10", "floor NDCG@10", "change vs champion v2 NDCG@10 (relative)"]
     printed = capsys.readouterr().out
-    assert "decision: REJECTED - rejected: 3 of 3 checks failed" in printed
+    assert "decision: REJECTED - rejected: 3 of 4 checks failed" in printed
     assert registry.get_version("rec", version="3")["tags"]["gate_passed"] == "false"
 
     assert promote(v3, store) == 2
@@ -234,6 +246,8 @@ def test_champion_is_re_evaluated_on_the_candidates_new_data(
         "gate",
         "--candidate",
         str(candidate[1]),
+        "--baseline",
+        str(candidate[1]),
         "--params",
         str(store / "params.yaml"),
         "--model-name",
@@ -279,6 +293,8 @@ def test_the_gate_stamps_the_decision_and_records_it_on_the_version(candidates, 
             [
                 "gate",
                 "--candidate",
+                str(candidates["worse"][1]),
+                "--baseline",
                 str(candidates["worse"][1]),
                 "--params",
                 str(store / "params.yaml"),

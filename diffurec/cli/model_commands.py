@@ -152,7 +152,9 @@ def _register_evaluate(subparsers) -> None:
     p.add_argument("--seed", type=int, default=1997, help="seed of the model's inference noise")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
-    p.add_argument("--out", required=True, help="metrics JSON to write")
+    p.add_argument(
+        "--out", required=True, help="metrics JSON to write (per-user ranks go beside it: NAME.ranks.npz)"
+    )
     add_force(p, "a file that is not a JSON object")
     p.set_defaults(func=run_evaluate, describe=describe_model_folder)
 
@@ -165,6 +167,7 @@ def _check_inference_flags(args: argparse.Namespace) -> None:
 
 
 def run_evaluate(args: argparse.Namespace) -> dict:
+    from diffurec.bootstrap import write_ranks
     from diffurec.evaluate import evaluate_folder
     from diffurec.files import prepare_output, write_json_atomic
     from diffurec.metrics import METRIC_KEYS
@@ -175,7 +178,7 @@ def run_evaluate(args: argparse.Namespace) -> dict:
     prepare_output(
         args.out, kind="file", inputs=[args.model, args.splits], force=args.force, written_by="json"
     )
-    result, splits = evaluate_folder(
+    result, splits, ranks = evaluate_folder(
         args.model,
         args.splits,
         split=args.split,
@@ -186,6 +189,7 @@ def run_evaluate(args: argparse.Namespace) -> dict:
         device=args.device,
         threads=args.threads,
     )
+    write_ranks(args.out, result, ranks)  # first: the metrics JSON names it
     write_json_atomic(args.out, result)
     labels = {"model": result["model"]["name"], "dataset": splits.dataset_label}
     gauges = {key: result["metrics"][key] for key in METRIC_KEYS}

@@ -59,17 +59,24 @@ def register(subparsers: Any) -> None:
         metavar="JSON",
         help="popularity baseline metrics JSON, same split (for the margin checks)",
     )
-    thresholds = parser.add_mutually_exclusive_group()
-    thresholds.add_argument(
+    parser.add_argument(
         "--params",
         default="params.yaml",
         metavar="YAML",
-        help="file with the `gate:` thresholds (default: params.yaml)",
+        help="file with the configured `gate:` thresholds (default: params.yaml)",
     )
-    thresholds.add_argument(
+    parser.add_argument(
         "--thresholds",
         metavar="JSON",
-        help="the thresholds as a JSON object (the `gate:` section), instead of --params",
+        help="override: these thresholds (a JSON `gate:` section) instead of the configured ones; "
+        "needs --override-reason and --override-by, recorded in the decision and the registry",
+    )
+    parser.add_argument("--override-reason", metavar="TEXT", help="why --thresholds overrides the configured")
+    parser.add_argument("--override-by", metavar="WHO", help="who decided the --thresholds override")
+    parser.add_argument(
+        "--candidate-ranks",
+        metavar="NPZ",
+        help="the candidate's per-user ranks (default: the metrics JSON's ranks_file, beside it)",
     )
     parser.add_argument("--out", required=True, metavar="JSON", help="where to write the decision")
     add_force(parser, "a file that is not a JSON object")
@@ -206,10 +213,9 @@ def run_gate(args: argparse.Namespace) -> dict:
     check_flags(args, {"prometheus_timeout": POSITIVE})
     inputs = [args.candidate, args.baseline, args.splits, args.params]
     prepare_output(args.out, kind="file", inputs=inputs, force=args.force, written_by="json")
-    if args.thresholds is not None:
-        thresholds, params = gate.parse_thresholds(args.thresholds), None
-    else:
-        thresholds, params = gate.load_thresholds(args.params), str(args.params)
+    thresholds, params, override = gate.resolve_thresholds(
+        args.params, args.thresholds, args.override_reason, args.override_by
+    )
     decision = gate.gate_candidate(
         args.candidate,
         thresholds,
@@ -223,6 +229,8 @@ def run_gate(args: argparse.Namespace) -> dict:
         prometheus_url=args.prometheus,
         allow_unreachable_prometheus=args.allow_unreachable_prometheus,
         prometheus_deadline=args.prometheus_timeout,
+        override=override,
+        candidate_ranks=args.candidate_ranks,
     )
     print(gate.format_table(decision))
     print(f"decision written to {args.out}")
