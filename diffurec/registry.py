@@ -80,8 +80,8 @@ def register_model_folder(
     Returns {"name", "version", "run_id", "source", "tracking_uri"}. The new version gets the
     `challenger` alias until it is promoted.
     """
-    from diffurec.gate import data_version, read_metrics
-    from diffurec.lineage import git_commit
+    from diffurec.gate import read_metrics
+    from diffurec.lineage import git_commit, version_tags
     from diffurec.metrics import check_identity
     from diffurec.model_folder import MANIFEST_FILE, read_config, read_summary, verify_manifest
 
@@ -104,9 +104,9 @@ def register_model_folder(
     tags = {
         "model": str(config.get("model", "")),
         "preset": str(preset),
-        "data_version": str(data_version({"lineage": lineage}) or "unknown"),
-        "raw_data_md5": str(lineage.get("raw_data_md5") or "unknown"),
-        "git_commit": str(lineage.get("git_commit") or "unknown"),
+        # code, data, parameters and run: git_commit, image, raw_data_md5, splits_md5,
+        # data_version, data_revision, params, kfp_run_id, kfp_run_name
+        **version_tags(lineage),
         "metrics_split": str(metrics_json.get("split", "")),
         "metrics_users": str(metrics_json.get("users", "")),
         "metrics": json.dumps(metrics_json["metrics"], sort_keys=True),
