@@ -332,7 +332,9 @@ def test_runs_train_on_the_pushed_version_named_by_git(
     second_md5 = _raw_md5_at(author, second_commit)
     assert second_md5 == hashlib.md5(second_log.read_bytes()).hexdigest() != first_md5
 
-    second_run = _local_run(pipeline, env)  # the default data version: HEAD of the repository
+    # The default data version: the commit the pipeline runs from (here HEAD: the same commit).
+    subprocess.run(["git", "pull", "-q"], cwd=pipeline, check=True)
+    second_run = _local_run(pipeline, env)
     seen = _seen_md5s(second_run)
     assert seen == dict.fromkeys(seen, second_md5), seen
     tags = {str(v.version): v.tags for v in registered_versions(env["MLFLOW_TRACKING_URI"], NAME)}
