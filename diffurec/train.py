@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import math
 import os
@@ -247,6 +248,20 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return contents
 
 
+def _splits_md5(path: str | os.PathLike[str]) -> str:
+    """The splits folder's data version (its DVC md5), recorded in every checkpoint."""
+    folder = os.stat(path)
+    return _folder_md5(str(path), folder.st_ino, folder.st_mtime_ns)
+
+
+@functools.cache
+def _folder_md5(path: str, inode: int, mtime_ns: int) -> str:
+    """Hashed once per folder: a folder written again (atomically: a new inode) is hashed again."""
+    from diffurec.lineage import data_md5
+
+    return data_md5(path)
+
+
 def _result_settings(settings: TrainSettings) -> dict[str, Any]:
     values = asdict(settings)
     return {key: values[key] for key in RESULT_SETTINGS}
@@ -433,11 +448,15 @@ class TrainState:
         cls, checkpoint: dict[str, Any], path: Path, run: Run, training: Training
     ) -> TrainState:
         """The state a checkpoint holds; restores the model, optimizer and scheduler in place."""
-        if any(checkpoint[key] != value for key, value in cls._run_identity(run).items()):
-            raise DiffuRecError(
-                f"{path}: written by a run with other settings; "
-                f"start without --resume or use another --checkpoint-dir"
-            )
+        advice = "start without --resume or use another --checkpoint-dir"
+        for key, value in cls._run_identity(run).items():
+            if key not in checkpoint:
+                raise DiffuRecError(f"{path}: a checkpoint without its {key} (an older diffurec); {advice}")
+            if checkpoint[key] != value:
+                what = {"settings": "other settings", "model_config": "another model config"}.get(
+                    key, f"other data (splits md5 {checkpoint[key]}, this run's {value})"
+                )
+                raise DiffuRecError(f"{path}: written by a run with {what}; {advice}")
         run.module.load_state_dict(checkpoint["model"])
         training.optimizer.load_state_dict(checkpoint["optimizer"])
         training.scheduler.load_state_dict(checkpoint["scheduler"])
@@ -449,8 +468,14 @@ class TrainState:
 
     @staticmethod
     def _run_identity(run: Run) -> dict[str, Any]:
-        """What must match for a checkpoint to be resumed: the result settings and the model."""
-        return {"settings": _result_settings(run.settings), "model_config": run.model.config}
+        """What must match for a checkpoint to be resumed: the result settings, the model and
+        the data (the splits folder's DVC md5; None for splits that are not a folder)."""
+        path = run.splits.path
+        return {
+            "settings": _result_settings(run.settings),
+            "model_config": run.model.config,
+            "splits_md5": _splits_md5(path) if path is not None else None,
+        }
 
     def has_stopped(self, settings: TrainSettings) -> bool:
         """A resumed run that had already stopped trains no further (unless given more time)."""

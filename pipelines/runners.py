@@ -28,7 +28,7 @@ from diffurec import prometheus, telemetry
 from diffurec.errors import DiffuRecError, located
 from diffurec.files import read_params
 from diffurec.lineage import GIT_COMMIT_ENV, git_commit
-from diffurec.train_settings import TrainSettings
+from diffurec.train_settings import MAX_LENS, TrainSettings
 
 log = logging.getLogger(__name__)
 
@@ -192,6 +192,8 @@ def parse_overrides(pairs: list[str], defaults: dict[str, Any]) -> dict[str, Any
             raise DiffuRecError(f"--set {pair!r}: not a {kind.__name__} ({error})") from None
     if "train" in arguments:  # the settings are checked here, not in a pod minutes later
         TrainSettings.from_mapping(arguments["train"], source="--set train")
+    if "max_len" in arguments:  # preprocess's --max-len
+        MAX_LENS.check(arguments["max_len"], "--set max_len")
     return arguments
 
 

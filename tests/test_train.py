@@ -262,6 +262,7 @@ CHECKPOINT_KEYS = {
     "stop_reason",
     "settings",
     "model_config",
+    "splits_md5",
 }
 SUMMARY_KEYS = [
     "model",
