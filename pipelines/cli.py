@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from diffurec.cli import add_force, check_flags
 from diffurec.errors import DiffuRecError
+from diffurec.files import prepare_output
 
 if TYPE_CHECKING:
     from pipelines import local_monitoring
@@ -93,6 +94,7 @@ def register(subparsers: Any) -> None:
         "--out", metavar="YAML", help="spec file (default: pipelines/diffurec_pipeline.yaml)"
     )
     compile_.add_argument("--params", metavar="YAML", help="parameters (default: params.yaml)")
+    add_force(compile_, None)
     compile_.set_defaults(func=run_compile)
 
     submit = commands.add_parser(
@@ -299,6 +301,8 @@ def run_compile(args: argparse.Namespace) -> dict[str, Any]:
     from pipelines import runners
     from pipelines.diffurec_pipeline import PIPELINE_NAME
 
+    if args.out:
+        prepare_output(args.out, kind="file", inputs=[args.params], force=args.force)
     out = runners.compile_spec(args.out, args.params)
     print(f"compiled {PIPELINE_NAME} to {out}")
     return {}
@@ -331,7 +335,6 @@ def run_submit(args: argparse.Namespace) -> dict[str, Any]:
 
 def run_fetch_raw(args: argparse.Namespace) -> dict[str, Any]:
     from diffurec.data.fetch import fetch_raw
-    from diffurec.files import prepare_output
 
     prepare_output(args.out, kind="file", inputs=[args.source], force=args.force)
     result = fetch_raw(
@@ -348,7 +351,6 @@ def run_fetch_raw(args: argparse.Namespace) -> dict[str, Any]:
 
 def run_lineage(args: argparse.Namespace) -> dict[str, Any]:
     from diffurec.files import read_params
-    from diffurec.files import prepare_output
     from diffurec.lineage import build_lineage, write_lineage
 
     inputs = [args.raw, args.splits, args.params]
