@@ -157,7 +157,7 @@ def test_secrets_are_referenced_never_inlined(rendered):
                     if any(word in env["name"].upper() for word in ("PASSWORD", "TOKEN", "SECRET", "USER")):
                         assert "value" not in env, (name, env["name"])
                         referenced.add(env["valueFrom"]["secretKeyRef"]["name"])
-        assert referenced == {"diffurec-mlflow-db"}
+        assert referenced == {"diffurec-mlflow-db", "diffurec-mlflow-auth"}
         # Only the MLflow server may reach the database.
         (policy,) = [
             p for p in by_kind(objects, "NetworkPolicy") if p["metadata"]["name"] == "mlflow-postgres"
@@ -271,9 +271,98 @@ def test_mlflow_server_arguments_are_options_of_the_installed_mlflow(rendered):
     assert container["command"] == ["mlflow"] and container["args"][0] == "server"
     for arg in container["args"][1:]:
         assert arg.split("=", 1)[0] in options, arg
-    # $(DB_USER) and $(DB_PASSWORD) are expanded by the kubelet from the secret-backed env.
-    env = {e["name"] for e in container["env"]}
-    assert {"DB_USER", "DB_PASSWORD"} <= env
+    # The backend URI comes from the environment (the option's envvar), not from the arguments.
+    (backend,) = [p for p in cli.commands["server"].params if p.name == "backend_store_uri"]
+    assert backend.envvar == "MLFLOW_BACKEND_STORE_URI"
+    assert {e["name"] for e in container["env"]} >= {"DB_USER", "DB_PASSWORD", "MLFLOW_BACKEND_STORE_URI"}
+
+
+def mlflow_container(objects: list[dict]) -> tuple[dict, dict]:
+    (deployment,) = [d for d in by_kind(objects, "Deployment") if d["metadata"]["name"] == "mlflow"]
+    spec = deployment["spec"]["template"]["spec"]
+    return spec, spec["containers"][0]
+
+
+def test_mlflow_runs_basic_auth_and_no_password_is_on_a_command_line(rendered):
+    import re
+
+    for overlay, objects in rendered.items():
+        spec, container = mlflow_container(objects)
+        assert "--app-name=basic-auth" in container["args"], overlay
+        words = container["command"] + container["args"]
+        assert not any(re.search(r"password|\$\(|postgresql://|secret", w, re.IGNORECASE) for w in words), (
+            words
+        )
+        env = container["env"]
+        secret_backed = {
+            e["name"]: (e["valueFrom"]["secretKeyRef"]["name"], e["valueFrom"]["secretKeyRef"]["key"])
+            for e in env
+            if "secretKeyRef" in e.get("valueFrom", {})
+        }
+        assert secret_backed["MLFLOW_AUTH_ADMIN_USERNAME"] == ("diffurec-mlflow-auth", "username")
+        assert secret_backed["MLFLOW_AUTH_ADMIN_PASSWORD"] == ("diffurec-mlflow-auth", "password")
+        assert secret_backed["MLFLOW_FLASK_SERVER_SECRET_KEY"][0] == "diffurec-mlflow-auth"
+        assert secret_backed["DB_PASSWORD"] == ("diffurec-mlflow-db", "password")
+        # The kubelet expands $(VAR) only from variables defined before, and every one the
+        # backend URI uses must hold a secret, not a literal.
+        names = [e["name"] for e in env]
+        backend = next(e for e in env if e["name"] == "MLFLOW_BACKEND_STORE_URI")
+        references = re.findall(r"\$\((\w+)\)", backend["value"])
+        assert references == ["DB_USER", "DB_PASSWORD"], backend
+        for name in references:
+            assert name in secret_backed and names.index(name) < names.index(backend["name"]), name
+        assert backend["value"].startswith("postgresql://$(DB_USER):$(DB_PASSWORD)@")
+        # The auth configuration is mounted from the ConfigMap the manifests ship.
+        config_path = next(e["value"] for e in env if e["name"] == "MLFLOW_AUTH_CONFIG_PATH")
+        (mount,) = [m for m in container["volumeMounts"] if config_path.startswith(m["mountPath"] + "/")]
+        (volume,) = [v for v in spec["volumes"] if v["name"] == mount["name"]]
+        (config_map,) = [
+            c for c in by_kind(objects, "ConfigMap") if c["metadata"]["name"] == volume["configMap"]["name"]
+        ]
+        assert config_path.rsplit("/", 1)[1] in config_map["data"]
+
+
+def test_mlflow_auth_configuration_is_read_by_the_installed_mlflow(rendered, tmp_path, monkeypatch):
+    """The shipped basic_auth.ini through MLflow's own reader, with the Secret's env set."""
+    from mlflow.server.auth.config import read_auth_config
+
+    spec, container = mlflow_container(rendered["cpu"])
+    (config_map,) = [
+        c for c in by_kind(rendered["cpu"], "ConfigMap") if c["metadata"]["name"] == "mlflow-auth"
+    ]
+    (tmp_path / "basic_auth.ini").write_text(config_map["data"]["basic_auth.ini"])
+    monkeypatch.setenv("MLFLOW_AUTH_CONFIG_PATH", str(tmp_path / "basic_auth.ini"))
+    monkeypatch.setenv("MLFLOW_AUTH_ADMIN_USERNAME", "admin-from-secret")
+    monkeypatch.setenv("MLFLOW_AUTH_ADMIN_PASSWORD", "password-from-secret")
+    config = read_auth_config()
+    assert (config.admin_username, config.admin_password) == ("admin-from-secret", "password-from-secret")
+    assert config.default_permission == "READ"
+    assert "password" not in config_map["data"]["basic_auth.ini"].lower()
+    # The users' database is a file on a writable volume of the container.
+    database = config.database_uri.removeprefix("sqlite:///")
+    writable = [m["mountPath"] for m in container["volumeMounts"] if not m.get("readOnly")]
+    assert config.database_uri.startswith("sqlite:////") and any(
+        database.startswith(w + "/") for w in writable
+    )
+
+
+def test_only_the_pipeline_steps_reach_mlflow(rendered):
+    for overlay, objects in rendered.items():
+        (policy,) = [p for p in by_kind(objects, "NetworkPolicy") if p["metadata"]["name"] == "mlflow"]
+        service = next(s for s in by_kind(objects, "Service") if s["metadata"]["name"] == "mlflow")
+        assert policy["spec"]["podSelector"]["matchLabels"] == service["spec"]["selector"], overlay
+        assert policy["spec"]["policyTypes"] == ["Ingress"]
+        (rule,) = policy["spec"]["ingress"]
+        # Kubeflow Pipelines v2 labels every step's pod with this.
+        assert rule["from"] == [
+            {"podSelector": {"matchLabels": {"pipelines.kubeflow.org/v2_component": "true"}}}
+        ]
+        assert rule["ports"] == [{"port": 5000, "protocol": "TCP"}]
+        # No workload of the manifests carries the label: none of them reaches the server.
+        for obj in objects:
+            if obj["kind"] in ("Deployment", "StatefulSet"):
+                template_labels = obj["spec"]["template"]["metadata"].get("labels", {})
+                assert "pipelines.kubeflow.org/v2_component" not in template_labels, obj["metadata"]["name"]
 
 
 def test_dockerfile_keeps_the_base_torch_and_runs_as_non_root(tmp_path):
