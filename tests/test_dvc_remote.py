@@ -13,6 +13,7 @@ import json
 import socket
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -109,16 +110,17 @@ def test_pull_reads_the_md5s_object_from_s3_and_checks_it(tmp_path, s3_env, caps
     assert not bad_out.exists()
 
 
-def test_pull_from_an_endpoint_that_never_answers_ends_at_the_deadline(tmp_path, monkeypatch, capsys):
-    """A TCP server that accepts and never answers (S3 clients retry and wait per request)."""
+@pytest.fixture()
+def silent_server():
+    """A TCP server on 127.0.0.1 that accepts connections and never answers; its URL."""
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(16)
+    listener.settimeout(0.2)
     held: list[socket.socket] = []
     stop = threading.Event()
 
     def accept() -> None:
-        listener.settimeout(0.2)
         while not stop.is_set():
             try:
                 held.append(listener.accept()[0])
@@ -126,24 +128,31 @@ def test_pull_from_an_endpoint_that_never_answers_ends_at_the_deadline(tmp_path,
                 continue
 
     threading.Thread(target=accept, daemon=True).start()
-    for name, value in CREDENTIALS.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.setenv("DIFFUREC_DVC_REMOTE_URL", REMOTE_URL)
-    monkeypatch.setenv("DIFFUREC_S3_ENDPOINT_URL", f"http://127.0.0.1:{listener.getsockname()[1]}")
-    import time
-
-    started = time.monotonic()
     try:
-        status = main(["data", "pull", "--md5", "2" * 32, "--out", str(tmp_path / "x"), "--deadline", "2"])
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
     finally:
         stop.set()
         for connection in held:
             connection.close()
         listener.close()
-    assert status == 2 and time.monotonic() - started < 10
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "no complete answer within 2 s" in err[0]
-    assert not (tmp_path / "x").exists()
+
+
+def test_an_endpoint_that_never_answers_ends_at_the_deadline(tmp_path, monkeypatch, silent_server, capsys):
+    """S3 clients retry and wait per request, git clients per read: the whole call has 2 s."""
+    for name, value in CREDENTIALS.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("DIFFUREC_DVC_REMOTE_URL", REMOTE_URL)
+    monkeypatch.setenv("DIFFUREC_S3_ENDPOINT_URL", silent_server)
+    for command, said in (
+        (["data", "pull", "--md5", "2" * 32, "--out", str(tmp_path / "x")], f"DVC remote {REMOTE_URL}"),
+        (["data", "resolve", "--repo", f"{silent_server}/repo.git"], "git clone"),
+    ):
+        started = time.monotonic()
+        assert main([*command, "--deadline", "2"]) == 2
+        assert time.monotonic() - started < 10
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and said in err[0] and "no complete answer within 2 s" in err[0], err
+    assert not (tmp_path / "x").exists() and not list(tmp_path.iterdir())
 
 
 def _git(cwd: Path, *args: str) -> str:

@@ -23,14 +23,14 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from diffurec.errors import DiffuRecError, located
 from diffurec.files import file_md5
+from diffurec.net import call_with_deadline
 
 log = logging.getLogger(__name__)
 
@@ -43,29 +43,6 @@ SOURCES_DIR = "data/sources"  # where `diffurec data add` keeps the logs it puts
 # A whole clone of this repository or one raw log from the object store: generous but finite.
 DEADLINE_S = 600.0
 MD5 = re.compile(r"^[0-9a-f]{32}$")
-
-T = TypeVar("T")
-
-
-def _within(deadline_s: float, what: str, call: Callable[[], T]) -> T:
-    """call() with a total deadline: git and S3 clients have per-operation timeouts at best.
-    The call runs in a daemon thread that is abandoned (the step then fails) when late."""
-    outcome: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            outcome["value"] = call()
-        except BaseException as error:  # noqa: BLE001 (re-raised in the caller's thread)
-            outcome["error"] = error
-
-    thread = threading.Thread(target=target, name=f"deadline: {what}", daemon=True)
-    thread.start()
-    thread.join(deadline_s)
-    if thread.is_alive():
-        raise DiffuRecError(f"{what}: no complete answer within {deadline_s:g} s")
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["value"]
 
 
 def _first_line(error: BaseException) -> str:
@@ -95,7 +72,9 @@ def _git_repository(repo: str, deadline_s: float) -> Iterator[Any]:
     folder = tempfile.mkdtemp(prefix="diffurec-repo-")
     try:
         try:
-            _within(deadline_s, f"git clone {repo}", lambda: Git.clone(repo, folder, bare=True).close())
+            call_with_deadline(
+                deadline_s, f"git clone {repo}", lambda: Git.clone(repo, folder, bare=True).close()
+            )
         except SCMError as error:
             raise DiffuRecError(f"{repo}: cannot clone ({_first_line(error)})") from None
         scm = Git(folder)
@@ -233,7 +212,7 @@ def pull_raw(
 
     try:
         try:
-            _within(deadline_s, f"DVC remote {url}", copy)
+            call_with_deadline(deadline_s, f"DVC remote {url}", copy)
         except DiffuRecError:
             raise
         except Exception as error:  # noqa: BLE001 (credentials, endpoint, network: one line)
