@@ -166,28 +166,22 @@ def preprocess_loaded(
     has_time = "timestamp" in loaded.roles
     dropped = clean_interactions(con, loaded, min_rating, dedup, kcore_k, source=source.get("path", "input"))
     order = "timestamp, seq" if has_time else "seq"
-    # Stored in sequence order, so rowid is the position in seq_items.
-    interactions = _replace(
-        con,
-        "ordered",
-        f"SELECT ufirst, icode{', timestamp' if has_time else ''} FROM cleaned ORDER BY ufirst, {order}",
-    )
-    con.execute("DROP TABLE cleaned")
+    interactions = _count(con, "cleaned")
+    key = f"c.ufirst, c.{order.replace(', ', ', c.')}"  # the order of the sequences
+    # Item index: rank by first appearance in the ordered sequences (the smallest key of its rows).
     _replace(
         con,
         "item_index",
         "SELECT icode, row_number() OVER (ORDER BY first) AS idx FROM "
-        "(SELECT icode, min(rowid) AS first FROM ordered GROUP BY icode)",
+        f"(SELECT icode, min(({key})) AS first FROM cleaned c GROUP BY icode)",
     )
     seq_items = con.execute(
-        "SELECT CAST(x.idx AS INTEGER) AS idx FROM ordered o JOIN item_index x USING (icode) ORDER BY o.rowid"
+        f"SELECT CAST(x.idx AS INTEGER) AS idx FROM cleaned c JOIN item_index x USING (icode) ORDER BY {key}"
     ).fetchnumpy()["idx"]
-    counts = con.execute("SELECT count(*) AS n FROM ordered GROUP BY ufirst ORDER BY ufirst").fetchnumpy()[
-        "n"
-    ]
-    counts = np.asarray(counts, dtype=np.int64)
+    found = con.execute("SELECT count(*) AS n FROM cleaned GROUP BY ufirst ORDER BY ufirst").fetchnumpy()
+    counts = np.asarray(found["n"], dtype=np.int64)
     user_ids = con.execute(
-        'SELECT "user" FROM users WHERE ufirst IN (SELECT ufirst FROM ordered) ORDER BY ufirst'
+        'SELECT "user" FROM users WHERE ufirst IN (SELECT ufirst FROM cleaned) ORDER BY ufirst'
     ).fetchall()
     item_ids = con.execute("SELECT item FROM items JOIN item_index USING (icode) ORDER BY idx").fetchall()
     offsets = np.zeros(len(counts) + 1, dtype=np.int64)
@@ -230,7 +224,7 @@ def preprocess_loaded(
     if has_time:
         low, high, ties = con.execute(
             "SELECT min(timestamp), max(timestamp), "
-            "count(*) - count(DISTINCT (ufirst, timestamp)) FROM ordered"
+            "count(*) - count(DISTINCT (ufirst, timestamp)) FROM cleaned"
         ).fetchone()
         stats["timestamps"] = {"min": float(low), "max": float(high), "ties_within_user": int(ties)}
     write_splits(splits, out, stats=stats)
