@@ -57,6 +57,9 @@ SETTINGS_KEYS = (
 # read the DVC remote.
 DVC_REMOTE_SECRET = "diffurec-dvc-remote"
 DVC_REMOTE_SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+# The tracking server's login (MLflow's basic-auth app, k8s/base/mlflow), for the registry steps.
+MLFLOW_AUTH_SECRET = "diffurec-mlflow-auth"
+MLFLOW_AUTH_ENV = {"username": "MLFLOW_TRACKING_USERNAME", "password": "MLFLOW_TRACKING_PASSWORD"}
 DATA_PVC, DATA_MOUNT = "diffurec-data", "/data"
 # The run's identity on a cluster: KFP labels and annotates every pod of a run with them.
 RUN_FIELD_PATHS = {
@@ -293,6 +296,8 @@ def build_pipeline(cluster: bool = True, params: dict | None = None):
             kubernetes.use_secret_as_env(
                 raw_task, DVC_REMOTE_SECRET, {key: key for key in DVC_REMOTE_SECRET_KEYS}, optional=True
             )
+            for task in (register_task, gate_task, promote_task):
+                kubernetes.use_secret_as_env(task, MLFLOW_AUTH_SECRET, MLFLOW_AUTH_ENV)
 
     return diffurec_pipeline
 

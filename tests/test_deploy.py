@@ -503,3 +503,27 @@ def test_images_are_pinned_and_match_the_pipeline_image(rendered, monkeypatch):
         project = {i for i in images if i.startswith("ghcr.io/diffurec/diffurec")}
         # The MLflow server and the PyTorchJob run the same image as the pipeline's steps.
         assert project == {pipeline_image}, overlay
+
+
+def test_the_pipelines_registry_steps_log_in_with_the_servers_secret(rendered):
+    """The compiled spec gives register, gate and promote (and no other step) the login the
+    MLflow server's basic-auth admin is made from."""
+    _, container = mlflow_container(rendered["cpu"])
+    admin = {
+        e["valueFrom"]["secretKeyRef"]["key"]: e["valueFrom"]["secretKeyRef"]["name"]
+        for e in container["env"]
+        if e["name"] in ("MLFLOW_AUTH_ADMIN_USERNAME", "MLFLOW_AUTH_ADMIN_PASSWORD")
+    }
+    _, platform = yaml.safe_load_all((REPO / "pipelines" / "diffurec_pipeline.yaml").read_text())
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    logged_in = set()
+    for name, executor in executors.items():
+        for secret in executor.get("secretAsEnv", []):
+            if secret["secretName"] != admin["username"]:
+                continue
+            logged_in.add(name)
+            keys = {item["secretKey"]: item["envVar"] for item in secret["keyToEnv"]}
+            assert keys == {"username": "MLFLOW_TRACKING_USERNAME", "password": "MLFLOW_TRACKING_PASSWORD"}
+            assert secret["optional"] is False
+    assert set(admin.values()) == {"diffurec-mlflow-auth"}
+    assert logged_in == {"exec-register", "exec-gate", "exec-promote"}
