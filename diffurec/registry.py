@@ -44,16 +44,43 @@ def sqlite_path(tracking_uri: str) -> Path | None:
     return Path(tracking_uri[len("sqlite:///") :])
 
 
+MLFLOW_HTTP_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+}
+CALL_DEADLINE_ENV = "DIFFUREC_MLFLOW_DEADLINE"
+CALL_DEADLINE_SECONDS = 120.0  # one call of the client, retries and artifact transfers included
+
+
+def call_deadline_seconds() -> float:
+    """The total deadline of one MLflow call: $DIFFUREC_MLFLOW_DEADLINE, else 120 s."""
+    from diffurec import net
+
+    return net.seconds_from_env(CALL_DEADLINE_ENV, CALL_DEADLINE_SECONDS)
+
+
 def client(tracking_uri: str | None = None) -> Any:
     """An MlflowClient on the resolved tracking URI (imports mlflow: about 2 s)."""
     os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
-    # MLflow's default is 7 retries with exponential backoff (minutes) for an unreachable server.
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    # MLflow's defaults: 7 retries with exponential backoff (minutes) for an unreachable server,
+    # 120 s per socket read. Ours are shorter, and every call of the client has a total
+    # deadline besides (net.py: a server that trickles or never answers).
+    for key, value in MLFLOW_HTTP_DEFAULTS.items():
+        os.environ.setdefault(key, value)
     from mlflow import MlflowClient
+
+    from diffurec import net
+
+    # MLflow logs a store error with its traceback before raising it; the raised error is
+    # what the user gets (one line, from the command line).
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 
     uri = resolve_tracking_uri(tracking_uri)
     try:
-        return MlflowClient(tracking_uri=uri, registry_uri=uri)
+        return net.WithDeadlines(
+            MlflowClient(tracking_uri=uri, registry_uri=uri), call_deadline_seconds(), f"MLflow store {uri}"
+        )
     except Exception as error:  # mlflow raises many types for a bad URI
         raise DiffuRecError(f"cannot open the MLflow store {uri}: {_first_line(error)}") from error
 
@@ -241,6 +268,7 @@ def download_model_folder(
 
     import mlflow
 
+    from diffurec import net
     from diffurec.model_folder import MANIFEST_FILE, ManifestMismatch, verify_manifest
 
     uri = resolve_tracking_uri(tracking_uri)
@@ -261,7 +289,15 @@ def download_model_folder(
     )
     try:
         try:
-            path = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(staging)))
+            path = Path(
+                net.call_with_deadline(
+                    call_deadline_seconds(),
+                    f"MLflow store {uri}",
+                    mlflow.artifacts.download_artifacts,
+                    artifact_uri=model_uri,
+                    dst_path=str(staging),
+                )
+            )
         except Exception as error:
             raise DiffuRecError(f"cannot load {model_uri}: {_first_line(error)}") from error
         try:
