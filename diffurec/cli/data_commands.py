@@ -60,7 +60,9 @@ def register(subparsers: Any) -> None:
     source.add_argument("--from", dest="from_path", metavar="PATH", help="a local zip archive")
     fetch.add_argument("--sha256", help="expected sha256 (overrides the published digest)")
     fetch.add_argument("--md5", help="expected md5 (overrides the published digest)")
-    fetch.add_argument("--timeout", type=float, default=60.0, help="network timeout, seconds")
+    fetch.add_argument(
+        "--timeout", type=float, default=60.0, help="total time allowed for the download, seconds"
+    )
     fetch.add_argument("--out", required=True, metavar="DIR", help="folder to unpack into")
     add_force(fetch, None)
     fetch.set_defaults(func=run_fetch)

@@ -125,9 +125,11 @@ def register(subparsers: Any) -> None:
         "promote",
         help="move the `champion` alias to a version that passed its gate",
         description="Make VERSION the champion (the old champion becomes `previous`), under a "
-        "file lock. Refused unless the decision JSON is for this version, passed, is "
+        "lock held in the MLflow store (exclusive across machines) and a file lock. Refused "
+        "unless the decision JSON is for this version, passed, is "
         "the one recorded on the registry, and the champion has not moved since the "
-        "gate ran; --override --reason TEXT skips these checks and is recorded.",
+        "gate ran; --override --reason TEXT skips these checks and is recorded. An earlier "
+        "promotion killed half-way is completed first.",
     )
     _add_registry_args(parser)
     parser.add_argument("--version", help="version to promote (default: the decision's)")
