@@ -13,8 +13,10 @@ anything that changes per run. Register, gate and promote talk to the registry: 
 kfp 2.17's local runner caches too (kfp.local.init(enable_caching=True), which `diffurec
 pipeline local` sets; keyed on the component, command, arguments incl. input artifacts' URI and
 metadata, and the spec's env, where diffurec's source md5 stands in for the image).
-test_pipeline_kfp.py's local run shows it on real runs: the second run takes the data steps
-from the cache and re-runs only what its changed parameters touch.
+test_local_runner_takes_validate_from_its_cache shows it on one real step;
+test_pipeline_kfp.py's local run on the whole pipeline: the second run takes the data steps
+from the cache and re-runs only what its changed parameters touch (checked when diffurec/
+did not change between the two runs: its source md5 is part of every local key).
 """
 
 from __future__ import annotations
@@ -161,3 +163,55 @@ def test_local_pipeline_keys_its_cache_on_the_library_code(repo_root):
     for name, executor in local["deploymentSpec"]["executors"].items():
         env = {item["name"]: item["value"] for item in executor["container"].get("env", [])}
         assert env.get(CODE_MD5_ENV) == expected, name
+
+
+LOCAL_VALIDATE_TWICE = """
+import logging
+import sys
+
+import kfp.local
+from kfp import dsl
+from kfp.dsl import Dataset
+
+from components.validate import validate
+
+logging.basicConfig(level=logging.INFO)  # kfp says "cache hit" at INFO
+root, folder = sys.argv[1], sys.argv[2]
+kfp.local.init(runner=kfp.local.SubprocessRunner(use_venv=False), pipeline_root=root, enable_caching=True)
+
+
+@dsl.pipeline(name="validate-twice")
+def validate_twice():
+    raw = dsl.importer(
+        artifact_uri=folder, artifact_class=Dataset, metadata={"file": "slice.inter", "dataset": "ml-100k"}
+    )
+    validate(data=raw.output, kind="raw")
+
+
+validate_twice()
+validate_twice()
+"""
+
+
+@pytest.mark.slow
+def test_local_runner_takes_validate_from_its_cache(tmp_path, repo_root, shared_data):
+    """kfp's local runner (2.17) caches: the same validate step on the same input artifact runs
+    once and is a cache hit the second time. (Before its Metrics output had a file, kfp treated
+    the step's outputs as lost and never took it from the cache.)"""
+    from pipeline_clone import VENV_BIN, run, tool_env, write_slice
+
+    write_slice(shared_data / "ml-100k" / "ml-100k.inter", tmp_path / "raw" / "slice.inter", users=25)
+    script = tmp_path / "validate_twice.py"
+    script.write_text(LOCAL_VALIDATE_TWICE)
+    env = tool_env(f"sqlite:///{tmp_path}/unused.db")
+    env["PYTHONPATH"] = str(repo_root)
+    result = run(
+        [str(VENV_BIN / "python"), str(script), str(tmp_path / "kfp"), str(tmp_path / "raw")],
+        cwd=repo_root,
+        env=env,
+        timeout=300,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    assert output.count("Task validate cache hit") == 1, output[-3000:]
+    assert len(list((tmp_path / "kfp").glob("validate-twice-*/validate"))) == 1
