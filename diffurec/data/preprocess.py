@@ -180,10 +180,13 @@ def preprocess_loaded(
     ).fetchnumpy()["idx"]
     found = con.execute("SELECT count(*) AS n FROM cleaned GROUP BY ufirst ORDER BY ufirst").fetchnumpy()
     counts = np.asarray(found["n"], dtype=np.int64)
+    # The ids come back only for the two map files (one string per user and per item).
     user_ids = con.execute(
         'SELECT "user" FROM users WHERE ufirst IN (SELECT ufirst FROM cleaned) ORDER BY ufirst'
-    ).fetchall()
-    item_ids = con.execute("SELECT item FROM items JOIN item_index USING (icode) ORDER BY idx").fetchall()
+    ).fetchnumpy()["user"]
+    item_ids = con.execute("SELECT item FROM items JOIN item_index USING (icode) ORDER BY idx").fetchnumpy()[
+        "item"
+    ]
     offsets = np.zeros(len(counts) + 1, dtype=np.int64)
     np.cumsum(counts, out=offsets[1:])
 
@@ -200,8 +203,8 @@ def preprocess_loaded(
     splits = build_splits(
         np.asarray(seq_items, dtype=np.int32),
         offsets,
-        [i for (i,) in item_ids],
-        [u for (u,) in user_ids],
+        item_ids,
+        user_ids,
         max_len=max_len,
         meta=meta,
     )

@@ -134,7 +134,7 @@ def splits_expectations(num_users: int, num_items: int, num_samples: int) -> lis
 # GX (pandas) sees every row of a log up to FULL_ROWS rows; a larger log is checked by DuckDB
 # over every row, expectation by expectation (ALL_ROWS_CHECKS), and GX runs on a systematic
 # sample of about SAMPLE_ROWS rows (every k-th row) for its Data Docs and any other expectation.
-FULL_ROWS = 2_000_000
+FULL_ROWS = 250_000
 SAMPLE_ROWS = 100_000
 
 
