@@ -138,101 +138,147 @@ FULL_ROWS = 250_000
 SAMPLE_ROWS = 100_000
 
 
-def _raw_view(con, loaded) -> list[str]:
-    """View `raw_table`: every row with the raw suite's columns (user, item, rating, timestamp as
-    found, their numeric parses, user_interactions) plus pos; returns its suite columns."""
-    found = {str(r[0]) for r in con.execute("DESCRIBE interactions").fetchall()}
-    columns: list[str] = [c for c in ("user", "item") if c in found]
-    has_user = "user" in columns
-    select = [f't."{c}"' for c in columns]
-    for role in loaded.roles:
-        present, numbers = con.execute(
-            f"SELECT count({role}_text), count({role}) FROM interactions"
-        ).fetchone()
-        # As pandas types a column: numbers when every value is one, else the text as found.
-        select.append(f"t.{role}" if present == numbers else f"t.{role}_text AS {role}")
-        select.append(f"t.{role} AS {role}_numeric")
-        columns += [role, f"{role}_numeric"]
-    if has_user:
-        counts = 'SELECT "user", count(*) AS n FROM interactions GROUP BY "user"'
-        select.append("CAST(c.n AS BIGINT) AS user_interactions")
-        joined = f'interactions t JOIN ({counts}) c ON t."user" IS NOT DISTINCT FROM c."user"'
-    else:
-        select.append("CAST(0 AS BIGINT) AS user_interactions")
-        joined = "interactions t"
-    columns.append("user_interactions")
-    con.execute(
-        f"CREATE OR REPLACE TABLE raw_table AS SELECT {', '.join(select)}, t.row, t.pos FROM {joined}"
-    )
-    return columns
+class EveryRowChecks:
+    """The raw suite's columns over every row of the view `interactions` (load_interactions,
+    strict=False) and each expectation's outcome over all of them, computed by DuckDB.
 
+    Suite columns: user, item, rating and timestamp as found (numbers when every value is one,
+    as pandas types a column), rating_numeric/timestamp_numeric (their parses) and
+    user_interactions (the row's user's number of rows, from the small table `user_counts`).
+    The simple expectations are answered by one aggregate pass, computed on first use."""
 
-def _raw_frame(con, loaded, columns: list[str], every: int) -> pd.DataFrame:
-    """The GX table: every `every`-th row of raw_table in file order, `row` as file rows."""
-    listed = ", ".join(f'"{c}"' for c in columns)
-    where = f"WHERE pos % {every} = 0" if every > 1 else ""
-    frame = con.execute(f"SELECT {listed}, row FROM raw_table {where} ORDER BY pos").df()
-    frame["row"] = loaded.line_numbers(frame["row"].to_numpy())
-    return frame
+    def __init__(self, con, loaded) -> None:
+        self.con, self.loaded = con, loaded
+        found = {str(r[0]) for r in con.execute("DESCRIBE interactions").fetchall()}
+        self.sql: dict[str, str] = {c: f't."{c}"' for c in ("user", "item") if c in found}
+        for role in loaded.roles:
+            present, numbers = con.execute(
+                f"SELECT count({role}_text), count({role}) FROM interactions"
+            ).fetchone()
+            self.sql[role] = f"t.{role}" if present == numbers else f"t.{role}_text"
+            self.sql[f"{role}_numeric"] = f"t.{role}"
+        if "user" in self.sql:
+            con.execute(
+                'CREATE OR REPLACE TABLE user_counts AS SELECT "user", count(*) AS n FROM interactions '
+                'GROUP BY "user"'
+            )
+            self.sql["user_interactions"] = "c.n"
+        else:
+            self.sql["user_interactions"] = "CAST(0 AS BIGINT)"
+        self.columns = list(self.sql)
+        self.total = loaded.rows
+        self._counts: dict[str, int] | None = None
 
+    def _from(self, uses_counts: bool) -> str:
+        if uses_counts and "user" in self.sql:
+            return 'interactions t JOIN user_counts c ON t."user" IS NOT DISTINCT FROM c."user"'
+        return "interactions t"
 
-def _all_rows_check(con, loaded, columns: list[str], entry: dict) -> dict | None:
-    """One raw-suite result over every row of raw_table, in GX's terms (success, observed_value,
-    unexpected_count/percent, element_count, example_file_rows); None for an expectation
-    without a DuckDB form, or one on a missing column (GX's own error result stands)."""
-    kwargs, kind = entry["kwargs"], entry["expectation"]
-    column = kwargs.get("column")
-    if column is not None and column not in columns:
+    def frame(self, every: int) -> pd.DataFrame:
+        """The GX table: every `every`-th row in file order, `row` as file rows."""
+        listed = ", ".join(f'{sql} AS "{column}"' for column, sql in self.sql.items())
+        where = f"WHERE t.pos % {every} = 0" if every > 1 else ""
+        frame = self.con.execute(
+            f"SELECT {listed}, t.row FROM {self._from(True)} {where} ORDER BY t.pos"
+        ).df()
+        frame["row"] = self.loaded.line_numbers(frame["row"].to_numpy())
+        return frame
+
+    def _conditions(self, entry: dict) -> tuple[str, str] | None:
+        """(unexpected row condition, the base rows' condition) of a column-map expectation."""
+        kwargs, kind = entry["kwargs"], entry["expectation"]
+        column = kwargs.get("column")
+        if kind == "expect_column_values_to_not_be_null":
+            return f"{self.sql[column]} IS NULL", "true"
+        if kind == "expect_column_values_to_be_between":
+            low, high = kwargs.get("min_value"), kwargs.get("max_value")
+            value = self.sql[column]
+            parts = ([f"{value} < {low!r}"] if low is not None else []) + (
+                [f"{value} > {high!r}"] if high is not None else []
+            )
+            return " OR ".join(parts) or "false", f"{value} IS NOT NULL"
         return None
-    total = int(con.execute("SELECT count(*) FROM raw_table").fetchone()[0])
-    if kind == "expect_table_row_count_to_be_between":
-        low, high = kwargs.get("min_value"), kwargs.get("max_value")
-        ok = (low is None or total >= low) and (high is None or total <= high)
-        return {"success": ok, "observed_value": total}
-    if kind == "expect_column_to_exist":
-        return {"success": column in columns}
-    if kind == "expect_column_max_to_be_between":
-        value = con.execute(f'SELECT max("{column}") FROM raw_table').fetchone()[0]
-        low, high = kwargs.get("min_value"), kwargs.get("max_value")
-        ok = value is not None and (low is None or value >= low) and (high is None or value <= high)
-        return {"success": bool(ok), "observed_value": value}
-    if kind == "expect_column_values_to_not_be_null":
-        bad, base = f'"{column}" IS NULL', total
-    elif kind == "expect_column_values_to_be_between":
-        low, high = kwargs.get("min_value"), kwargs.get("max_value")
-        parts = ([f'"{column}" < {low!r}'] if low is not None else []) + (
-            [f'"{column}" > {high!r}'] if high is not None else []
-        )
-        bad = " OR ".join(parts) or "false"
-        base = int(con.execute(f'SELECT count("{column}") FROM raw_table').fetchone()[0])
-    elif kind == "expect_compound_columns_to_be_unique":
-        listed = ", ".join(f'"{c}"' for c in kwargs["column_list"])
-        if any(c not in columns for c in kwargs["column_list"]):
+
+    def _count_all(self, entries: list[dict]) -> dict[str, int]:
+        """Every column-map expectation's unexpected and base counts in one pass."""
+        parts, keys = [], []
+        for entry in entries:
+            conditions = self._conditions(entry)
+            if conditions is None or entry["kwargs"]["column"] == "user_interactions":
+                continue
+            key = json.dumps([entry["expectation"], entry["kwargs"]], sort_keys=True, default=str)
+            parts += [f"count(*) FILTER (WHERE {conditions[0]})", f"count(*) FILTER (WHERE {conditions[1]})"]
+            keys += [f"{key} bad", f"{key} base"]
+        if not parts:
+            return {}
+        values = self.con.execute(f"SELECT {', '.join(parts)} FROM interactions t").fetchone()
+        return dict(zip(keys, (int(v) for v in values), strict=True))
+
+    def check(self, entry: dict, entries: list[dict]) -> dict | None:
+        """One result over every row, in GX's terms (success, observed_value, unexpected_count and
+        percent, element_count, example_file_rows); None for an expectation without a DuckDB form
+        or on a missing column (GX's own error result stands)."""
+        kwargs, kind = entry["kwargs"], entry["expectation"]
+        column = kwargs.get("column")
+        if column is not None and column not in self.sql:
             return None
-        # Every row of a repeated combination is unexpected (GX's rule), rows with all missing aside.
-        present = " OR ".join(f'"{c}" IS NOT NULL' for c in kwargs["column_list"])
-        con.execute(
-            f"CREATE OR REPLACE TEMP TABLE repeated AS SELECT {listed} FROM raw_table WHERE {present} "
-            f"GROUP BY {listed} HAVING count(*) > 1"
-        )
-        matches = " AND ".join(f'r."{c}" IS NOT DISTINCT FROM t."{c}"' for c in kwargs["column_list"])
-        bad = f"EXISTS (SELECT 1 FROM repeated r WHERE {matches})"
-        base = int(con.execute(f"SELECT count(*) FROM raw_table WHERE {present}").fetchone()[0])
-    else:
-        return None
-    count = int(con.execute(f"SELECT count(*) FROM raw_table t WHERE {bad}").fetchone()[0])
-    examples = con.execute(
-        f"SELECT row FROM raw_table t WHERE {bad} ORDER BY pos LIMIT {EXAMPLE_ROWS}"
-    ).fetchnumpy()["row"]
-    result: dict[str, Any] = {
-        "success": count == 0,
-        "unexpected_count": count,
-        "unexpected_percent": 100.0 * count / base if base else None,
-        "element_count": total,
-    }
-    if count:
-        result["example_file_rows"] = [int(r) for r in loaded.line_numbers(np.asarray(examples))]
-    return {k: v for k, v in result.items() if v is not None}
+        low, high = kwargs.get("min_value"), kwargs.get("max_value")
+        if kind == "expect_table_row_count_to_be_between":
+            ok = (low is None or self.total >= low) and (high is None or self.total <= high)
+            return {"success": ok, "observed_value": self.total}
+        if kind == "expect_column_to_exist":
+            return {"success": True}
+        if kind == "expect_column_max_to_be_between":
+            value = self.con.execute(f"SELECT max({self.sql[column]}) FROM {self._from(True)}").fetchone()[0]
+            ok = value is not None and (low is None or value >= low) and (high is None or value <= high)
+            return {"success": bool(ok), "observed_value": value}
+        uses_counts = column == "user_interactions"
+        if kind == "expect_compound_columns_to_be_unique":
+            listed = [self.sql[c] for c in kwargs["column_list"] if c in self.sql]
+            if len(listed) < len(kwargs["column_list"]):
+                return None
+            # Every row of a repeated combination is unexpected (GX's rule); all-missing rows aside.
+            present = " OR ".join(f"{c} IS NOT NULL" for c in listed)
+            names = [f"k{i}" for i in range(len(listed))]
+            selected = ", ".join(f"{c} AS {n}" for c, n in zip(listed, names, strict=True))
+            self.con.execute(
+                f"CREATE OR REPLACE TEMP TABLE repeated AS SELECT {selected}, count(*) AS n "
+                f"FROM interactions t WHERE {present} GROUP BY ALL HAVING count(*) > 1"
+            )
+            count = int(self.con.execute("SELECT coalesce(sum(n), 0) FROM repeated").fetchone()[0])
+            base = int(self.con.execute(f"SELECT count(*) FROM interactions t WHERE {present}").fetchone()[0])
+            matches = " AND ".join(
+                f"r.{n} IS NOT DISTINCT FROM {c}" for c, n in zip(listed, names, strict=True)
+            )
+            bad = f"EXISTS (SELECT 1 FROM repeated r WHERE {matches})"
+        elif uses_counts and kind == "expect_column_values_to_be_between":
+            conditions = self._conditions(entry)
+            assert conditions is not None
+            bad = conditions[0]
+            count = int(
+                self.con.execute(f"SELECT count(*) FROM {self._from(True)} WHERE {bad}").fetchone()[0]
+            )
+            base = self.total
+        elif self._conditions(entry) is not None:
+            if self._counts is None:
+                self._counts = self._count_all(entries)
+            key = json.dumps([kind, kwargs], sort_keys=True, default=str)
+            count, base = self._counts[f"{key} bad"], self._counts[f"{key} base"]
+            bad = self._conditions(entry)[0]  # type: ignore[index]
+        else:
+            return None
+        result: dict[str, Any] = {
+            "success": count == 0,
+            "unexpected_count": count,
+            "unexpected_percent": 100.0 * count / base if base else None,
+            "element_count": self.total,
+        }
+        if count:
+            examples = self.con.execute(
+                f"SELECT t.row FROM {self._from(uses_counts)} WHERE {bad} ORDER BY t.pos LIMIT {EXAMPLE_ROWS}"
+            ).fetchnumpy()["row"]
+            result["example_file_rows"] = [int(r) for r in self.loaded.line_numbers(np.asarray(examples))]
+        return {k: v for k, v in result.items() if v is not None}
 
 
 def _rows_equal(stored: np.ndarray, expected: np.ndarray, chunk: int = 65536) -> np.ndarray:
@@ -519,23 +565,35 @@ def validate_file(
             sep=sep,
             strict=False,
         )
-        columns = _raw_view(con, loaded)
+        checks = EveryRowChecks(con, loaded)
         sampled = loaded.rows > FULL_ROWS
         every = max(1, -(-loaded.rows // SAMPLE_ROWS)) if sampled else 1
-        frame = _raw_frame(con, loaded, columns, every)
+        frame = checks.frame(every)
         sample = None
         if sampled:
             sample = {"rows": len(frame), "of": loaded.rows, "rule": f"every {every}th row in file order"}
         source = {"path": str(path), "format": loaded.format, "columns": loaded.source_columns}
+        expectations = raw_expectations(set(frame.columns))
         return run_suite(
             "raw_interactions",
-            raw_expectations(set(frame.columns)),
+            expectations,
             {"interactions": frame},
             out,
             source,
-            recheck=lambda table, entry: _all_rows_check(con, loaded, columns, entry),
+            recheck=lambda table, entry: checks.check(entry, _described(expectations)),
             sample=sample,
         )
+
+
+def _described(expectations) -> list[dict]:
+    """Each expectation as its report entry names it (type and kwargs)."""
+    return [
+        {
+            "expectation": e.expectation_type,
+            "kwargs": {k: v for k, v in e.configuration.kwargs.items() if k != "batch_id"},
+        }
+        for _, e in expectations
+    ]
 
 
 def validate_splits_folder(folder, out) -> dict:
