@@ -217,33 +217,40 @@ def monitor_problems(objects: list[Object]) -> list[str]:
 
 
 SERVICE_ADDRESS = re.compile(
-    r"^(?P<service>[a-z0-9-]+)\.(?P<namespace>[a-z0-9-]+)\.svc(\.cluster\.local)?:(?P<port>\d+)$"
+    r"^(?P<service>[a-z0-9-]+)(\.(?P<namespace>[a-z0-9-]+)\.svc(\.cluster\.local)?)?:(?P<port>\d+)$"
 )
 
 
-def address_problem(address: str, objects: list[Object]) -> str | None:
-    """None when `address` (service.namespace.svc[.cluster.local]:port) is a port of a Service."""
+def address_problem(address: str, objects: list[Object], namespace: str) -> str | None:
+    """None when `address` (service[.namespace.svc[.cluster.local]]:port) is a port of a Service;
+    a short name is looked up where a pod of `namespace` resolves it: in that namespace."""
     match = SERVICE_ADDRESS.match(address)
     if not match:
         return f"{address}: not a Service address"
+    service_namespace = match["namespace"] or namespace
     for service in by_kind(objects, "Service"):
-        if service["metadata"]["name"] == match["service"] and namespace_of(service) == match["namespace"]:
+        if service["metadata"]["name"] == match["service"] and namespace_of(service) == service_namespace:
             if int(match["port"]) in {p["port"] for p in service["spec"]["ports"]}:
                 return None
             return f"{address}: Service {match['service']} has no port {match['port']}"
-    return f"{address}: no Service {match['service']} in namespace {match['namespace']}"
+    return f"{address}: no Service {match['service']} in namespace {service_namespace}"
 
 
-def prometheus_config(objects: list[Object]) -> Object:
+def prometheus_config_map(objects: list[Object]) -> Object:
     (config,) = [
         c for c in by_kind(objects, "ConfigMap") if c["metadata"]["name"].startswith("prometheus-config")
     ]
-    return dict(yaml.safe_load(config["data"]["prometheus.yml"]))
+    return config
+
+
+def prometheus_config(objects: list[Object]) -> Object:
+    return dict(yaml.safe_load(prometheus_config_map(objects)["data"]["prometheus.yml"]))
 
 
 def prometheus_target_problems(objects: list[Object]) -> list[str]:
     """Scrape targets and Alertmanagers of the namespace's Prometheus that are no Service port."""
     config = prometheus_config(objects)
+    namespace = namespace_of(prometheus_config_map(objects))  # Prometheus' pod's
     groups = [*config["scrape_configs"], *config.get("alerting", {}).get("alertmanagers", [])]
     problems = []
     for group in groups:
@@ -251,13 +258,17 @@ def prometheus_target_problems(objects: list[Object]) -> list[str]:
         if discovery:
             problems.append(f"{sorted(discovery)}: only static_configs are checked here")
         for static in group.get("static_configs", []):
-            problems.extend(p for t in static["targets"] if (p := address_problem(t, objects)))
+            problems.extend(p for t in static["targets"] if (p := address_problem(t, objects, namespace)))
     return problems
 
 
-def settings(objects: list[Object]) -> dict[str, str]:
+def settings_map(objects: list[Object]) -> Object:
     (config,) = [c for c in by_kind(objects, "ConfigMap") if c["metadata"]["name"] == SETTINGS_CONFIG_MAP]
-    return dict(config["data"])
+    return config
+
+
+def settings(objects: list[Object]) -> dict[str, str]:
+    return dict(settings_map(objects)["data"])
 
 
 def test_monitors_and_services_select_what_the_render_makes(rendered):
@@ -322,16 +333,16 @@ def test_prometheus_scrapes_and_alerts_existing_services(rendered):
         assert config["scrape_configs"] and config["alerting"]["alertmanagers"], overlay
         assert prometheus_target_problems(objects) == [], overlay
         (alertmanagers,) = config["alerting"]["alertmanagers"]
-        assert alertmanagers["static_configs"][0]["targets"][0].startswith("alertmanager."), overlay
+        assert SERVICE_ADDRESS.match(alertmanagers["static_configs"][0]["targets"][0])["service"] == (
+            "alertmanager"
+        ), overlay
     objects = copy.deepcopy(rendered[OVERLAYS[0]])
     (service,) = [s for s in by_kind(objects, "Service") if s["metadata"]["name"] == "alertmanager"]
     service["spec"]["ports"][0]["port"] = 80
-    assert prometheus_target_problems(objects) == [
-        "alertmanager.diffurec.svc.cluster.local:9093: Service alertmanager has no port 9093"
-    ]
+    assert prometheus_target_problems(objects) == ["alertmanager:9093: Service alertmanager has no port 9093"]
     objects.remove(service)
     assert prometheus_target_problems(objects) == [
-        "alertmanager.diffurec.svc.cluster.local:9093: no Service alertmanager in namespace diffurec"
+        "alertmanager:9093: no Service alertmanager in namespace diffurec"
     ]
 
 
@@ -346,8 +357,14 @@ def test_settings_name_existing_services(rendered):
             values["DIFFUREC_PUSHGATEWAY"],
             urlsplit(values["MLFLOW_TRACKING_URI"]).netloc,
         ):
-            assert address_problem(address, objects) is None, (overlay, address)
-        assert urlsplit(values["DIFFUREC_PROMETHEUS"]).netloc.startswith("prometheus."), overlay
+            # The steps that read the settings run in the ConfigMap's namespace.
+            assert address_problem(address, objects, namespace_of(settings_map(objects))) is None, (
+                overlay,
+                address,
+            )
+        assert SERVICE_ADDRESS.match(urlsplit(values["DIFFUREC_PROMETHEUS"]).netloc)["service"] == (
+            "prometheus"
+        ), overlay
 
 
 # --- locked down: which pod may open which port --------------------------------------------------
