@@ -125,7 +125,13 @@ def test_local_run_takes_or_skips_the_promote_branch(tmp_path, repo_root, shared
 
     # Only a perfect HR@10 (percent) passes. The candidate is the popularity model this time: the
     # branch depends on the gate only, and DiffuRec's training ran in the first run already.
-    unreachable = {"min": {"HR@10": 100.0}, "min_margin_over_popularity": {"NDCG@10": 0.0}}
+    # The confidence rule needs the candidate's ranks artifact and the champion re-evaluated:
+    # the gate step fails without them.
+    unreachable = {
+        "min": {"HR@10": 100.0},
+        "min_margin_over_popularity": {"NDCG@10": 0.0},
+        "max_drop_vs_champion": {"NDCG@10": {"relative": 0.02, "confidence": 0.95}},
+    }
     second = _local_run(repo_root, tmp_path / "kfp", uri, source, unreachable, model="popularity")
     output = second.stdout + second.stderr
     assert second.returncode == 0, output[-4000:]
