@@ -373,7 +373,8 @@ def _champion_check(
         relative = False  # a resample without hits: the relative change is undefined there
     if relative:
         point, threshold, unit = (value - old) / old, -allowed, "fraction"
-        bound = paired["relative_interval"][1] if paired is not None else None
+        interval = paired["relative_interval"] if paired is not None else None
+        bound = interval[1] if interval is not None else None  # None: not needed, no `confidence`
     else:
         # absolute, or a zero champion (any candidate >= 0 keeps up; relative is undefined)
         point, threshold, unit = value - old, (-allowed if kind == "absolute" else 0.0), "points"

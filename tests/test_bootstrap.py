@@ -149,6 +149,24 @@ def test_an_absolute_rule_with_confidence_uses_the_points_interval():
     assert check["paired"]["confidence"] == 0.9 and decision["passed"] is True
 
 
+def test_a_champion_with_hits_for_few_users_has_no_relative_interval_and_still_decides():
+    """60 users, the champion hits one: some resamples miss it, the relative change is undefined
+    there. The point-estimate rule still decides; the confidence rule falls back to points
+    (zero allowed, as for a zero champion)."""
+    champion = np.full(60, 500)
+    champion[0] = 1
+    candidate = np.full(60, 400)
+    candidate[:2] = 3
+    point = decide(POINT_ESTIMATE, candidate, champion)
+    (check,) = [check for check in point["checks"] if check["kind"] == "change_vs_champion"]
+    assert check["paired"]["relative_interval"] is None and check["unit"] == "fraction"
+    confident = decide(WITH_CONFIDENCE, candidate, champion)
+    (check,) = [check for check in confident["checks"] if check["kind"] == "change_vs_champion"]
+    assert check["unit"] == "points" and check["threshold"] == 0.0
+    assert check["value"] == pytest.approx(check["paired"]["interval"][1], abs=1e-6)
+    json.dumps([point, confident], allow_nan=False)
+
+
 def test_confidence_needs_both_models_ranks_and_they_must_be_the_champions():
     candidate, champion = same_quality_pair()
     baseline = metrics_of(np.full(len(candidate), 1000))
