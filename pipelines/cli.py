@@ -5,7 +5,9 @@ submit the Kubeflow pipeline, and two small steps the DVC stages use (fetch-raw,
                         a local Prometheus and Pushgateway watch it (pipelines/local_monitoring.py)
     pipeline local      the same steps as a Kubeflow pipeline, with kfp's local SubprocessRunner
     pipeline compile    write the Kubeflow pipeline spec (pipelines/diffurec_pipeline.yaml)
-    pipeline submit     compile and submit a run (or a recurring run) to a Kubeflow endpoint
+    pipeline submit     compile and submit a run (or a recurring run) to a Kubeflow endpoint,
+                        wait for it and report its state, metrics, gate decision and version
+    pipeline upload     upload the pipeline to the Kubeflow UI as a version named after the commit
     pipeline fetch-raw  the raw log: copy a local file, or download the official dataset
     pipeline lineage    the lineage JSON (data md5s, git commit, params, preset) for a run
 
@@ -24,7 +26,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from diffurec.cli import add_force, check_flags
-from diffurec.errors import DiffuRecError
 from diffurec.files import prepare_output
 
 if TYPE_CHECKING:
@@ -94,6 +95,12 @@ def register(subparsers: Any) -> None:
         "--out", metavar="YAML", help="spec file (default: pipelines/diffurec_pipeline.yaml)"
     )
     compile_.add_argument("--params", metavar="YAML", help="parameters (default: params.yaml)")
+    compile_.add_argument(
+        "--image",
+        metavar="REF",
+        help="the image every step runs, e.g. the one CI just pushed, by tag or digest "
+        "(default: $DIFFUREC_IMAGE, else the release image components/__init__.py names)",
+    )
     add_force(compile_, None)
     compile_.set_defaults(func=run_compile)
 
@@ -130,9 +137,60 @@ def register(subparsers: Any) -> None:
     submit.add_argument("--params", metavar="YAML", help="parameters (default: params.yaml)")
     submit.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help=set_help)
     submit.add_argument(
-        "--timeout", type=float, default=10.0, help="seconds to wait for the endpoint to answer (default: 10)"
+        "--timeout",
+        type=float,
+        default=4 * 3600.0,
+        help="seconds to wait for the run to end (default: 14400, 4 h); then exit 5",
     )
+    submit.add_argument(
+        "--no-wait", action="store_true", help="return once the run is created (print its URL)"
+    )
+    submit.add_argument(
+        "--poll", type=float, default=30.0, help="seconds between looks at the run (default: 30)"
+    )
+    submit.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="MLflow server to read the registered version, its metrics and the gate decision "
+        "from, by the run id (default: $MLFLOW_TRACKING_URI; without one: the gate's outcome "
+        "from the run's tasks)",
+    )
+    submit.add_argument(
+        "--summary", metavar="MD", help="also write a markdown summary here (e.g. for $GITHUB_STEP_SUMMARY)"
+    )
+    add_kfp_request_timeout(submit)
     submit.set_defaults(func=run_submit)
+
+    upload = commands.add_parser(
+        "upload",
+        help="upload the pipeline to the Kubeflow UI, as a version named after the commit",
+        description="Compile the pipeline and upload it to a Kubeflow Pipelines endpoint: the "
+        "pipeline (with its description and parameter descriptions) when missing, then a "
+        "version named after this checkout's commit (first 12 hex digits). A version that "
+        "exists is left as it is. Uncommitted changes are refused unless --allow-dirty "
+        "(the version is then named <sha>-dirty).",
+    )
+    upload.add_argument(
+        "--host", default=os.environ.get("KFP_HOST"), help="API endpoint (default: $KFP_HOST)"
+    )
+    upload.add_argument("--token", default=None, help="bearer token (default: $KFP_TOKEN; never printed)")
+    upload.add_argument(
+        "--namespace",
+        default=os.environ.get("KFP_NAMESPACE"),
+        help="Kubeflow profile namespace the pipeline belongs to (multi-user; default: $KFP_NAMESPACE)",
+    )
+    upload.add_argument("--version", help="version name (default: the commit, <sha> or <sha>-dirty)")
+    upload.add_argument(
+        "--allow-dirty", action="store_true", help="upload a checkout with uncommitted changes"
+    )
+    upload.add_argument("--params", metavar="YAML", help="parameters (default: params.yaml)")
+    upload.add_argument(
+        "--image",
+        metavar="REF",
+        help="the image every step runs (default: $DIFFUREC_IMAGE, else the release's)",
+    )
+    add_kfp_request_timeout(upload)
+    upload.set_defaults(func=run_upload)
 
     fetch = commands.add_parser(
         "fetch-raw",
@@ -179,6 +237,7 @@ PIPELINE_STEPS = {
     "local": "pipeline",
     "compile": "compile",
     "submit": "submit",
+    "upload": "upload",
     "fetch-raw": "fetch_raw",
     "lineage": "lineage",
 }
@@ -187,6 +246,16 @@ PIPELINE_STEPS = {
 def describe_pipeline(args: argparse.Namespace) -> dict[str, Any]:
     """The telemetry step of a `pipeline` subcommand."""
     return {"step": PIPELINE_STEPS[args.pipeline_command]}
+
+
+def add_kfp_request_timeout(parser: argparse.ArgumentParser) -> None:
+    """--request-timeout of the commands that talk to a Kubeflow endpoint."""
+    parser.add_argument(
+        "--request-timeout",
+        type=float,
+        default=30.0,
+        help="seconds each call to the endpoint may take in all (default: 30)",
+    )
 
 
 def add_monitoring_flags(parser: argparse.ArgumentParser) -> None:
@@ -303,7 +372,7 @@ def run_compile(args: argparse.Namespace) -> dict[str, Any]:
 
     if args.out:
         prepare_output(args.out, kind="file", inputs=[args.params], force=args.force)
-    out = runners.compile_spec(args.out, args.params)
+    out = runners.compile_spec(args.out, args.params, args.image)
     print(f"compiled {PIPELINE_NAME} to {out}")
     return {}
 
@@ -313,23 +382,66 @@ def run_submit(args: argparse.Namespace) -> dict[str, Any]:
 
     from diffurec.train_settings import POSITIVE
 
-    check_flags(args, {"timeout": POSITIVE})
-    if not args.host:
-        raise DiffuRecError("no Kubeflow endpoint: pass --host URL or set $KFP_HOST")
-    print(
-        runners.submit(
-            args.host,
-            args.token or os.environ.get("KFP_TOKEN"),
-            args.namespace,
-            args.experiment,
-            args.run_name,
-            args.service_account,
-            args.recurring,
-            args.params,
-            args.set,
-            args.timeout,
-        )
+    check_flags(args, {"timeout": POSITIVE, "poll": POSITIVE, "request_timeout": POSITIVE})
+    if args.summary:
+        prepare_output(args.summary, kind="file", inputs=[args.params], flag="--summary", force=True)
+    token = args.token or os.environ.get("KFP_TOKEN")
+    submitted = runners.submit(
+        args.host,
+        token,
+        args.namespace,
+        args.experiment,
+        args.run_name,
+        args.service_account,
+        args.recurring,
+        args.params,
+        args.set,
+        args.request_timeout,
     )
+    print(submitted["message"])
+    labels = {"runner": "kubeflow"}
+    if args.recurring or args.no_wait:
+        if submitted.get("url"):
+            print(f"  {submitted['url']}")
+        return {"labels": labels}
+    print(
+        f"  {submitted['url']}\nwaiting for it (at most {args.timeout:.0f} s; --no-wait does not)", flush=True
+    )
+    outcome, timed_out = runners.wait_and_report(
+        submitted["host"],
+        token,
+        args.namespace,
+        submitted,
+        timeout=args.timeout,
+        poll=args.poll,
+        request_timeout=args.request_timeout,
+        tracking_uri=args.tracking_uri,
+    )
+    print("\n".join(runners.outcome_lines(submitted, outcome, timed_out)))
+    if args.summary:
+        Path(args.summary).write_text(runners.summary_markdown(submitted, outcome, timed_out))
+    status = runners.exit_status(outcome, timed_out)
+    gauges = {} if outcome["gate"] is None else {"gate_passed": 1.0 if outcome["gate"]["passed"] else 0.0}
+    return {"gauges": gauges, "labels": labels, "exit_status": status}
+
+
+def run_upload(args: argparse.Namespace) -> dict[str, Any]:
+    from pipelines import runners
+
+    from diffurec.train_settings import POSITIVE
+
+    check_flags(args, {"request_timeout": POSITIVE})
+    version = args.version or runners.commit_version_name(args.allow_dirty)
+    result = runners.upload(
+        args.host,
+        args.token or os.environ.get("KFP_TOKEN"),
+        args.namespace,
+        version,
+        args.params,
+        args.request_timeout,
+        args.image,
+    )
+    print(result["message"])
     return {"labels": {"runner": "kubeflow"}}
 
 

@@ -6,9 +6,10 @@ through the `diffurec.commands` entry point (the `pipeline` group comes from the
 `pipelines` package that way, so the library never imports it).
 A subcommand's handler takes the parsed arguments and may return a dict
 {"gauges": {name: value}, "labels": {name: value}} that is pushed to Prometheus with the
-step's duration and outcome (diffurec/telemetry.py). A parser may also set a `describe`
-default: describe(args) -> {"step": name, "labels": {...}}, computed before the handler runs,
-so that a failed run is pushed to the same step and model as a successful one would be.
+step's duration and outcome (diffurec/telemetry.py), and an "exit_status" (default 0).
+A parser may also set a `describe` default: describe(args) -> {"step": name, "labels": {...}},
+computed before the handler runs, so that a failed run is pushed to the same step and model
+as a successful one would be.
 A DiffuRecError becomes one line on stderr and exit status 2.
 """
 
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
 COMMAND_MODULES = (
     "diffurec.cli.data_commands",
     "diffurec.cli.data_version_commands",
+    "diffurec.cli.distributed_commands",
     "diffurec.cli.lineage_commands",
     "diffurec.cli.model_commands",
     "diffurec.cli.promotion_commands",
@@ -67,7 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     result, succeeded, status = None, False, EXIT_ERROR
     try:
         result = args.func(args) or {}
-        succeeded, status = True, 0
+        # A handler may end with another status (pipeline submit: the run failed, the gate rejected).
+        status = int(result.get("exit_status", 0))
+        succeeded = status == 0
     except DiffuRecError as error:
         print(f"diffurec {args.command}: error: {error}", file=sys.stderr)
     except KeyboardInterrupt:
