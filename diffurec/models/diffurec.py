@@ -32,6 +32,7 @@ improved DDPM's `space_timesteps`); with all T steps this is exactly the referen
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -109,6 +110,43 @@ def timestep_embedding(t: torch.Tensor, dim: int, scale: float, max_period: floa
     freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
     args = (t.float() * scale)[:, None] * freqs[None]
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+def from_reference_names(weights: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A `paper` state dict from the authors' parameter names (WHUIR/DiffuRec@f6f70c9), e.g. the
+    `weights/<name>` arrays of shared/fixtures/diffurec-reference-golden.npz; names the reference's
+    forward never reads (position embeddings, the unused fuse layers) are not expected."""
+    x, blocks = "diffu.xstart_model.", "diffu.xstart_model.att.transformer_blocks."
+    names = {
+        "item_embeddings.weight": "item_embedding.weight",
+        "LayerNorm.weight": "history_norm.weight",
+        "LayerNorm.bias": "history_norm.bias",
+        f"{x}norm_diffu_rep.weight": "output_norm.weight",
+        f"{x}norm_diffu_rep.bias": "output_norm.bias",
+    }
+    for layer in (0, 2):
+        for kind in ("weight", "bias"):
+            names[f"{x}time_embed.{layer}.{kind}"] = f"time_mlp.{layer}.{kind}"
+    block_parts = {
+        "attention.linear_layers.0": "attention.query",
+        "attention.linear_layers.1": "attention.key",
+        "attention.linear_layers.2": "attention.value",
+        "attention.w_layer": "attention.out",
+        "feed_forward.w_1": "ffn_in",
+        "feed_forward.w_2": "ffn_out",
+        "input_sublayer.norm": "norm_attention",
+        "output_sublayer.norm": "norm_ffn",
+    }
+    block_indices = {int(name[len(blocks) :].split(".")[0]) for name in weights if name.startswith(blocks)}
+    num_blocks = 1 + max(block_indices)
+    for b in range(num_blocks):
+        for theirs, ours in block_parts.items():
+            for kind in ("weight", "bias"):
+                names[f"{blocks}{b}.{theirs}.{kind}"] = f"blocks.{b}.{ours}.{kind}"
+    missing = sorted(set(names) - set(weights))
+    if missing:
+        raise KeyError(f"reference weights lack {missing}")
+    return {ours: torch.as_tensor(weights[theirs]) for theirs, ours in names.items()}
 
 
 class DiffuRec(nn.Module):
@@ -206,33 +244,63 @@ class DiffuRec(nn.Module):
 
     # ---- the interface the trainer and evaluator use ----------------------------------------
 
-    def loss(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Full-softmax cross-entropy of x0_hat against all N+1 rows, at a uniform random t."""
+    def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) noise, the forward process, [B, d]."""
+        return self.sqrt_alpha_bar[t, None] * x0 + self.sqrt_one_minus_alpha_bar[t, None] * noise
+
+    def loss(
+        self,
+        inputs: torch.Tensor,
+        targets: torch.Tensor,
+        t: torch.Tensor | None = None,
+        noise: torch.Tensor | None = None,
+        lam: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Full-softmax cross-entropy of x0_hat against all N+1 rows, at a uniform random t.
+
+        t [B], noise [B, d] and lam [B, L, d] replace the draws (tests replay the reference's);
+        those not given are drawn in this order: t, noise, (history dropout), lambda."""
         batch = inputs.size(0)
         x0 = self.item_embedding(targets)
-        t = torch.randint(0, self.config["diffusion_steps"], (batch,), device=inputs.device)
-        noise = torch.randn_like(x0)
-        x_t = self.sqrt_alpha_bar[t, None] * x0 + self.sqrt_one_minus_alpha_bar[t, None] * noise
-        x0_hat = self.approximate(self.history(inputs), self.attention_mask(inputs), x_t, t)
+        if t is None:
+            t = torch.randint(0, self.config["diffusion_steps"], (batch,), device=inputs.device)
+        if noise is None:
+            noise = torch.randn_like(x0)
+        x_t = self.q_sample(x0, t, noise)
+        x0_hat = self.approximate(self.history(inputs), self.attention_mask(inputs), x_t, t, lam)
         logits = x0_hat @ self.item_embedding.weight.t()
         return F.cross_entropy(logits.float(), targets)
 
     @torch.no_grad()
-    def represent(self, inputs: torch.Tensor, reverse_steps: int | None = None) -> torch.Tensor:
-        """x0_hat after the ancestral reverse process from x_T ~ N(0, I), [B, d]."""
+    def represent(
+        self,
+        inputs: torch.Tensor,
+        reverse_steps: int | None = None,
+        x_T: torch.Tensor | None = None,
+        noise: Sequence[torch.Tensor] | torch.Tensor | None = None,
+        lam: Sequence[torch.Tensor] | torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """x0_hat after the ancestral reverse process from x_T ~ N(0, I), [B, d].
+
+        x_T [B, d], noise (one [B, d] per step but the last, which adds none) and lam (one
+        [B, L, d] per step) replace the draws (tests replay the reference's); those not given are
+        drawn in this order: x_T, then per step lambda and noise."""
         steps = reverse_steps or self.config["reverse_steps"]
         timesteps = reverse_timesteps(self.config["diffusion_steps"], steps)
         alpha_bar = self._alpha_bar64[list(reversed(timesteps))]
         c1, c2, beta = (c.float().flip(0).tolist() for c in posterior_coefficients(alpha_bar))
         history = self.history(inputs)
         mask = self.attention_mask(inputs)
-        x_t = torch.randn(inputs.size(0), self.config["hidden_size"], device=inputs.device)
+        if x_T is None:
+            x_T = torch.randn(inputs.size(0), self.config["hidden_size"], device=inputs.device)
+        x_t = x_T
         for i, t in enumerate(timesteps):  # descending; c1/c2/beta are aligned with it
             t_batch = torch.full((inputs.size(0),), t, device=inputs.device, dtype=torch.long)
-            x0_hat = self.approximate(history, mask, x_t, t_batch)
+            x0_hat = self.approximate(history, mask, x_t, t_batch, None if lam is None else lam[i])
             if i + 1 < len(timesteps):  # the last step (t = 0 in the full process) adds no noise
                 mean = c1[i] * x0_hat + c2[i] * x_t
-                x_t = mean + math.sqrt(beta[i]) * torch.randn_like(x_t)
+                step_noise = torch.randn_like(x_t) if noise is None else noise[i]
+                x_t = mean + math.sqrt(beta[i]) * step_noise
         # On the last step c1 = 1 and c2 = 0, so the posterior mean is x0_hat itself.
         return x0_hat
 
