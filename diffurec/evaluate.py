@@ -35,10 +35,13 @@ def target_ranks(
     """1-based rank of each target among items 1..N, ties counted against the target.
 
     scores: [B, N+1] (column 0, padding, is ignored); targets: [B] in 1..N; masked: optional
-    bool [B, N+1] of items removed from the ranking (never the target itself). A NaN target
-    score ranks last.
+    bool [B, N+1] of items removed from the ranking (never the target itself). A user with any
+    NaN score among items 1..N (the target's, another item's, a masked one's) gets the worst rank,
+    N: a NaN neither beats nor loses to anything, so it ties everything, and ties count against
+    the target.
     """
     scores = scores[:, 1:].float()
+    has_nan = torch.isnan(scores).any(dim=1)
     target_index = targets.long() - 1
     rows = torch.arange(scores.size(0), device=scores.device)
     target_score = scores[rows, target_index]
@@ -49,7 +52,7 @@ def target_ranks(
     # Counting the target itself too gives 1 + (others scoring >= it); a uint8 view summed in
     # int32 is about twice as fast on the CPU as count_nonzero or a bool sum (int64).
     ranks = (scores >= target_score[:, None]).view(torch.uint8).sum(dim=1, dtype=torch.int32).long()
-    return torch.where(torch.isnan(target_score), torch.full_like(ranks, scores.size(1)), ranks)
+    return torch.where(has_nan, torch.full_like(ranks, scores.size(1)), ranks)
 
 
 def ranking_metrics(ranks: torch.Tensor | np.ndarray, ks=KS) -> dict[str, float]:

@@ -39,6 +39,30 @@ def test_nan_target_ranks_last():
     assert target_ranks(scores, torch.tensor([1])).tolist() == [3]
 
 
+def test_any_nan_score_of_a_user_counts_against_the_target():
+    nan = float("nan")
+    #                      pad   1    2    3    4    5    6
+    scores = torch.tensor(
+        [
+            [0.0, 0.9, nan, 0.1, 0.2, 0.3, 0.4],  # target 1 would be first; NaN on item 2 -> 6
+            [0.0, 0.9, 0.8, 0.1, 0.2, 0.3, nan],  # the same with the NaN on the last item -> 6
+            [0.0, 0.9, 0.8, 0.1, 0.2, 0.3, 0.4],  # no NaN: rank 1
+            [nan, 0.9, 0.8, 0.1, 0.2, 0.3, 0.4],  # NaN only on padding, never ranked: rank 1
+            [0.0, 0.1, 0.9, 0.8, nan, 0.2, 0.3],  # NaN on a masked history item still counts -> 6
+        ]
+    )
+    targets = torch.tensor([1, 1, 1, 1, 1])
+    masked = torch.zeros_like(scores, dtype=torch.bool)
+    masked[4, [2, 3, 4]] = True
+    assert target_ranks(scores, targets, masked).tolist() == [6, 6, 1, 1, 6]
+    # One NaN per user in a model with more than 20 items: every metric is zero.
+    many = torch.rand(3, 31)
+    many[:, 5] = nan
+    ranks = target_ranks(many, torch.tensor([1, 7, 30]))
+    assert ranks.tolist() == [30, 30, 30]
+    assert all(value == 0.0 for value in ranking_metrics(ranks).values())
+
+
 def test_history_mask_removes_items_but_never_the_target():
     scores = torch.tensor([[0.0, 0.9, 0.8, 0.7, 0.6, 0.5]])
     target = torch.tensor([4])
