@@ -5,7 +5,8 @@ race for 20 rounds through one tracking server: every round exactly one wins, th
 refused as stale, and `champion`/`previous`/the audit tags always tell one consistent history.
 Then a promotion is killed (os._exit(137), as kill -9, through DIFFUREC_PROMOTE_CRASH_AT) right
 after each of its writes, and the next promote, or the gate's start, leaves the registry
-consistent with the original promotion's time and decision.
+consistent with the original promotion's time and decision (or override reason: the case
+killed right after `champion` moved is an override).
 
 The versions are created with the client and tagged as the gate tags them (gate_decision_id,
 gate_passed), with decision JSONs to match: what promote reads, without training models.
@@ -200,8 +201,11 @@ INTENT = promote.INTENT_TAG
 CRASHER = """
 import sys
 from diffurec.promote import promote
-promote(sys.argv[1], sys.argv[2], sys.argv[3])
+name, version, decision, reason = sys.argv[1:5]
+promote(name, version, decision or None, override=bool(reason), reason=reason or None)
 """
+OVERRIDDEN = "champion"  # promoted by override, killed before its audit tags: the reason survives
+REASON = "rollback drill INC-7"
 
 
 def test_a_promotion_killed_after_any_write_is_completed_by_the_next_run(env, tmp_path, monkeypatch):
@@ -216,9 +220,13 @@ def test_a_promotion_killed_after_any_write_is_completed_by_the_next_run(env, tm
         promote.promote(name, first, decision)
         second, decision = gated_version(client, name, first, tmp_path)
         cases.append((step, rerun, name, first, second, decision))
+
+    def how(step: str, decision: Path) -> tuple[str, str]:  # (decision, override reason)
+        return ("", REASON) if step == OVERRIDDEN else (str(decision), "")
+
     crashes = [
         subprocess.Popen(
-            [sys.executable, "-c", CRASHER, name, second, str(decision)],
+            [sys.executable, "-c", CRASHER, name, second, *how(step, decision)],
             env={**os.environ, promote.CRASH_ENV: step, "PYTHONPATH": str(REPO), "TMPDIR": str(tmp_path)},
             stderr=subprocess.PIPE,
             text=True,
@@ -236,7 +244,8 @@ def test_a_promotion_killed_after_any_write_is_completed_by_the_next_run(env, tm
         if intent_text is None:
             assert aliases(name)[:2] == (first, None)
         if rerun == "promote":
-            result = promote.promote(name, second, decision)
+            path, reason = how(step, decision)
+            result = promote.promote(name, second, path or None, override=bool(reason), reason=reason or None)
             assert result["champion"] == second
             assert (result["completed_interrupted"] is not None) == (intent_text is not None), step
         else:  # what the gate runs first
@@ -246,8 +255,13 @@ def test_a_promotion_killed_after_any_write_is_completed_by_the_next_run(env, tm
                 continue  # nothing had happened: the gate sees the old champion, as it is
         assert aliases(name) == (second, first, None), (step, rerun)
         tags = registry.get_version(name, version=second)["tags"]
-        assert tags["promoted_from"] == first and tags["promotion_override"] == "false", step
-        assert tags["promotion_decision_id"] == json.loads(decision.read_text())["decision_id"]
+        assert tags["promoted_from"] == first, step
+        if step == OVERRIDDEN:
+            assert (tags["promotion_override"], tags["promotion_reason"]) == ("true", REASON)
+            assert "promotion_decision_id" not in tags
+        else:
+            assert tags["promotion_override"] == "false" and "promotion_reason" not in tags, step
+            assert tags["promotion_decision_id"] == json.loads(decision.read_text())["decision_id"]
         if intent_text is not None:  # the original promotion's record, not the rerun's
             assert tags["promoted_at"] == json.loads(intent_text)["at"], step
         assert INTENT not in model_tags(client, name), step
@@ -262,7 +276,7 @@ def test_a_version_deleted_after_a_killed_promotion_is_rolled_back(env, tmp_path
     promote.promote(name, first, decision)
     second, decision = gated_version(client, name, first, tmp_path)
     crashed = subprocess.run(
-        [sys.executable, "-c", CRASHER, name, second, str(decision)],
+        [sys.executable, "-c", CRASHER, name, second, str(decision), ""],
         env={**os.environ, promote.CRASH_ENV: "champion", "PYTHONPATH": str(REPO)},
         capture_output=True,
         text=True,
