@@ -3,8 +3,14 @@
 #     --build-arg GIT_COMMIT="$(git rev-parse HEAD)" \
 #     --build-arg IMAGE_REF=ghcr.io/diffurec/diffurec:0.1.0 .   (or docker build)
 #   podman run --rm ghcr.io/diffurec/diffurec:0.1.0 --help
+# CI pushes one image per commit, ghcr.io/OWNER/diffurec:<sha> (retrain.yml, whose spec runs
+# it by digest), and per release ghcr.io/diffurec/diffurec:<version> (release.yml, tags v*):
+# the one the committed spec and k8s/ name (tests/test_image.py holds them equal).
 # BASE_IMAGE is a CUDA build of PyTorch; its torch is kept as it is: requirements.txt pins
 # torch==2.13.0 for the CPU machines, so that line is dropped from the install below.
+# Pinned by digest (REPOSITORY:TAG@sha256:...): `bash scripts/pin_base_image.sh [TAG_REF]`
+# resolves the tag with `docker buildx imagetools inspect` and writes the digest here; the
+# release workflow refuses a base without one (scripts/pin_base_image.sh --check).
 ARG BASE_IMAGE=docker.io/pytorch/pytorch:2.13.0-cuda12.8-cudnn9-runtime
 FROM ${BASE_IMAGE}
 

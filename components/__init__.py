@@ -9,6 +9,11 @@ Bodies are self-contained (Kubeflow ships each function's source alone): no modu
 
 import os
 
-# The image every step runs in on a cluster (the deployment's Dockerfile builds and tags it);
-# CI sets DIFFUREC_IMAGE to the image built for the commit when it compiles and submits.
-IMAGE = os.environ.get("DIFFUREC_IMAGE", "ghcr.io/diffurec/diffurec:0.1.0")
+from diffurec import __version__
+
+# The image every step runs in on a cluster (the deployment's Dockerfile builds and tags it):
+# by default this version's release image, which .github/workflows/release.yml pushes for the
+# tag v<version> (k8s/ names the same one; tests/test_image.py); retrain.yml compiles with the
+# image it built for the commit instead (`pipeline compile --image`, or $DIFFUREC_IMAGE).
+RELEASE_REPOSITORY = "ghcr.io/diffurec/diffurec"
+IMAGE = os.environ.get("DIFFUREC_IMAGE", f"{RELEASE_REPOSITORY}:{__version__}")

@@ -368,11 +368,12 @@ def run_local(args: argparse.Namespace) -> dict[str, Any]:
 
 def run_compile(args: argparse.Namespace) -> dict[str, Any]:
     from pipelines import runners
-    from pipelines.diffurec_pipeline import PIPELINE_NAME
 
     if args.out:
         prepare_output(args.out, kind="file", inputs=[args.params], force=args.force)
     out = runners.compile_spec(args.out, args.params, args.image)
+    from pipelines.diffurec_pipeline import PIPELINE_NAME  # after: --image is read on import
+
     print(f"compiled {PIPELINE_NAME} to {out}")
     return {}
 

@@ -303,11 +303,12 @@ POLL_FAILURES = 3
 def compile_spec(out: str | None, params_file: str | None, image: str | None = None) -> Path:
     """Compile the cluster pipeline (defaults from params.yaml or `params_file`); `image`: the
     image every step runs (default components.IMAGE: $DIFFUREC_IMAGE, else the release's)."""
+    if image:
+        # components reads it on its first import (the decorators fix each step's image then)
+        os.environ["DIFFUREC_IMAGE"] = image
     from pipelines.diffurec_pipeline import COMPILED, compile_pipeline
 
     params = read_params(params_file) if params_file else None
-    if image:
-        os.environ["DIFFUREC_IMAGE"] = image  # read when components is first imported
     out_path = compile_pipeline(out or COMPILED, params=params)
     found = spec_images(out_path)
     if image and found != {image}:  # components was imported earlier with another image
@@ -425,6 +426,7 @@ def submit(
     every parameter's value, the spec's defaults included)."""
     from pipelines.diffurec_pipeline import PIPELINE_NAME, compile_pipeline
 
+    namespace = namespace or None  # an empty $KFP_NAMESPACE is none
     params = read_params(params_file) if params_file else None
     arguments, values = submit_arguments(params, overrides)
     client = kfp_client(host, token, namespace, request_timeout)
@@ -678,8 +680,7 @@ def upload(
     "message"}; created: which of "pipeline", "version" this call made."""
     import yaml
 
-    from pipelines.diffurec_pipeline import PIPELINE_NAME
-
+    namespace = namespace or None  # an empty $KFP_NAMESPACE is none
     client = kfp_client(host, token, namespace, request_timeout)
     assert host
     spec = compile_spec(
@@ -688,6 +689,8 @@ def upload(
     description = str(
         (yaml.safe_load_all(spec.read_text()).__next__().get("pipelineInfo") or {}).get("description") or ""
     )
+    from pipelines.diffurec_pipeline import PIPELINE_NAME  # after compile_spec: it sets the image
+
     by_name = json.dumps(
         {"predicates": [{"operation": "EQUALS", "key": "display_name", "stringValue": PIPELINE_NAME}]}
     )
