@@ -230,15 +230,18 @@ class DiffuRec(nn.Module):
         return self.output_norm(self.output_dropout(last_position(self.blocks, h, mask)))
 
     def flops(self, batch: int, length: int, training: bool, reverse_steps: int | None = None) -> float:
-        """Matmul FLOPs this model performs for one `loss` (forward + backward = 3x forward) or
-        one `score` call on a [batch, length] input (2 per multiply-add; the final block
-        computes only the last query)."""
+        """Matmul FLOPs this model performs for one `loss` (forward + backward = 3x forward, but
+        for the time MLP's first layer, whose input, the sinusoid, needs no gradient) or one
+        `score` call on a [batch, length] input (2 per multiply-add; the final block computes
+        only the last query). torch.utils.flop_counter counts the same for `paper`."""
         cfg = self.config
-        per_pass = transformer_flops(length, cfg["hidden_size"], cfg["ffn_size"], cfg["num_blocks"])
-        per_pass += 2 * 2 * cfg["hidden_size"] * 4 * cfg["hidden_size"]  # time MLP
-        scoring = 2 * cfg["hidden_size"] * (self.num_items + 1)
+        d = cfg["hidden_size"]
+        per_pass = transformer_flops(length, d, cfg["ffn_size"], cfg["num_blocks"])
+        time_mlp_layer = 2 * d * 4 * d
+        per_pass += 2 * time_mlp_layer
+        scoring = 2 * d * (self.num_items + 1)
         if training:
-            return 3.0 * batch * (per_pass + scoring)
+            return float(batch * (3 * (per_pass + scoring) - time_mlp_layer))
         steps = len(reverse_timesteps(cfg["diffusion_steps"], reverse_steps or cfg["reverse_steps"]))
         return float(batch * (steps * per_pass + scoring))
 
