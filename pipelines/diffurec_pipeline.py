@@ -150,6 +150,30 @@ def build_pipeline(cluster: bool = True, params: dict | None = None):
         prometheus_url: str = defaults["prometheus_url"],
         allow_unreachable_prometheus: bool = defaults["allow_unreachable_prometheus"],
     ):
+        """The parameters' descriptions below are the Kubeflow UI's (kfp reads them into the spec).
+
+        Args:
+            dataset: Dataset name (ml-100k, ml-1m, beauty, ...): the raw log's format and the labels.
+            data_version: Git revision of the repository whose dvc.lock names the raw log (md5) to
+                train on; HEAD is its newest commit when the run starts.
+            source: Empty: the data version's raw log. "official": the dataset's official download.
+                A path (e.g. under /data, the data volume): that file.
+            max_len: Longest item history a user's window keeps (preprocess --max-len).
+            train: Training settings as a JSON object (TrainSettings: model, preset, epochs,
+                max_minutes, lr, batch_size, ...); missing keys take their defaults.
+            workers: Training processes: 1 trains in the train step's pod; more start a PyTorchJob
+                of that many pods (one GPU each; CPUs and Gloo when train.device is cpu).
+            split: Split the metrics are measured on (test or valid).
+            registry_name: MLflow registered model the new version is added to.
+            tracking_uri: MLflow tracking server; empty: the cluster's (diffurec-settings ConfigMap).
+            gate_override: A JSON gate section replacing the compiled thresholds for this run;
+                needs override_reason and override_by (recorded in the decision).
+            override_reason: Why the gate's thresholds are overridden.
+            override_by: Who overrides the gate's thresholds.
+            prometheus_url: Prometheus for the gate's checks; empty: the cluster's.
+            allow_unreachable_prometheus: True: an unreachable Prometheus skips the gate's
+                Prometheus checks (recorded) instead of failing the gate step.
+        """
         # The version (or source path) can name new data each run: always resolved again. Every
         # later step takes the md5 or an artifact made from it, so a cache hit means same data.
         data_task = resolve_data(data_version=data_version, source=source).set_caching_options(False)

@@ -14,6 +14,7 @@ import json
 import re
 
 import pytest
+import yaml
 from kfp_server import KfpServer
 
 from diffurec.cli import main
@@ -172,7 +173,10 @@ def test_upload_creates_the_pipeline_then_the_commit_version_once(capsys):
     assert created.query["name"] == "diffurec-train-evaluate-promote"
     assert created.query["namespace"] == "team-a"
     assert created.query["description"].startswith("Validate, preprocess, train")
-    assert b"diffurec-train-evaluate-promote" in created.body["file"]
+    # The spec uploaded: the UI shows each parameter's description from it.
+    spec = next(doc for doc in yaml.safe_load_all(created.body["file"]) if doc)
+    parameters = spec["root"]["inputDefinitions"]["parameters"]
+    assert "data_version" in parameters and all(p.get("description") for p in parameters.values())
     [version] = server.calls("POST", "/pipelines/upload_version")  # the second call: nothing
     assert version.query["name"] == SHA[:12]
     assert version.query["pipelineid"] == server.state.pipelines[0]["pipeline_id"]
