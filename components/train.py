@@ -14,11 +14,15 @@ def train(
     data_params: dict,
     model: Output[Model],
     curves: Output[HTML],
+    workers: int = 1,
+    profile: str = "",
 ):
     """Run `diffurec train --settings` with `settings` (params.yaml's `train:` section, the
-    fields of diffurec.train_settings.TrainSettings) and the run's lineage (the data parameters
-    and the settings); the Model is the model folder, `curves` the training curves (curve.png)
-    as a page for the Kubeflow UI."""
+    fields of diffurec.train_settings.TrainSettings) and the run's lineage (the data parameters,
+    the settings and the parameter profile they came from); with `workers` > 1 `diffurec
+    train-job` trains on a PyTorchJob of that many pods instead (the data volume at /data holds
+    its run folder; one GPU each unless settings.device is cpu). The Model is the model folder,
+    `curves` the training curves (curve.png) as a page for the Kubeflow UI."""
     import base64
     import json
     import os
@@ -33,12 +37,12 @@ def train(
         build_lineage(
             raw=os.path.join(raw.path, raw.metadata["file"]),
             splits=splits.path,
-            params={"data": data_params, "train": settings},
+            params={"data": data_params, "train": settings, **({"profile": profile} if profile else {})},
             preset=settings.get("preset"),
         ),
     )
     command = [
-        "train",
+        "train" if workers <= 1 else "train-job",
         "--splits",
         splits.path,
         "--out",
@@ -48,6 +52,9 @@ def train(
         "--lineage-json",
         lineage_file,
     ]
+    if workers > 1:
+        gpus = "0" if settings.get("device") == "cpu" else "1"
+        command += ["--workers", str(workers), "--gpus-per-worker", gpus]
     if main(command) != 0:
         raise RuntimeError("diffurec train failed (the line above says why)")
     summary = json.load(open(os.path.join(model.path, "train_summary.json")))

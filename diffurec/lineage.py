@@ -190,6 +190,8 @@ def version_tags(lineage: dict) -> dict[str, str]:
         "data_version": splits_md5,
         "data_revision": os.environ.get(DATA_VERSION_ENV) or str(data_params.get("data_version") or UNKNOWN),
         "params": json.dumps(params, sort_keys=True, default=str)[:5000],  # MLflow caps a tag
+        # the profile of parameters the pipeline's defaults came from (params.yaml profiles:)
+        "profile": str(params.get("profile") or UNKNOWN),
         "kfp_run_id": os.environ.get(RUN_ID_ENV) or UNKNOWN,
         "kfp_run_name": os.environ.get(RUN_NAME_ENV) or UNKNOWN,
     }

@@ -82,6 +82,11 @@ def register(subparsers: Any) -> None:
         "--params", default="params.yaml", metavar="YAML", help="parameters (default: params.yaml)"
     )
     local.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help=set_help)
+    local.add_argument(
+        "--profile",
+        default="laptop",
+        help="profile of parameters (params.yaml profiles:; default: laptop, the sections as they are)",
+    )
     add_monitoring_flags(local)
     local.set_defaults(func=run_local)
 
@@ -95,6 +100,12 @@ def register(subparsers: Any) -> None:
         "--out", metavar="YAML", help="spec file (default: pipelines/diffurec_pipeline.yaml)"
     )
     compile_.add_argument("--params", metavar="YAML", help="parameters (default: params.yaml)")
+    compile_.add_argument(
+        "--profile",
+        default="cluster",
+        help="profile of parameters the spec's defaults come from (params.yaml profiles:; default: "
+        "cluster, full quality on a GPU; laptop: the short run)",
+    )
     compile_.add_argument(
         "--image",
         metavar="REF",
@@ -349,7 +360,7 @@ def run_local(args: argparse.Namespace) -> dict[str, Any]:
     from pipelines import runners
 
     monitoring = open_monitoring(runners.repo_root(), args, args.params)
-    result = runners.run_local(args.root, args.params, args.set)
+    result = runners.run_local(args.root, args.params, args.set, args.profile)
     run_dir, passed = result["run_dir"], result["passed"]
     print(f"\nkfp local run finished in {result['seconds']:.0f} s; artifacts under {run_dir}")
     for name, sub in (
@@ -371,7 +382,7 @@ def run_compile(args: argparse.Namespace) -> dict[str, Any]:
 
     if args.out:
         prepare_output(args.out, kind="file", inputs=[args.params], force=args.force)
-    out = runners.compile_spec(args.out, args.params, args.image)
+    out = runners.compile_spec(args.out, args.params, args.image, args.profile)
     from pipelines.diffurec_pipeline import PIPELINE_NAME  # after: --image is read on import
 
     print(f"compiled {PIPELINE_NAME} to {out}")

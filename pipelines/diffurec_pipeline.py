@@ -70,12 +70,48 @@ RUN_FIELD_PATHS = {
 NETWORK_RETRIES = 3
 NETWORK_BACKOFF = {"backoff_duration": "30s", "backoff_factor": 2.0, "backoff_max_duration": "300s"}
 SERVICE_ACCOUNT = "diffurec-pipeline-runner"
+# Profiles of parameters (params.yaml `profiles:`, docs/pipeline.md "Profiles"): overrides of
+# params.yaml's `data:` and `train:` sections. laptop: the sections as they are (DVC, `pipeline
+# local`); cluster: full quality on a GPU, the compiled spec's defaults (what UI users run).
+LAPTOP, CLUSTER = "laptop", "cluster"
+COMPILE_PROFILE = CLUSTER
+PROFILE_SECTIONS = ("data", "train")
 
 
 def load_params(path: Path = PARAMS_FILE) -> dict:
     from diffurec.files import read_params
 
     return read_params(path)
+
+
+def profile_params(params: dict, profile: str) -> dict:
+    """params.yaml's sections with profile `profile`'s overrides (params.yaml `profiles:`) on
+    top; a profile that is missing, overrides another section or key, or gives a bad training
+    setting is one line naming it."""
+    from diffurec.errors import DiffuRecError
+    from diffurec.train_settings import MAX_LENS, TrainSettings
+
+    profiles = params.get("profiles") or {}
+    if profile not in profiles:
+        known = ", ".join(sorted(profiles)) or "none"
+        raise DiffuRecError(f"parameters: no profile {profile!r} under profiles: (known: {known})")
+    overrides = profiles[profile] or {}
+    where = f"parameters: profiles.{profile}"
+    if not isinstance(overrides, dict):
+        raise DiffuRecError(f"{where}: expected a mapping of sections, found {type(overrides).__name__}")
+    merged = dict(params)
+    for section, values in overrides.items():
+        if section not in PROFILE_SECTIONS or not isinstance(values, dict):
+            sections = ", ".join(PROFILE_SECTIONS)
+            raise DiffuRecError(f"{where}.{section}: a profile overrides keys of {sections}")
+        unknown = sorted(set(values) - set(params[section])) if section == "data" else []
+        if unknown:
+            raise DiffuRecError(f"{where}.data.{unknown[0]}: not a key of the data section")
+        merged[section] = {**params[section], **values}
+    MAX_LENS.check(merged["data"]["max_len"], f"{where}.data.max_len")
+    settings = {key: value for key, value in merged["train"].items() if value is not None}
+    TrainSettings.from_mapping(settings, source=f"{where}.train")
+    return merged
 
 
 def compiled_data_version() -> str:
@@ -98,6 +134,8 @@ def default_arguments(params: dict) -> dict:
         "max_len": int(data["max_len"]),
         # Kubeflow parameters cannot hold null; a missing setting takes its (null) default.
         "train": {key: value for key, value in params["train"].items() if value is not None},
+        # More than 1: the train step trains on a PyTorchJob of that many pods (diffurec train-job)
+        "workers": 1,
         "split": params["evaluate"]["split"],
         "registry_name": params["registry"]["name"],
         "tracking_uri": "",  # empty: $MLFLOW_TRACKING_URI (on a cluster: the ConfigMap's)
@@ -123,17 +161,20 @@ def gate_thresholds(params: dict) -> dict:
     return params["gate"]
 
 
-def build_pipeline(cluster: bool = True, params: dict | None = None):
+def build_pipeline(cluster: bool = True, params: dict | None = None, profile: str | None = None):
     """The pipeline function. cluster=False leaves out what only a cluster has (the settings
-    ConfigMap) for kfp's local runner; everything else is identical."""
-    params = params or load_params()
+    ConfigMap) for kfp's local runner; everything else is identical. Defaults: params.yaml's
+    (or `params`) with the `profile` applied (default: cluster on a cluster, else laptop)."""
+    profile = profile or (COMPILE_PROFILE if cluster else LAPTOP)
+    params = profile_params(params or load_params(), profile)
     defaults = default_arguments(params)
     thresholds = gate_thresholds(params)
 
     @dsl.pipeline(
         name=PIPELINE_NAME,
         description="Validate, preprocess, train, evaluate, register, gate and promote "
-        "a DiffuRec sequential recommender (same steps as dvc.yaml).",
+        f"a DiffuRec sequential recommender (same steps as dvc.yaml); defaults: the {profile} "
+        "profile of parameters (docs/pipeline.md).",
     )
     def diffurec_pipeline(
         dataset: str = defaults["dataset"],
@@ -141,6 +182,7 @@ def build_pipeline(cluster: bool = True, params: dict | None = None):
         source: str = defaults["source"],
         max_len: int = defaults["max_len"],
         train: dict = defaults["train"],
+        workers: int = defaults["workers"],
         split: str = defaults["split"],
         registry_name: str = defaults["registry_name"],
         tracking_uri: str = defaults["tracking_uri"],
@@ -206,8 +248,13 @@ def build_pipeline(cluster: bool = True, params: dict | None = None):
             splits=splits_task.outputs["splits"],
             settings=train,
             data_params=data_params,
+            workers=workers,
+            profile=profile,
         ).after(splits_check)
         train_task.set_display_name("train")
+        # With workers > 1 the step stages the splits and the job writes the model in a run
+        # folder on the data volume (ReadWriteMany), mounted at the same path in the job's pods.
+        kubernetes.mount_pvc(train_task, pvc_name=DATA_PVC, mount_path=DATA_MOUNT)
         train_task.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(1)
         train_task.set_cpu_request("4").set_cpu_limit("8")
         train_task.set_memory_request("16G").set_memory_limit("32G")
@@ -220,6 +267,7 @@ def build_pipeline(cluster: bool = True, params: dict | None = None):
             splits=splits_task.outputs["splits"],
             settings={"model": "popularity"},
             data_params=data_params,
+            profile=profile,
         ).after(splits_check)
         baseline_task.set_display_name("train popularity baseline")
 
@@ -326,13 +374,16 @@ def build_pipeline(cluster: bool = True, params: dict | None = None):
     return diffurec_pipeline
 
 
-def compile_pipeline(out: str | Path = COMPILED, params: dict | None = None) -> Path:
-    """Compile the cluster pipeline to a spec file (what the Kubeflow UI uploads)."""
+def compile_pipeline(
+    out: str | Path = COMPILED, params: dict | None = None, profile: str = COMPILE_PROFILE
+) -> Path:
+    """Compile the cluster pipeline to a spec file (what the Kubeflow UI uploads), its defaults
+    from the parameter profile `profile`."""
     from kfp import compiler
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    compiler.Compiler().compile(build_pipeline(cluster=True, params=params), str(out))
+    compiler.Compiler().compile(build_pipeline(cluster=True, params=params, profile=profile), str(out))
     out.write_text(_sorted_header_defaults(out.read_text()))
     return out
 

@@ -200,14 +200,14 @@ def parse_overrides(pairs: list[str], defaults: dict[str, Any]) -> dict[str, Any
 
 
 def pipeline_arguments(
-    root: Path, params_file: str | None, overrides: list[str], local: bool
+    root: Path, params_file: str | None, overrides: list[str], local: bool, profile: str = "laptop"
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(arguments, params): params.yaml's defaults with the overrides; for a local run also the
-    local data copy and the local registry (`pipeline run`'s runs/mlflow/mlflow.db)."""
-    from pipelines.diffurec_pipeline import default_arguments
+    """(arguments, params): params.yaml's defaults in `profile` with the overrides; for a local
+    run also the local data copy and the local registry (`pipeline run`'s runs/mlflow/mlflow.db)."""
+    from pipelines.diffurec_pipeline import default_arguments, profile_params
 
     params = _params(root, params_file)
-    arguments = default_arguments(params)
+    arguments = default_arguments(profile_params(params, profile))
     if local:
         source = Path(params["data"].get("source") or "")
         source = source if source.is_absolute() else root / source
@@ -228,8 +228,11 @@ def pipeline_arguments(
 # ---- kfp local runner ------------------------------------------------------------------------
 
 
-def run_local(pipeline_root: str, params_file: str | None, overrides: list[str]) -> dict[str, Any]:
-    """The Kubeflow pipeline under kfp's SubprocessRunner; returns seconds, run folder, gate."""
+def run_local(
+    pipeline_root: str, params_file: str | None, overrides: list[str], profile: str = "laptop"
+) -> dict[str, Any]:
+    """The Kubeflow pipeline under kfp's SubprocessRunner, its defaults from the parameter
+    profile `profile`; returns seconds, run folder, gate."""
     import kfp.local
 
     from pipelines.diffurec_pipeline import PIPELINE_NAME, build_pipeline
@@ -239,7 +242,7 @@ def run_local(pipeline_root: str, params_file: str | None, overrides: list[str])
     warnings.filterwarnings("ignore", message=".*non-Python base image.*")
     log.info("local run: resource requests, GPU and node settings apply on a cluster only")
     root = repo_root()
-    arguments, params = pipeline_arguments(root, params_file, overrides, local=True)
+    arguments, params = pipeline_arguments(root, params_file, overrides, local=True, profile=profile)
     artifacts = Path(pipeline_root) if Path(pipeline_root).is_absolute() else root / pipeline_root
     artifacts.mkdir(parents=True, exist_ok=True)
     # Cached like on a cluster: a rerun on the same data md5 and parameters (and the same
@@ -259,7 +262,7 @@ def run_local(pipeline_root: str, params_file: str | None, overrides: list[str])
     cwd = os.getcwd()
     os.chdir(root)  # relative paths inside steps (runs/...) resolve in the repository
     try:
-        build_pipeline(cluster=False, params=params)(**arguments)
+        build_pipeline(cluster=False, params=params, profile=profile)(**arguments)
     except RuntimeError as error:
         raise DiffuRecError(f"kfp local run failed: {str(error).splitlines()[0]}") from None
     finally:
@@ -300,16 +303,19 @@ FINAL_STATES = ("SUCCEEDED", "SKIPPED", "FAILED", "CANCELED")
 POLL_FAILURES = 3
 
 
-def compile_spec(out: str | None, params_file: str | None, image: str | None = None) -> Path:
-    """Compile the cluster pipeline (defaults from params.yaml or `params_file`); `image`: the
-    image every step runs (default components.IMAGE: $DIFFUREC_IMAGE, else the release's)."""
+def compile_spec(
+    out: str | None, params_file: str | None, image: str | None = None, profile: str | None = None
+) -> Path:
+    """Compile the cluster pipeline (defaults from params.yaml or `params_file`, in the parameter
+    `profile`, default the cluster's); `image`: the image every step runs (default
+    components.IMAGE: $DIFFUREC_IMAGE, else the release's)."""
     if image:
         # components reads it on its first import (the decorators fix each step's image then)
         os.environ["DIFFUREC_IMAGE"] = image
-    from pipelines.diffurec_pipeline import COMPILED, compile_pipeline
+    from pipelines.diffurec_pipeline import COMPILE_PROFILE, COMPILED, compile_pipeline
 
     params = read_params(params_file) if params_file else None
-    out_path = compile_pipeline(out or COMPILED, params=params)
+    out_path = compile_pipeline(out or COMPILED, params=params, profile=profile or COMPILE_PROFILE)
     found = spec_images(out_path)
     if image and found != {image}:  # components was imported earlier with another image
         raise DiffuRecError(f"--image {image}: the compiled spec names {', '.join(sorted(found))}")
@@ -400,9 +406,10 @@ def submit_arguments(params: dict[str, Any] | None, overrides: list[str]) -> tup
     """(the run's arguments, every argument's value): the overrides, and the data version this
     checkout is at (pushed, for the cluster to read its dvc.lock) unless the spec names one;
     the spec's defaults (params.yaml's) give the rest."""
-    from pipelines.diffurec_pipeline import default_arguments, load_params
+    from pipelines.diffurec_pipeline import COMPILE_PROFILE, default_arguments, load_params, profile_params
 
-    defaults = default_arguments(params or load_params())
+    # The spec submit compiles has the cluster profile's defaults: overrides go on top of those.
+    defaults = default_arguments(profile_params(params or load_params(), COMPILE_PROFILE))
     arguments = parse_overrides(overrides, defaults)
     if "data_version" not in arguments and not os.environ.get(GIT_COMMIT_ENV):
         arguments["data_version"] = git_commit(repo_root())[0] or "HEAD"

@@ -70,7 +70,12 @@ def test_spec_gpu_caching_condition_and_parameters(repo_root):
     inputs = spec["root"]["inputDefinitions"]["parameters"]
     assert {"dataset", "source", "train", "gate_override", "override_reason", "override_by"} <= set(inputs)
     assert "gate_thresholds" not in inputs
-    assert inputs["train"]["defaultValue"] == params["train"]
+    # The committed spec is what UI users run on a cluster: params.yaml's cluster profile on top.
+    cluster = params["profiles"]["cluster"]
+    merged = {**params["train"], **cluster["train"]}
+    expected = {key: value for key, value in merged.items() if value is not None}
+    assert inputs["train"]["defaultValue"] == expected
+    assert inputs["max_len"]["defaultValue"] == cluster["data"]["max_len"]
     constant = tasks["gate"]["inputs"]["parameters"]["thresholds"]["runtimeValue"]["constant"]
     assert constant == params["gate"]
 

@@ -132,7 +132,7 @@ def test_every_field_through_the_kubeflow_pipeline(tmp_path, repo_root, monkeypa
 
     params = load_params(repo_root / "params.yaml")
     params["train"] = NON_DEFAULT
-    spec_file = compile_pipeline(tmp_path / "spec.yaml", params=params)
+    spec_file = compile_pipeline(tmp_path / "spec.yaml", params=params, profile="laptop")
     spec = next(yaml.safe_load_all(spec_file.read_text()))
     inputs = spec["root"]["inputDefinitions"]["parameters"]
     assert inputs["train"]["parameterType"] == "STRUCT"
