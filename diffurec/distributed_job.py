@@ -100,7 +100,8 @@ def build_pytorchjob(
         "requests": {"cpu": cpu, "memory": memory},
         "limits": {"cpu": cpu, "memory": memory},
     }
-    if gpus_per_worker:
+    if gpus_per_worker:  # an extended resource: request = limit
+        resources["requests"]["nvidia.com/gpu"] = gpus_per_worker
         resources["limits"]["nvidia.com/gpu"] = gpus_per_worker
     container = {
         "name": "pytorch",  # the operator finds the training container by this name

@@ -200,3 +200,41 @@ def test_bad_settings_and_a_taken_name_are_refused(splits_dir, tmp_path, capsys)
         api.jobs["diffurec-train-abc-123456"] = {"metadata": {"name": "diffurec-train-abc-123456"}}
         with pytest.raises(DiffuRecError, match="not created: 409 .*already exists"):
             run_pytorchjob(custom_objects_api(api.host), job(workers=2), "team-a", deadline_s=5)
+
+
+def test_the_hand_run_manifest_keeps_the_pods_the_pipeline_creates(repo_root):
+    """k8s/base/training/pytorchjob.yaml (applied suspended, for a run by hand) is no second
+    definition: its pods are the generator's in everything but the paths and the settings."""
+    import yaml
+
+    manifest = yaml.safe_load((repo_root / "k8s" / "base" / "training" / "pytorchjob.yaml").read_text())
+    made = job(workers=2, gpus=0)
+    assert manifest["spec"]["nprocPerNode"] == made["spec"]["nprocPerNode"]
+    policy = {k: v for k, v in manifest["spec"]["runPolicy"].items() if k != "suspend"}
+    assert policy == {k: v for k, v in made["spec"]["runPolicy"].items() if k != "activeDeadlineSeconds"}
+    for replica in ("Master", "Worker"):
+        hand = manifest["spec"]["pytorchReplicaSpecs"][replica]
+        ours = made["spec"]["pytorchReplicaSpecs"][replica]
+        assert hand["restartPolicy"] == ours["restartPolicy"]
+        assert hand["template"]["metadata"]["annotations"] == ours["template"]["metadata"]["annotations"]
+        assert (
+            hand["template"]["metadata"]["labels"].items() <= ours["template"]["metadata"]["labels"].items()
+        )
+        hand_pod, our_pod = hand["template"]["spec"], ours["template"]["spec"]
+        for key in ("serviceAccountName", "automountServiceAccountToken", "securityContext"):
+            assert hand_pod[key] == our_pod[key], key
+        assert [v for v in hand_pod["volumes"] if "emptyDir" in v] == [
+            v for v in our_pod["volumes"] if "emptyDir" in v
+        ]
+        (hand_container,), (our_container,) = hand_pod["containers"], our_pod["containers"]
+        for key in ("name", "securityContext"):
+            assert hand_container[key] == our_container[key], key
+        flags = {arg.split("=")[0] for arg in our_container["command"][4:]}
+        assert hand_container["command"][:4] == our_container["command"][:4]
+        assert {"--splits", "--out", "--checkpoint-dir", "--resume"} <= flags
+        assert {arg.split("=")[0] for arg in hand_container["command"][4:]} >= {
+            "--splits",
+            "--out",
+            "--checkpoint-dir",
+            "--resume",
+        }
