@@ -159,6 +159,7 @@ def test_local_run_takes_or_skips_the_promote_branch(tmp_path, repo_root, shared
         assert tags["data_revision"] == (resolved["parameterValues"]["commit"] or "unknown")
         assert tags["splits_md5"] == tags["data_version"] != "unknown"
         assert json.loads(tags["params"])["data"]["dataset"] == "ml-100k"
+        assert tags["profile"] == "laptop"  # pipeline local's default profile
     assert versions["1"]["kfp_run_name"] != versions["2"]["kfp_run_name"]
     # Caching: the same data and data parameters, another candidate model: the second run took
     # the data steps and the popularity baseline from kfp's local cache and re-ran the rest.
