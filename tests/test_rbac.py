@@ -44,18 +44,9 @@ RUNNER_RULES: list[tuple[dict, str]] = [
         f'"mlpipeline-minio-artifact" in backend/src/v2/config/env.go; {KFP}',
     ),
     (
-        {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
-        "get: KFP driver backend/src/v2/driver/k8s.go publishDriverExecution (Pods(ns).Get(own pod)) and "
-        f"launcher backend/src/v2/component/launcher_v2.go retryIndexFromPodAnnotation; {KFP}. "
-        "list/watch: our train step follows the PyTorchJob's pods (workers > 1)",
-    ),
-    (
-        {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
-        "our train step streams the PyTorchJob replicas' logs into the step's log",
-    ),
-    (
-        {"apiGroups": [""], "resources": ["events"], "verbs": ["list", "watch"]},
-        "our train step reports why a replica does not start (FailedScheduling, image pulls)",
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]},
+        "KFP driver backend/src/v2/driver/k8s.go publishDriverExecution (Pods(ns).Get(own pod)) and "
+        f"launcher backend/src/v2/component/launcher_v2.go retryIndexFromPodAnnotation; {KFP}",
     ),
     (
         {"apiGroups": ["argoproj.io"], "resources": ["workflowtaskresults"], "verbs": ["create", "patch"]},
@@ -66,9 +57,11 @@ RUNNER_RULES: list[tuple[dict, str]] = [
         {
             "apiGroups": ["kubeflow.org"],
             "resources": ["pytorchjobs"],
-            "verbs": ["create", "get", "list", "watch", "delete"],
+            "verbs": ["create", "watch", "delete"],
         },
-        "our train step with workers > 1 creates the PyTorchJob, watches it, deletes it when stopped",
+        "our train step with workers > 1 (diffurec/distributed_job.py): create_namespaced_custom_object, "
+        "a watch (list_namespaced_custom_object with watch=true is the verb watch), "
+        "delete_namespaced_custom_object",
     ),
 ]
 # What the KFP code paths could use and why this pipeline does not (see the test below):
