@@ -238,3 +238,43 @@ def test_the_hand_run_manifest_keeps_the_pods_the_pipeline_creates(repo_root):
             "--checkpoint-dir",
             "--resume",
         }
+
+
+def rbac_verb(request) -> str:
+    """The RBAC verb the API server authorises a request as (kubernetes.io/docs: request verbs)."""
+    collection = request.path.rstrip("/").endswith("/pytorchjobs")
+    if request.method == "GET":
+        if request.query.get("watch") in ("true", "1", "True"):
+            return "watch"
+        return "list" if collection else "get"
+    return {"POST": "create", "DELETE": "delete", "PATCH": "patch", "PUT": "update"}[request.method]
+
+
+def test_every_call_the_step_makes_is_granted_by_the_runner_role(repo_root):
+    """The pipeline runner's Role (k8s/base/rbac.yaml) grants what the step uses: a success run
+    and a deadline run, each request mapped to its RBAC verb, must all be in the Role's
+    pytorchjobs rule (a call it does not grant fails only on a real cluster, as Forbidden)."""
+    import yaml
+
+    role = next(
+        doc
+        for doc in yaml.safe_load_all((repo_root / "k8s/base/rbac.yaml").read_text())
+        if doc and doc["kind"] == "Role"
+    )
+    (rule,) = [r for r in role["rules"] if "pytorchjobs" in r["resources"]]
+    used: set[str] = set()
+    for operator, deadline in ((succeed, 10), (hang, 2)):
+        with k8s_api(operator) as api:
+            try:
+                run_pytorchjob(
+                    custom_objects_api(api.host),
+                    job(workers=2, gpus=0),
+                    "team-a",
+                    deadline_s=deadline,
+                    say=lambda line: None,
+                )
+            except DiffuRecError:
+                pass
+        used |= {rbac_verb(request) for request in api.requests}
+    assert used == {"create", "watch", "delete"}
+    assert used <= set(rule["verbs"]), sorted(used - set(rule["verbs"]))
