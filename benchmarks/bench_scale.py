@@ -212,6 +212,18 @@ def main() -> None:
     document = json.loads(args.out.read_text()) if args.out.is_file() else {"benchmark": "scale", "sizes": {}}
     for name in args.sizes:
         document["sizes"][name] = {**document["sizes"].get(name, {}), **run_size(name, args.work, args.steps)}
+        document["sizes"][name]["run"] = {
+            "command": " ".join(["python", *sys.argv]),
+            "seed": SEED,
+            "generator": {"mean_length": MEAN_LENGTH, "interactions_per_item": INTERACTIONS_PER_ITEM},
+            "duckdb": {
+                key: os.environ.get(key, "default")
+                for key in ("DIFFUREC_DUCKDB_MEMORY", "DIFFUREC_DUCKDB_THREADS")
+            },
+            "git_commit": subprocess.run(
+                ["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True
+            ).stdout.strip(),
+        }
         document["sizes"][name]["machine"] = {
             "cpu_count": os.cpu_count(),
             "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9, 1),
