@@ -15,7 +15,7 @@ from diffurec.data import validation
 RAW_FULL = 12  # user, item, timestamp and rating columns
 RAW_NO_RATING = 11
 RAW_SEQUENCES = 7  # no timestamp, no rating
-SPLITS = 15
+SPLITS = 11
 HEADER = "user_id,item_id,rating,timestamp\n"
 
 
@@ -119,9 +119,11 @@ def test_splits_suite_passes_on_ml100k(ml100k_splits, tmp_path):
     assert report["rows"] == {
         "item_map": 1682,
         "sequence_items": 100000,
+        "seq_offsets": 944,
         "users": 943,
-        "train_samples": 97171,
     }
+    assert report["checked_on"] == {"all_rows": SPLITS, "sample": 0} and report["sample"] is None
+    assert _result(report, "expect_column_sum_to_be_between", "train_samples")["observed_value"] == 97171
 
 
 def _corrupt_copy(splits, tmp_path, name, change):
@@ -137,24 +139,70 @@ def _edit(folder, array, edit):
     np.save(folder / f"{array}.npy", values)
 
 
-def test_splits_suite_fails_on_each_matching_corruption(ml100k_splits, tmp_path):
-    # One corruption per row, so each expectation's offending count is exactly known. Splits
-    # version 2 stores only the sequences (targets and windows are read from them), so the
-    # corruptions are of sequence items.
-    def corrupt(folder):
-        test_target = np.load(folder / "seq_offsets.npy")[6] - 1  # user 5's last item
-        _edit(folder, "seq_items", lambda a: a.__setitem__(test_target, 1683))  # past the item range
-        _edit(folder, "seq_items", lambda a: a.__setitem__(11, 0))  # padding as sample 10's target
+def _set(array, position, value):
+    return lambda folder: _edit(folder, array, lambda a: a.__setitem__(position, value))
 
-    folder = _corrupt_copy(ml100k_splits, tmp_path, "s", corrupt)
+
+def _two_items_for_user_0(folder):
+    # Move user 0's end back to 2 items; user 1 takes the rest, so the totals stay right.
+    _edit(folder, "seq_offsets", lambda a: a.__setitem__(1, 2))
+
+
+def _one_train_sample_too_many(folder):
+    header = json.loads((folder / "format.json").read_text())
+    (folder / "format.json").write_text(json.dumps({**header, "num_train_samples": 97172}))
+
+
+def _duplicate_map_index(folder):
+    lines = (folder / "item_map.tsv").read_text().splitlines()
+    lines[3] = "2\t" + lines[3].split("\t")[1]  # rows 2 and 3 of the map both say index 2
+    (folder / "item_map.tsv").write_text("\n".join(lines) + "\n")
+
+
+BETWEEN, UNIQUE_COUNT = "expect_column_values_to_be_between", "expect_column_unique_value_count_to_be_between"
+SUM = ("expect_column_sum_to_be_between", "train_samples")  # sum of length - 3 over users
+
+
+@pytest.mark.parametrize(
+    ("change", "failed"),
+    [
+        # item N+1 in seq_items (user 5's test target): out of range and one distinct value too many
+        (
+            lambda f: _set("seq_items", int(np.load(f / "seq_offsets.npy")[6]) - 1, 1683)(f),
+            {(BETWEEN, "item"): 1, (UNIQUE_COUNT, "item"): None},
+        ),
+        (_set("seq_items", 11, 0), {(BETWEEN, "item"): 1, (UNIQUE_COUNT, "item"): None}),  # padding
+        # offset 5 below offset 4: user 4 has -1 items (the total still adds up)
+        (
+            lambda f: _set("seq_offsets", 5, int(np.load(f / "seq_offsets.npy")[4]) - 1)(f),
+            {("expect_column_values_to_be_increasing", "offset"): 1, (BETWEEN, "length"): 1},
+        ),
+        (_set("seq_offsets", 0, 1), {("expect_column_min_to_be_between", "offset"): None, SUM: None}),
+        (_set("seq_offsets", 943, 99999), {("expect_column_max_to_be_between", "offset"): None, SUM: None}),
+        (_two_items_for_user_0, {(BETWEEN, "length"): 1}),
+        (_one_train_sample_too_many, {SUM: None}),
+        (_duplicate_map_index, {("expect_column_values_to_be_unique", "index"): 2}),
+    ],
+    ids=[
+        "item-n-plus-1",
+        "item-0",
+        "offset-decreases",
+        "offset-0",
+        "offset-end",
+        "user-2-items",
+        "num-train-samples",
+        "map-index-twice",
+    ],
+)
+def test_splits_suite_fails_on_each_matching_corruption(ml100k_splits, tmp_path, change, failed):
+    """Each corruption of what splits version 2 stores fails exactly its expectations, with the
+    offending row count, and the CLI's one line names the first of them."""
+    folder = _corrupt_copy(ml100k_splits, tmp_path, "s", change)
     report = validation.validate_splits_folder(folder, tmp_path / "r")
     assert report["expectations_evaluated"] == SPLITS and not report["success"]
-    assert {k: _result(report, *k).get("unexpected_count") for k in _failed(report)} == {
-        ("expect_column_values_to_be_between", "test_target"): 1,
-        ("expect_column_values_to_be_between", "target"): 1,
-        ("expect_column_values_to_be_between", "item"): 2,
-        ("expect_column_unique_value_count_to_be_between", "item"): None,  # 1,684 values
-    }
+    assert {k: _result(report, *k).get("unexpected_count") for k in _failed(report)} == failed
+    expectation, column = next(iter(failed))
+    assert f"{expectation}({column})" in validation.summarize_failures(report, limit=len(failed))
 
 
 def test_splits_suite_fails_when_ids_are_not_contiguous(ml100k_splits, tmp_path):
@@ -173,7 +221,7 @@ def test_splits_suite_fails_when_ids_are_not_contiguous(ml100k_splits, tmp_path)
 
 def test_cli_validate_exit_codes_and_one_line(ml100k_splits, tmp_path, capsys):
     assert main(["validate", "--splits", str(ml100k_splits.path), "--out", str(tmp_path / "ok")]) == 0
-    assert "15/15 expectations evaluated, 0 failed" in capsys.readouterr().out
+    assert "11/11 expectations evaluated, 0 failed" in capsys.readouterr().out
     bad = tmp_path / "bad.csv"
     bad.write_text(HEADER + "1,a,4,978300760\n1,b,4,-1\n1,c,4,978300762\n")
     assert main(["validate", "--input", str(bad), "--out", str(tmp_path / "bad")]) == 2
@@ -234,3 +282,52 @@ def test_a_large_log_is_checked_on_every_row_and_gx_on_a_sample(tmp_path, monkey
     assert report["checked_on"] == {"all_rows": RAW_FULL, "sample": 0}
     saved = json.loads((tmp_path / "report" / "report.json").read_text())
     assert saved["sample"]["rows"] == 5 and saved["results"][0]["checked_on"] == "all rows"
+
+
+def _many_corruptions(folder):
+    _set("seq_items", 11, 0)(folder)
+    _set("seq_items", 500, 1683)(folder)
+    _set("seq_offsets", 5, int(np.load(folder / "seq_offsets.npy")[4]) - 1)(folder)
+    _two_items_for_user_0(folder)
+    _one_train_sample_too_many(folder)
+    _duplicate_map_index(folder)
+    _set("seq_offsets", 0, 1)(folder)
+    _set("seq_offsets", 943, 99999)(folder)
+
+
+def test_splits_every_row_checks_by_numpy_equal_gx_on_the_same_rows(ml100k_splits, tmp_path, monkeypatch):
+    """The NumPy form of each splits expectation (used above FULL_ROWS) against GX's own result."""
+    folder = _corrupt_copy(ml100k_splits, tmp_path, "s", _many_corruptions)
+    by_gx = validation.validate_splits_folder(folder, tmp_path / "gx")
+    monkeypatch.setattr(validation, "FULL_ROWS", 0)  # "sampled" every row: GX sees all, NumPy rechecks
+    monkeypatch.setattr(validation, "CHUNK_ROWS", 5)  # offset 5, below offset 4, starts a chunk
+    by_numpy = validation.validate_splits_folder(folder, tmp_path / "numpy")
+    assert by_gx["sample"] is None and by_numpy["sample"]["rule"] == "every 1th row of each table"
+    assert by_numpy["checked_on"] == {"all_rows": SPLITS, "sample": 0}
+    assert len(_failed(by_gx)) == 8  # all but the row counts and item_map range
+    for gx_result, numpy_result in zip(by_gx["results"], by_numpy["results"], strict=True):
+        assert gx_result["expectation"] == numpy_result["expectation"]
+        for key in COMPARED:
+            assert gx_result.get(key) == pytest.approx(numpy_result.get(key)), (gx_result, key)
+    for key in ("success", "failed", "warnings", "rows_rejected", "rows"):
+        assert by_gx[key] == by_numpy[key], key
+
+
+def test_a_large_splits_folder_is_checked_on_every_row_and_gx_on_a_sample(
+    ml100k_splits, tmp_path, monkeypatch
+):
+    """Above FULL_ROWS sequence items, a bad item outside GX's sample still fails the run."""
+    monkeypatch.setattr(validation, "FULL_ROWS", 1000)
+    monkeypatch.setattr(validation, "SAMPLE_ROWS", 5)
+    folder = _corrupt_copy(ml100k_splits, tmp_path, "s", _set("seq_items", 12345, 1683))  # not a 20,000th
+    report = validation.validate_splits_folder(folder, tmp_path / "r")
+    assert report["sample"] == {"rows": 5, "of": 100000, "rule": "every 20000th row of each table"}
+    assert report["rows"]["sequence_items"] == 100000 and report["rows"]["users"] == 943
+    assert not report["success"] and report["checked_on"] == {"all_rows": SPLITS, "sample": 0}
+    assert _failed(report) == {(BETWEEN, "item"), (UNIQUE_COUNT, "item")}
+    failed = _result(report, BETWEEN, "item")
+    assert failed["unexpected_count"] == 1 and failed["element_count"] == 100000
+    assert failed["example_values"] == [1683] and failed["checked_on"] == "all rows"
+    assert _result(report, UNIQUE_COUNT, "item")["observed_value"] == 1683
+    saved = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert saved["sample"]["rows"] == 5 and all(r["checked_on"] == "all rows" for r in saved["results"])

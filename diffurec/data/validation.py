@@ -17,14 +17,14 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from diffurec.data.splits import MIN_SEQUENCE_LENGTH, leave_one_out, load_splits
+from diffurec.data.splits import MIN_SEQUENCE_LENGTH, load_splits
 from diffurec.files import temporary_sibling
 
 log = logging.getLogger(__name__)
@@ -91,10 +91,13 @@ def raw_expectations(columns: set[str]) -> list[tuple[str, object]]:
     return [(table, e) for e in items]
 
 
-def splits_expectations(num_users: int, num_items: int, num_samples: int) -> list[tuple[str, object]]:
-    """The processed-splits suite over four tables derived from a splits folder."""
+def splits_expectations(
+    num_users: int, num_items: int, num_samples: int, num_sequence_items: int
+) -> list[tuple[str, object]]:
+    """The processed-splits suite over what a version 2 folder stores (splits_tables): the
+    item map, the sequences and their offsets; sizes are format.json's, so arrays that
+    disagree with the header fail. Windows and targets are functions of these, not checked."""
     _, gxe = _gx()
-    one = {"value_set": [True]}
     return [
         ("item_map", gxe.ExpectTableRowCountToEqual(value=num_items)),
         ("item_map", gxe.ExpectColumnValuesToBeUnique(column="index")),
@@ -110,19 +113,23 @@ def splits_expectations(num_users: int, num_items: int, num_samples: int) -> lis
                 column="item", min_value=num_items, max_value=num_items
             ),
         ),
+        # Offsets run from 0 to len(seq_items) without going back: users tile seq_items.
+        ("seq_offsets", gxe.ExpectColumnMinToBeBetween(column="offset", min_value=0, max_value=0)),
+        (
+            "seq_offsets",
+            gxe.ExpectColumnMaxToBeBetween(
+                column="offset", min_value=num_sequence_items, max_value=num_sequence_items
+            ),
+        ),
+        ("seq_offsets", gxe.ExpectColumnValuesToBeIncreasing(column="offset")),
         ("users", gxe.ExpectTableRowCountToEqual(value=num_users)),
         ("users", gxe.ExpectColumnValuesToBeBetween(column="length", min_value=MIN_SEQUENCE_LENGTH)),
-        ("users", gxe.ExpectColumnValuesToBeBetween(column="valid_target", min_value=1, max_value=num_items)),
-        ("users", gxe.ExpectColumnValuesToBeBetween(column="test_target", min_value=1, max_value=num_items)),
-        ("users", gxe.ExpectColumnValuesToBeInSet(column="valid_row_consistent", **one)),
-        ("users", gxe.ExpectColumnValuesToBeInSet(column="test_row_consistent", **one)),
-        ("users", gxe.ExpectColumnValuesToBeInSet(column="train_sample_count_consistent", **one)),
-        ("train_samples", gxe.ExpectTableRowCountToEqual(value=num_samples)),
         (
-            "train_samples",
-            gxe.ExpectColumnValuesToBeBetween(column="target", min_value=1, max_value=num_items),
+            "users",
+            gxe.ExpectColumnSumToBeBetween(
+                column="train_samples", min_value=num_samples, max_value=num_samples
+            ),
         ),
-        ("train_samples", gxe.ExpectColumnValuesToBeInSet(column="prefix_consistent", **one)),
     ]
 
 
@@ -281,74 +288,104 @@ class EveryRowChecks:
         return {k: v for k, v in result.items() if v is not None}
 
 
-def _rows_equal(stored: np.ndarray, expected: np.ndarray, chunk: int = 65536) -> np.ndarray:
-    out = np.empty(len(expected), dtype=bool)
-    for lo in range(0, len(expected), chunk):
-        out[lo : lo + chunk] = (np.asarray(stored[lo : lo + chunk]) == expected[lo : lo + chunk]).all(axis=1)
-    return out
-
-
-def splits_tables(splits) -> dict[str, pd.DataFrame]:
-    """Per-item, per-user and per-sample tables with consistency flags computed in NumPy."""
-    seq_items = np.asarray(splits.seq_items)
-    offsets = np.asarray(splits.seq_offsets)
-    lengths = np.diff(offsets)
-    users = pd.DataFrame({"length": lengths})
-    n_users = len(lengths)
-    valid_targets = np.asarray(splits.valid_targets)
-    test_targets = np.asarray(splits.test_targets)
-    users["valid_target"] = valid_targets if len(valid_targets) == n_users else -1
-    users["test_target"] = test_targets if len(test_targets) == n_users else -1
-
-    # Recompute what the sequences imply and compare with what is stored.
-    long_enough = bool(n_users) and int(lengths.min()) >= MIN_SEQUENCE_LENGTH
-    train_targets = np.asarray(splits.train_targets)
-    samples = pd.DataFrame({"target": train_targets})
-    if long_enough:
-        expected = leave_one_out(seq_items, offsets, splits.max_len)
-
-        def same_shape(name: str) -> bool:
-            return bool(np.shape(getattr(splits, name)) == expected[name].shape)
-
-        users["valid_row_consistent"] = (
-            _rows_equal(splits.valid_inputs, expected["valid_inputs"])
-            & (valid_targets == expected["valid_targets"])
-            if same_shape("valid_inputs") and same_shape("valid_targets")
-            else False
-        )
-        users["test_row_consistent"] = (
-            _rows_equal(splits.test_inputs, expected["test_inputs"])
-            & (test_targets == expected["test_targets"])
-            if same_shape("test_inputs") and same_shape("test_targets")
-            else False
-        )
-        stored_counts = np.bincount(np.asarray(splits.train_users), minlength=n_users)[:n_users]
-        users["train_sample_count_consistent"] = stored_counts == lengths - 3
-        if all(same_shape(n) for n in ("train_inputs", "train_targets", "train_users")):
-            samples["prefix_consistent"] = (
-                _rows_equal(splits.train_inputs, expected["train_inputs"])
-                & (train_targets == expected["train_targets"])
-                & (np.asarray(splits.train_users) == expected["train_users"])
-            )
-        else:
-            samples["prefix_consistent"] = False
-    else:
-        for name in ("valid_row_consistent", "test_row_consistent", "train_sample_count_consistent"):
-            users[name] = False
-        samples["prefix_consistent"] = False
-    item_map = pd.DataFrame(
-        {
-            "index": np.arange(1, len(splits.item_ids) + 1)
-            if splits.path is None
-            else _map_indices(Path(splits.path) / "item_map.tsv")
-        }
-    )
+def splits_columns(folder: Path) -> dict[str, dict[str, np.ndarray]]:
+    """Every column of the splits suite's tables over all rows, memory-mapped where stored:
+    item_map.index, sequence_items.item (seq_items), seq_offsets.offset, users.length and
+    users.train_samples (length - 3, the user's number of training samples)."""
+    seq_items = np.load(folder / "seq_items.npy", mmap_mode="r")
+    offsets = np.load(folder / "seq_offsets.npy", mmap_mode="r")
+    lengths = np.diff(np.asarray(offsets, dtype=np.int64))
     return {
-        "item_map": item_map,
-        "sequence_items": pd.DataFrame({"item": seq_items}),
-        "users": users,
-        "train_samples": samples,
+        "item_map": {"index": _map_indices(folder / "item_map.tsv")},
+        "sequence_items": {"item": seq_items},
+        "seq_offsets": {"offset": offsets},
+        "users": {"length": lengths, "train_samples": lengths - MIN_SEQUENCE_LENGTH},
     }
+
+
+def splits_tables(columns: dict[str, dict[str, np.ndarray]], every: int = 1) -> dict[str, pd.DataFrame]:
+    """The tables GX sees: every `every`-th row of each table of splits_columns."""
+    return {
+        table: pd.DataFrame({name: np.asarray(values[::every]) for name, values in cols.items()})
+        for table, cols in columns.items()
+    }
+
+
+# Rows per NumPy pass of splits_every_row: 32 MiB of int64 at a time, whatever the folder's size.
+CHUNK_ROWS = 1 << 22
+
+
+def _chunks(values: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+    for lo in range(0, len(values), CHUNK_ROWS):
+        yield lo, np.asarray(values[lo : lo + CHUNK_ROWS], dtype=np.int64)
+
+
+def splits_every_row(columns: dict[str, dict[str, np.ndarray]], entry: dict) -> dict | None:
+    """One splits-suite expectation's outcome over every row, computed with NumPy in chunks
+    (the same keys and values GX reports on the whole table); None for an unknown expectation."""
+    kind, kwargs = entry["expectation"], entry["kwargs"]
+    table = columns[entry["table"]]
+    # A table-level expectation (row count) names no column: any column has the table's rows.
+    values = table[kwargs["column"]] if "column" in kwargs else next(iter(table.values()))
+    n = len(values)
+    if kind == "expect_table_row_count_to_equal":
+        return {"success": n == kwargs["value"], "observed_value": n}
+    if kind in (
+        "expect_column_min_to_be_between",
+        "expect_column_max_to_be_between",
+        "expect_column_sum_to_be_between",
+        "expect_column_unique_value_count_to_be_between",
+    ):
+        if n == 0:
+            return {"success": False}
+        if kind == "expect_column_unique_value_count_to_be_between":
+            seen: set[int] = set()
+            for _, block in _chunks(values):
+                seen.update(np.unique(block).tolist())
+            observed = len(seen)
+        else:
+            statistic = kind.split("_")[2]  # min, max or sum: of the chunks' own
+            parts = [int(getattr(block, statistic)()) for _, block in _chunks(values)]
+            observed = min(parts) if statistic == "min" else max(parts) if statistic == "max" else sum(parts)
+        low, high = kwargs.get("min_value"), kwargs.get("max_value")
+        ok = (low is None or observed >= low) and (high is None or observed <= high)
+        return {"success": ok, "observed_value": observed}
+    bad_parts: list[int] = []
+    examples: list[int] = []
+    if kind == "expect_column_values_to_be_unique":
+        unique, counts = np.unique(np.asarray(values), return_counts=True)
+        bad = np.isin(np.asarray(values), unique[counts > 1])
+        bad_parts, examples = [int(bad.sum())], np.asarray(values)[bad][:EXAMPLE_ROWS].tolist()
+    elif kind in ("expect_column_values_to_be_between", "expect_column_values_to_be_increasing"):
+        low, high = kwargs.get("min_value"), kwargs.get("max_value")
+        previous = None
+        for _, block in _chunks(values):
+            if kind == "expect_column_values_to_be_increasing":
+                # GX's non-strict form: a row below the row before it is unexpected.
+                before = np.concatenate([[block[0] if previous is None else previous], block[:-1]])
+                bad = block < before
+                previous = block[-1]
+            else:
+                bad = np.zeros(len(block), dtype=bool)
+                if low is not None:
+                    bad |= block < low
+                if high is not None:
+                    bad |= block > high
+            bad_parts.append(int(bad.sum()))
+            if len(examples) < EXAMPLE_ROWS:
+                examples += block[bad][: EXAMPLE_ROWS - len(examples)].tolist()
+    else:
+        return None
+    unexpected = sum(bad_parts)
+    result: dict[str, Any] = {
+        "success": unexpected == 0,
+        "unexpected_count": unexpected,
+        "unexpected_percent": 100.0 * unexpected / n if n else None,
+        "element_count": n,
+    }
+    if examples:
+        result["example_values"] = examples
+    return {k: v for k, v in result.items() if v is not None}
 
 
 def _map_indices(path: Path) -> np.ndarray:
@@ -369,12 +406,14 @@ def run_suite(
     source: dict,
     recheck: Callable[[str, dict], dict | None] | None = None,
     sample: dict | None = None,
+    table_rows: dict[str, int] | None = None,
 ) -> dict:
     """Validate `tables` against `expectations`; write report.json and data_docs/ to out.
 
     When `sample` describes the tables as a sample of a larger log ({"rows": n, "of": N, "rule":
     ...}), `recheck(table, result)` gives an expectation's outcome over every row (or None where
-    it has none): it replaces GX's sample outcome, and each result says what it was checked on."""
+    it has none): it replaces GX's sample outcome, and each result says what it was checked on.
+    `table_rows` gives each table's whole row count where the tables are samples of several."""
     gx, _ = _gx()
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
@@ -433,6 +472,9 @@ def run_suite(
         context.build_data_docs()
 
         expected = len(expectations)
+        rows = table_rows or {
+            name: int(sample["of"] if sample else len(frame)) for name, frame in tables.items()
+        }
         failed = [r for r in results if not r["success"] and r["severity"] == "critical"]
         warnings = [r for r in results if not r["success"] and r["severity"] != "critical"]
         ran_all = evaluated == expected and expected > 0
@@ -445,8 +487,8 @@ def run_suite(
             "expectations_evaluated": evaluated,
             "failed": len(failed),
             "warnings": len(warnings),
-            "rows": {name: int(sample["of"] if sample else len(frame)) for name, frame in tables.items()},
-            "rows_validated": int(sum(sample["of"] if sample else len(f) for f in tables.values())),
+            "rows": rows,
+            "rows_validated": int(sum(rows.values())),
             # Which results hold for every row and which only for the sample GX saw.
             "checked_on": {
                 "all_rows": sum(r["checked_on"] == "all rows" for r in results),
@@ -597,12 +639,39 @@ def _described(expectations) -> list[dict]:
 
 
 def validate_splits_folder(folder, out) -> dict:
-    """Validate a splits folder with the processed-splits suite; returns the report dict."""
-    splits = load_splits(folder)
-    tables = splits_tables(splits)
-    # Sizes as declared in format.json, so arrays that disagree with the header fail.
-    header = json.loads((Path(folder) / "format.json").read_text())
+    """Validate a splits folder with the processed-splits suite; returns the report dict.
+
+    Up to FULL_ROWS sequence items GX sees every row of every table; above, NumPy computes
+    every expectation over every row in chunks (splits_every_row) and GX runs on every k-th
+    row of each table (about SAMPLE_ROWS sequence items) for its Data Docs."""
+    folder = Path(folder)
+    load_splits(folder)  # the format checks: a folder that is not version 1 or 2 splits is a user error
+    header = json.loads((folder / "format.json").read_text())
+    columns = splits_columns(folder)
+    num_sequence_items = len(columns["sequence_items"]["item"])
+    sampled = num_sequence_items > FULL_ROWS
+    every = max(1, -(-num_sequence_items // SAMPLE_ROWS)) if sampled else 1
+    tables = splits_tables(columns, every)
+    sample = None
+    if sampled:
+        sample = {
+            "rows": len(tables["sequence_items"]),
+            "of": num_sequence_items,
+            "rule": f"every {every}th row of each table",
+        }
     expectations = splits_expectations(
-        int(header["num_users"]), int(header["num_items"]), int(header["num_train_samples"])
+        int(header["num_users"]),
+        int(header["num_items"]),
+        int(header["num_train_samples"]),
+        num_sequence_items,
     )
-    return run_suite("processed_splits", expectations, tables, out, {"path": str(folder)})
+    return run_suite(
+        "processed_splits",
+        expectations,
+        tables,
+        out,
+        {"path": str(folder)},
+        recheck=lambda table, entry: splits_every_row(columns, entry),
+        sample=sample,
+        table_rows={table: len(next(iter(cols.values()))) for table, cols in columns.items()},
+    )
