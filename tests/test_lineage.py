@@ -253,8 +253,11 @@ def test_fill_run_identity_keeps_what_is_set(monkeypatch):
     """The pod's (or local runner's) run id wins over the placeholder value; unresolved
     placeholders and empty values set nothing; unknown names are refused."""
     monkeypatch.setenv("DIFFUREC_RUN_ID", "from-the-pod")
-    monkeypatch.delenv("DIFFUREC_RUN_NAME", raising=False)
-    monkeypatch.delenv("DIFFUREC_DATASET", raising=False)
+    # setenv first so that monkeypatch restores (removes) what fill_run_identity sets below:
+    # delenv of an absent variable records nothing, and the value would leak into later tests.
+    for name in ("DIFFUREC_RUN_NAME", "DIFFUREC_DATASET"):
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
     identity = lineage.fill_run_identity(
         DIFFUREC_RUN_ID="from-the-placeholder",
         DIFFUREC_RUN_NAME="{{$.pipeline_job_name}}",
