@@ -187,3 +187,21 @@ def test_timestamps_as_dates(tmp_path):
     mixed.write_text("user,item,time\n1,a,1318896000\n1,b,2011-10-18\n")
     with pytest.raises(DiffuRecError, match=r"row 3, column 'time'.*'2011-10-18' is not a number"):
         read_interactions(mixed)
+
+
+@pytest.mark.parametrize("flag", ["user_col", "item_col", "time_col", "rating_col"])
+def test_column_flags_are_refused_for_headerless_formats_by_both_readers(tmp_path, flag):
+    """u.data has fixed columns: naming one is an error (not silently ignored), with the same
+    line from the pandas reader and from DuckDB's (the preprocessing engine)."""
+    from diffurec.data.readers import duckdb_session, load_interactions
+
+    path = tmp_path / "u.data"
+    path.write_text("1\t10\t5\t100\n2\t20\t4\t200\n")
+    role = flag.split("_")[0]
+    expected = f"--{role}-col does not apply to format 'ml-100k' (it has no header; its columns are "
+    with pytest.raises(DiffuRecError) as pandas_error:
+        read_interactions(path, **{flag: "x"})
+    assert str(pandas_error.value).startswith(expected)
+    with duckdb_session(tmp_path) as con, pytest.raises(DiffuRecError) as duckdb_error:
+        load_interactions(con, path, **{flag: "x"})
+    assert str(duckdb_error.value) == str(pandas_error.value)

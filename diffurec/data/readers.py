@@ -23,7 +23,7 @@ import re
 import shutil
 import tempfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -316,6 +316,23 @@ def _numeric(
     return values
 
 
+def _refuse_column_flags(
+    name: str,
+    positional: Sequence[str],
+    user_col: str | None,
+    item_col: str | None,
+    time_col: str | None,
+    rating_col: str | None,
+) -> None:
+    """A headerless format has fixed columns: naming one with --X-col is an error."""
+    for role, given in (("user", user_col), ("item", item_col), ("time", time_col), ("rating", rating_col)):
+        if given is not None:
+            raise DiffuRecError(
+                f"--{role}-col does not apply to format {name!r} "
+                f"(it has no header; its columns are {', '.join(positional)})"
+            )
+
+
 def read_interactions(
     path,
     format: str | None = None,
@@ -379,17 +396,7 @@ def read_interactions(
         }
     else:
         source = {role: role for role in ("user", "item", "timestamp", "rating")}
-        for role, given in (
-            ("user", user_col),
-            ("item", item_col),
-            ("time", time_col),
-            ("rating", rating_col),
-        ):
-            if given is not None:
-                raise DiffuRecError(
-                    f"--{role}-col does not apply to format {name!r} "
-                    f"(it has no header; its columns are {', '.join(spec.positional)})"
-                )
+        _refuse_column_flags(name, spec.positional, user_col, item_col, time_col, rating_col)
     if spec.header and source["timestamp"] is None:
         log.warning(
             "%s: no time column (tried %s); the file order is taken as chronological "
@@ -663,22 +670,12 @@ def load_interactions(
                 ", ".join(spec.time),
             )
     else:
-        for role, given in (
-            ("user", user_col),
-            ("item", item_col),
-            ("time", time_col),
-            ("rating", rating_col),
-        ):
-            if given is not None:
-                raise DiffuRecError(
-                    f"--{role}-col does not apply to format {name!r} "
-                    f"(it has no header; its columns are {', '.join(spec.positional)})"
-                )
+        _refuse_column_flags(name, spec.positional, user_col, item_col, time_col, rating_col)
         source = {role: role for role in ("user", "item", "timestamp", "rating")}
 
     named = {role: column for role, column in source.items() if column is not None}
     roles = tuple(role for role in ("rating", "timestamp") if role in named)
-    select = {}
+    select: dict[str, str] = {}
     for role in ("user", "item"):
         if role in named:  # strict=False leaves a missing id column out, as read_interactions does
             select[role] = _stripped_sql(f"CAST({field[named[role]]} AS VARCHAR)")
