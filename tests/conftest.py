@@ -32,3 +32,14 @@ def ml100k_splits(shared_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("ml100k") / "splits"
     preprocess_file(shared_data / "ml-100k" / "ml-100k.inter", out)
     return load_splits(out)
+
+
+@pytest.fixture(scope="module")
+def tiny_splits(shared_data, tmp_path_factory):
+    """100 ML-100K users x their last 20 interactions: 1,700 training samples (the trainer's
+    tests; tests/trainer_data.py)."""
+    from trainer_data import write_ml100k_slice
+
+    from diffurec.data.splits import load_splits
+
+    return load_splits(write_ml100k_slice(shared_data, tmp_path_factory.mktemp("tiny") / "splits", 100, 20))

@@ -17,15 +17,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainer_data import TINY_DIFFUREC, write_ml100k_slice
+from trainer_data import tiny_settings
 
-from diffurec.data.splits import load_splits
 from diffurec.evaluate import evaluate_ranks
 from diffurec.model_folder import load_model_folder
 from diffurec.models import build_model
 from diffurec.models.diffurec import DiffuRec, timestep_embedding
 from diffurec.models.layers import last_position
-from diffurec.train import TrainSettings, train
+from diffurec.train import train
 
 NUM_ITEMS, MAX_LEN, D = 300, 50, 128
 
@@ -207,27 +206,6 @@ def test_loss_uses_the_target_embedding_and_random_t():
 
 
 # ---- the trainer ----------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def tiny_splits(shared_data, tmp_path_factory):
-    """100 ML-100K users x their last 20 interactions: 1,700 training samples."""
-    return load_splits(write_ml100k_slice(shared_data, tmp_path_factory.mktemp("tiny") / "splits", 100, 20))
-
-
-def tiny_settings(**changes) -> TrainSettings:
-    base = dict(
-        model="diffurec",
-        preset="fast",
-        hyper=dict(TINY_DIFFUREC),
-        epochs=2,
-        batch_size=128,
-        lr=0.01,
-        eval_every=1,
-        threads=1,
-        progress=False,
-    )
-    return TrainSettings(**{**base, **changes})
 
 
 def test_patience_restores_best_weights_that_are_not_the_last(tiny_splits, tmp_path):

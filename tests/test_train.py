@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from trainer_data import TINY_DIFFUREC, TINY_SASREC, hyper_args, write_ml100k_slice
+from trainer_data import TINY_DIFFUREC, TINY_SASREC, hyper_args, tiny_settings, write_ml100k_slice
 
 from diffurec.data.splits import load_splits
 from diffurec.errors import DiffuRecError
@@ -35,30 +35,9 @@ FREEZE = 1e-30  # StepLR gamma: after epoch 1 the lr is too small to move a floa
 
 
 @pytest.fixture(scope="module")
-def tiny_splits(shared_data, tmp_path_factory):
-    """100 users x their last 20 interactions: 1,700 training samples."""
-    return load_splits(write_ml100k_slice(shared_data, tmp_path_factory.mktemp("tiny") / "splits", 100, 20))
-
-
-@pytest.fixture(scope="module")
 def wide_splits(shared_data, tmp_path_factory):
     """All 943 users x their last 30 interactions: about 24,000 training samples."""
     return load_splits(write_ml100k_slice(shared_data, tmp_path_factory.mktemp("wide") / "splits", 943, 30))
-
-
-def tiny_settings(**changes) -> TrainSettings:
-    base = dict(
-        model="diffurec",
-        preset="fast",
-        hyper=dict(TINY_DIFFUREC),
-        epochs=2,
-        batch_size=128,
-        lr=0.01,
-        eval_every=1,
-        threads=1,
-        progress=False,
-    )
-    return TrainSettings(**{**base, **changes})
 
 
 # ---- batching ------------------------------------------------------------------------------

@@ -8,6 +8,10 @@ length <= `last - 2`; with max_len 20 a tiny model trains an epoch in seconds on
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from diffurec.train import TrainSettings
 
 # Tiny DiffuRec / SASRec sizes: the tests check the trainer's behaviour, not model quality.
 TINY_DIFFUREC = {"hidden_size": 32, "num_blocks": 1, "ffn_size": 64}
@@ -32,3 +36,22 @@ def hyper_args(hyper: dict) -> list[str]:
     for key, value in hyper.items():
         args += ["--set", f"{key}={value}"]
     return args
+
+
+def tiny_settings(**changes) -> TrainSettings:
+    """A tiny DiffuRec `fast` run (2 epochs, batch 128, lr 0.01, validation every epoch, one
+    thread); keyword arguments replace any setting."""
+    from diffurec.train import TrainSettings
+
+    base = dict(
+        model="diffurec",
+        preset="fast",
+        hyper=dict(TINY_DIFFUREC),
+        epochs=2,
+        batch_size=128,
+        lr=0.01,
+        eval_every=1,
+        threads=1,
+        progress=False,
+    )
+    return TrainSettings(**{**base, **changes})
