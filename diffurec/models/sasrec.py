@@ -8,9 +8,21 @@ embeddings; the last position's output is scored against every item.
 | --------- | ------ | -------------- | ------- | ----------------------------------- |
 | `default` | 64     | 2 x 1          | 0.5     | sparse data (Amazon Beauty, Toys)   |
 | `dense`   | 64     | 2 x 1          | 0.2     | dense data (MovieLens)              |
+| `recbole` | 64     | 2 x 1          | 0.5     | RecBole 1.2.1's SASRec architecture  |
 
-Positions are counted from the right end (the most recent item has position 0) and padded keys
-are masked, so cutting left padding leaves the output exactly unchanged (`trims_padding`).
+Five hyperparameters choose between this project's SASRec+ (first value, `default` and `dense`)
+and RecBole's SASRec (second value, `recbole`), so each difference can be ablated alone:
+- `norm`: "pre" (x + Dropout(sublayer(LN(x))), a final LayerNorm) | "post" (x = LN(x +
+  Dropout(sublayer(x))), the original SASRec; the last block's LayerNorm is the output);
+- `embedding_norm`: False | True (LayerNorm on item + position embeddings before the dropout);
+- `embedding_scale`: True (item embeddings times sqrt(d)) | False;
+- `init`: "default" (items N(0, 1/d), xavier-normal projections, PyTorch's defaults elsewhere)
+  | "normal-0.02" (every Linear and Embedding weight N(0, 0.02), biases 0, LayerNorm 1 and 0);
+- `positions`: "right" (the most recent item has position 0) | "left" (the oldest item of the
+  window has position 0, as RecBole's left-aligned sequences).
+
+Padded keys are masked and both position anchors count real items only, so cutting left padding
+leaves the output exactly unchanged (`trims_padding`).
 """
 
 from __future__ import annotations
@@ -32,14 +44,57 @@ from diffurec.models.layers import (
 
 PRESETS: dict[str, dict[str, Any]] = {
     "default": dict(
-        hidden_size=64, num_blocks=2, num_heads=1, ffn_size=256, dropout=0.5, layer_norm_eps=1e-8
+        hidden_size=64,
+        num_blocks=2,
+        num_heads=1,
+        ffn_size=256,
+        dropout=0.5,
+        layer_norm_eps=1e-8,
+        norm="pre",
+        embedding_norm=False,
+        embedding_scale=True,
+        init="default",
+        positions="right",
     ),
 }
 PRESETS["dense"] = dict(PRESETS["default"], dropout=0.2)
+PRESETS["recbole"] = dict(
+    PRESETS["default"],
+    norm="post",
+    embedding_norm=True,
+    embedding_scale=False,
+    init="normal-0.02",
+    positions="left",
+)
+# The allowed values of the string hyperparameters (the trainer range-checks the numeric ones).
+CHOICES = {"norm": ("pre", "post"), "init": ("default", "normal-0.02"), "positions": ("right", "left")}
+
+
+class PostNormBlock(Block):
+    """Block with the LayerNorms after each residual sum (original SASRec, RecBole): the same
+    modules, so parameters and their initialisation are those of the pre-LN block."""
+
+    def forward(self, h: torch.Tensor, mask: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+        attention = self.attention(h, mask, last_only)
+        h = self.norm_attention((h[:, -1:] if last_only else h) + self.dropout(attention))
+        ffn = self.ffn_out(self.dropout(F.gelu(self.ffn_in(h), approximate="tanh")))
+        return self.norm_ffn(h + self.dropout(ffn))
+
+
+def init_normal_002(module: nn.Module) -> None:
+    """RecBole's `_init_weights`: Linear and Embedding weights N(0, 0.02), Linear biases 0,
+    LayerNorm weight 1 and bias 0."""
+    if isinstance(module, nn.Linear | nn.Embedding):
+        nn.init.normal_(module.weight, mean=0.0, std=0.02)
+    if isinstance(module, nn.Linear) and module.bias is not None:
+        nn.init.zeros_(module.bias)
+    if isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
 
 
 class SASRec(nn.Module):
-    """SASRec with causal attention, right-anchored learned positions and full-softmax CE."""
+    """SASRec with causal attention, learned positions and full-softmax CE; pre- or post-LN."""
 
     requires_training = True
     trims_padding = True
@@ -47,6 +102,9 @@ class SASRec(nn.Module):
     def __init__(self, num_items: int, max_len: int, preset: str = "default", **overrides: Any) -> None:
         super().__init__()
         cfg = preset_config("SASRec", PRESETS, preset, overrides)
+        for key, allowed in CHOICES.items():
+            if cfg[key] not in allowed:
+                raise ValueError(f"SASRec {key} must be one of {allowed}, got {cfg[key]!r}")
         self.config: dict[str, Any] = dict(
             name="sasrec", preset=preset, num_items=num_items, max_len=max_len, **cfg
         )
@@ -57,11 +115,22 @@ class SASRec(nn.Module):
         with torch.no_grad():
             self.item_embedding.weight[0].zero_()
         self.position_embedding = nn.Embedding(max_len, d)
-        self.input_dropout = nn.Dropout(cfg["dropout"])
-        self.blocks = nn.ModuleList(
-            Block(cfg, use_sdpa=True, output_dropout=False) for _ in range(cfg["num_blocks"])
+        self.embedding_norm = (
+            nn.LayerNorm(d, eps=cfg["layer_norm_eps"]) if cfg["embedding_norm"] else nn.Identity()
         )
-        self.output_norm = nn.LayerNorm(d, eps=cfg["layer_norm_eps"])
+        self.input_dropout = nn.Dropout(cfg["dropout"])
+        block = PostNormBlock if cfg["norm"] == "post" else Block
+        self.blocks = nn.ModuleList(
+            block(cfg, use_sdpa=True, output_dropout=False) for _ in range(cfg["num_blocks"])
+        )
+        # Post-LN blocks end in a LayerNorm already.
+        self.output_norm = (
+            nn.LayerNorm(d, eps=cfg["layer_norm_eps"]) if cfg["norm"] == "pre" else nn.Identity()
+        )
+        if cfg["init"] == "normal-0.02":
+            self.apply(init_normal_002)
+            with torch.no_grad():
+                self.item_embedding.weight[0].zero_()
 
     def attention_mask(self, inputs: torch.Tensor) -> torch.Tensor:
         """Bool [B, 1, L, L]: causal, padded keys hidden; each position may always see itself
@@ -71,13 +140,21 @@ class SASRec(nn.Module):
         eye = torch.eye(length, dtype=torch.bool, device=inputs.device)
         return (causal & (inputs > 0)[:, None, None, :]) | eye
 
+    def position_ids(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Position ids, [L] ("right": the last column is 0) or [B, L] ("left": the row's first
+        real item is 0, padding 0 too); left padding never changes a real item's id."""
+        length = inputs.size(1)
+        if self.config["positions"] == "right":
+            return torch.arange(length - 1, -1, -1, device=inputs.device)
+        return ((inputs > 0).long().cumsum(dim=1) - 1).clamp(min=0)
+
     def represent(self, inputs: torch.Tensor) -> torch.Tensor:
         """The last position's output, [B, d]."""
-        length = inputs.size(1)
-        check_length(length, self.max_len)
-        positions = torch.arange(length - 1, -1, -1, device=inputs.device)  # right-anchored
-        scale = self.config["hidden_size"] ** 0.5
-        h = self.item_embedding(inputs) * scale + self.position_embedding(positions)
+        check_length(inputs.size(1), self.max_len)
+        items = self.item_embedding(inputs)
+        if self.config["embedding_scale"]:
+            items = items * self.config["hidden_size"] ** 0.5
+        h = self.embedding_norm(items + self.position_embedding(self.position_ids(inputs)))
         h = self.input_dropout(h) * (inputs > 0)[..., None]
         return self.output_norm(last_position(self.blocks, h, self.attention_mask(inputs)))
 
