@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "benchmarks" / "results"
+RESULTS = Path(os.environ.get("DIFFUREC_BENCH_RESULTS", REPO / "benchmarks" / "results"))
 SHARED_DATA = Path(os.environ.get("DIFFUREC_SHARED_DATA", REPO.parent / "shared" / "data"))
 CACHE = Path(os.environ.get("DIFFUREC_BENCH_CACHE", Path.home() / ".cache" / "diffurec-bench"))
 
@@ -119,7 +119,7 @@ def forward_flops_per_sample(config: dict, length: int) -> float:
     return 2.0 * (blocks * per_block + time_mlp + scoring)
 
 
-def write_result(name: str, result: dict) -> Path:
+def write_result(name: str, result: dict, echo: bool = True) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
     result = {
@@ -128,8 +128,11 @@ def write_result(name: str, result: dict) -> Path:
         "command": " ".join([Path(sys.executable).name] + sys.argv),
         **result,
     }
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    temporary = path.with_name(path.name + ".tmp")  # replaced whole: a killed run leaves the last one
+    temporary.write_text(json.dumps(result, indent=2) + "\n")
+    temporary.replace(path)
+    if echo:
+        print(json.dumps(result, indent=2))
     return path
 
 
