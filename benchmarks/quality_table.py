@@ -1,0 +1,247 @@
+"""README's quality tables, rendered from result JSONs in benchmarks/results/ only.
+
+- ML-100K: per model:preset, test HR@10 and NDCG@10 as mean ± standard error over seeds, at
+  equal epochs (quality_ml100k_equal_epochs.json) and at an equal wall-clock budget
+  (quality_ml100k_equal_time.json), with mean epochs and train seconds.
+- ML-1M (quality_ml1m_8min.json): each model:preset beside popularity (ratio of NDCG@10).
+- Beauty and Toys: the older one-seed files (quality_beauty_*.json, quality_toys_*.json), with
+  the binomial standard error over test users of HR@10 and the paper's numbers in their own
+  column.
+The means are recomputed from each run's evaluate JSON (bench_quality.summarize); a file not
+there yet gives a "(not run)" row.
+
+    .venv/bin/python benchmarks/quality_table.py                    # print the block
+    .venv/bin/python benchmarks/quality_table.py --write README.md  # replace README's block
+    .venv/bin/python benchmarks/quality_table.py --check README.md  # exit 1 and a diff if stale
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+from bench_quality import summarize
+from common import PAPER_TEST, RESULTS
+
+START = "<!-- quality-tables:start -->"
+END = "<!-- quality-tables:end -->"
+ML100K_FILES = (
+    ("equal epochs", "quality_ml100k_equal_epochs.json"),
+    ("equal wall budget", "quality_ml100k_equal_time.json"),
+)
+ML1M_FILE = "quality_ml1m_8min.json"
+# Test users of the one-seed datasets (one per line of the paper's sequence files, each with >= 3
+# items); checked against every HR@K of every file: HR@K x users / 100 must be a whole number.
+TEST_USERS = {"beauty": 22363, "toys": 19412}
+ONE_SEED_DATASETS = {"beauty": "Amazon Beauty", "toys": "Amazon Toys"}
+ONE_SEED_FILES = (
+    ("fast_init", "DiffuRec `fast-init`"),
+    ("sasrec_default", "SASRec+"),
+    ("popularity_default", "popularity"),
+)
+FAST_INIT = (
+    "`fast-init`: key masking, 1 reverse step, N(0,1/d) init, bucketed batches, NDCG@10 early"
+    " stopping — not the paper's model"
+)
+MODEL_LABELS = {"diffurec": "DiffuRec", "sasrec": "SASRec+", "popularity": "popularity"}
+
+
+def label(model_preset: str) -> str:
+    model, preset = model_preset.split(":")
+    return f"{MODEL_LABELS.get(model, model)} `{preset}`"
+
+
+def mean_cell(entry: dict[str, Any], metric: str) -> str:
+    """ "mean ± SE (n seeds)"; one seed has no standard error over seeds."""
+    m, se, n = entry["mean"][metric], entry["standard_error_over_seeds"][metric], entry["n"]
+    if se is None:
+        return f"{m:.2f} (1 seed)"
+    return f"{m:.2f} ± {se:.2f} ({n} seeds)"
+
+
+def load(name: str, results: Path) -> dict[str, Any] | None:
+    path = results / name
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def budget_note(name: str, result: dict[str, Any]) -> str:
+    """How a result file was made: data, budget, parallelism, machine, commit."""
+    b = result["budget"]
+    users = {run["evaluate"]["users"] for run in result["runs"]}
+    minutes = f", at most {b['max_minutes']:g} min" if b["max_minutes"] is not None else ""
+    commit = (result.get("git_commit") or "unknown")[:10] + (" (dirty)" if result.get("git_dirty") else "")
+    return (
+        f"`{name}`: {'/'.join(map(str, sorted(users)))} test users, window {result['max_len']}, "
+        f"at most {b['epochs']} epochs{minutes}, batch {b['batch_size']}, lr {b['lr']:g}, "
+        f"{b['threads']} thread(s) per run, {b['jobs']} run(s) at once on "
+        f"{result['machine'].get('cpu_model', '?')} ({result['machine']['cpu_count']} cores), commit {commit}"
+    )
+
+
+def ml100k(results: Path) -> list[str]:
+    loaded = [(title, name, load(name, results)) for title, name in ML100K_FILES]
+    summaries = {name: summarize(r["runs"]) for _, name, r in loaded if r}
+    header = "| model |"
+    rule = "| --- |"
+    for title, _, _ in loaded:
+        header += f" {title}: test HR@10 | {title}: test NDCG@10 | epochs, train s |"
+        rule += " --- | --- | --- |"
+    lines = ["**ML-100K**, test HR@10 / NDCG@10 (%), mean ± standard error over seeds:", ""]
+    lines += [header, rule]
+    models = list(dict.fromkeys(key for s in summaries.values() for key in s))
+    for key in models or ["(not run)"]:
+        row = f"| {label(key) if models else key} |"
+        for _, name, _ in loaded:
+            entry = summaries.get(name, {}).get(key)
+            if entry is None:
+                row += " (not run) | (not run) | |"
+            else:
+                row += (
+                    f" {mean_cell(entry, 'HR@10')} | {mean_cell(entry, 'NDCG@10')} |"
+                    f" {entry['epochs_run']:g}, {entry['train_seconds']:.0f} s |"
+                )
+        lines.append(row)
+    lines.append("")
+    for _, name, result in loaded:
+        if result is None:
+            lines.append(f"- `{name}`: (not run)")
+            continue
+        users = [
+            e["mean_standard_error_over_users"]["HR@10"]
+            for e in summaries[name].values()
+            if e["mean_standard_error_over_users"]
+        ]
+        spread = (
+            f"; standard error over users of one model's HR@10: {min(users):.2f}-{max(users):.2f}"
+            if users
+            else ""
+        )
+        lines.append(f"- {budget_note(name, result)}{spread}")
+    return lines
+
+
+def ml1m(results: Path) -> list[str]:
+    result = load(ML1M_FILE, results)
+    lines = ["**ML-1M**, long histories, test metrics (%), mean ± standard error over seeds:", ""]
+    lines += ["| model | test HR@10 | test NDCG@10 | NDCG@10 / popularity's | epochs, train s |"]
+    lines += ["| --- | --- | --- | --- | --- |"]
+    if result is None:
+        return lines + ["| (not run) | | | | |", "", f"- `{ML1M_FILE}`: (not run)"]
+    summary = summarize(result["runs"])
+    floor = next((e["mean"]["NDCG@10"] for k, e in summary.items() if k.startswith("popularity:")), None)
+    for key, entry in summary.items():
+        ratio = f"{entry['mean']['NDCG@10'] / floor:.2f}x" if floor else "(no popularity run)"
+        lines.append(
+            f"| {label(key)} | {mean_cell(entry, 'HR@10')} | {mean_cell(entry, 'NDCG@10')} | {ratio} |"
+            f" {entry['epochs_run']:g}, {entry['train_seconds']:.0f} s |"
+        )
+    return lines + ["", f"- {budget_note(ML1M_FILE, result)}"]
+
+
+def binomial_se(hr: float, users: int) -> float:
+    """Standard error over users of a hit rate in percent: sqrt(p (1 - p) / users)."""
+    p = hr / 100
+    return 100 * math.sqrt(p * (1 - p) / users)
+
+
+def one_seed_cell(dataset: str, result: dict[str, Any], name: str) -> str:
+    metrics = next(iter(result["test"].values()))["metrics"]  # at the preset's own reverse steps
+    users = TEST_USERS[dataset]
+    for key, value in metrics.items():
+        if key.startswith("HR@") and abs(value * users / 100 - round(value * users / 100)) > 1e-6:
+            raise ValueError(f"{name}: {key} {value} is not a whole number of hits of {users} users")
+    if result["stop_reason"] == "fitted":
+        budget = "fitted"
+    else:
+        budget = (
+            f"{result['epochs_run']} epochs, {result['stop_reason']}, {result['train_seconds'] / 60:.0f} min"
+        )
+    hr = metrics["HR@10"]
+    return f"{hr:.2f} ± {binomial_se(hr, users):.2f} / {metrics['NDCG@10']:.2f} ({budget})"
+
+
+def one_seed(results: Path) -> list[str]:
+    lines = [
+        "**Amazon Beauty and Toys**, one seed each: test HR@10 ± its standard error over users"
+        " (binomial) / NDCG@10 (%), beside the paper's reported DiffuRec numbers:",
+        "",
+        "| dataset | paper's DiffuRec (reported) | " + " | ".join(t for _, t in ONE_SEED_FILES) + " |",
+        "| --- | --- |" + " --- |" * len(ONE_SEED_FILES),
+    ]
+    files = []
+    for dataset, title in ONE_SEED_DATASETS.items():
+        paper = PAPER_TEST[dataset]
+        row = f"| {title} ({TEST_USERS[dataset]:,} users) | {paper['HR@10']:.2f} / {paper['NDCG@10']:.2f} |"
+        for suffix, _ in ONE_SEED_FILES:
+            name = f"quality_{dataset}_{suffix}.json"
+            result = load(name, results)
+            row += f" {one_seed_cell(dataset, result, name) if result else '(not run)'} |"
+            files.append(name)
+        lines.append(row)
+    return lines + [
+        "",
+        f"- {FAST_INIT}.",
+        "- These older files were not written by `bench_quality.py run` (no evaluate settings block,"
+        " some commands typed by hand); their training settings differ (see each file): "
+        + ", ".join(f"`{f}`" for f in files)
+        + ".",
+    ]
+
+
+def render(results: Path = RESULTS) -> str:
+    lines = [START, ""]
+    lines += [
+        "Test metrics with full ranking and one evaluator, CPU training; every number below is"
+        " rendered by `benchmarks/quality_table.py` from `benchmarks/results/` (`bench_quality.py"
+        " commands FILE` prints the command that rebuilds each model folder).",
+        "",
+    ]
+    for part in (ml100k, ml1m, one_seed):
+        lines += part(results) + [""]
+    return "\n".join(lines + [END])
+
+
+def replace_block(text: str, block: str, where: str) -> str:
+    if text.count(START) != 1 or text.count(END) != 1 or text.index(START) > text.index(END):
+        raise ValueError(f"{where}: needs one {START} line followed by one {END} line")
+    before, rest = text.split(START)
+    return before + block + rest.split(END)[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--write", metavar="README", help="replace the block between the markers in this file")
+    mode.add_argument("--check", metavar="README", help="exit 1 with a diff when the file's block is stale")
+    args = parser.parse_args()
+    block = render()
+    target = args.write or args.check
+    if not target:
+        print(block)
+        return
+    try:
+        text = Path(target).read_text()
+        wanted = replace_block(text, block, target)
+    except (OSError, ValueError) as error:
+        print(f"quality_table: error: {error}", file=sys.stderr)
+        sys.exit(2)
+    if args.write:
+        Path(target).write_text(wanted)
+    elif wanted != text:
+        sys.stdout.writelines(
+            difflib.unified_diff(
+                text.splitlines(keepends=True), wanted.splitlines(keepends=True), target, "rendered"
+            )
+        )
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
