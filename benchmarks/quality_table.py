@@ -56,6 +56,11 @@ def label(model_preset: str) -> str:
     return f"{MODEL_LABELS.get(model, model)} `{preset}`"
 
 
+def epochs(mean_epochs: float) -> str:
+    """Mean epochs over seeds: whole numbers as they are, others to one decimal."""
+    return f"{mean_epochs:g}" if mean_epochs == int(mean_epochs) else f"{mean_epochs:.1f}"
+
+
 def mean_cell(entry: dict[str, Any], metric: str) -> str:
     """ "mean ± SE (n seeds)"; one seed has no standard error over seeds."""
     m, se, n = entry["mean"][metric], entry["standard_error_over_seeds"][metric], entry["n"]
@@ -103,7 +108,7 @@ def ml100k(results: Path) -> list[str]:
             else:
                 row += (
                     f" {mean_cell(entry, 'HR@10')} | {mean_cell(entry, 'NDCG@10')} |"
-                    f" {entry['epochs_run']:g}, {entry['train_seconds']:.0f} s |"
+                    f" {epochs(entry['epochs_run'])}, {entry['train_seconds']:.0f} s |"
                 )
         lines.append(row)
     lines.append("")
@@ -138,7 +143,7 @@ def ml1m(results: Path) -> list[str]:
         ratio = f"{entry['mean']['NDCG@10'] / floor:.2f}x" if floor else "(no popularity run)"
         lines.append(
             f"| {label(key)} | {mean_cell(entry, 'HR@10')} | {mean_cell(entry, 'NDCG@10')} | {ratio} |"
-            f" {entry['epochs_run']:g}, {entry['train_seconds']:.0f} s |"
+            f" {epochs(entry['epochs_run'])}, {entry['train_seconds']:.0f} s |"
         )
     return lines + ["", f"- {budget_note(ML1M_FILE, result)}"]
 
