@@ -2,8 +2,10 @@
 NDCG@10 per dataset and model (all from the same evaluator), with the paper's DiffuRec numbers
 as dashed lines where the paper reports them.
 
-Reads `quality_*.json` written by bench_quality.py (`short` rows and `converge` results) and
-writes `results/quality.png`; prints the table as Markdown.
+Reads `quality_*.json`: those of `bench_quality.py run` (per model:preset, the mean over seeds
+with its standard error as an error bar; one panel per file) and the older `short` and
+`converge` files (one seed, no error bar); writes `results/quality.png` and prints the table as
+Markdown.
 
     .venv/bin/python benchmarks/plot_quality.py
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import json
 
+from bench_quality import summarize
 from common import PAPER_TEST, RESULTS
 
 
@@ -20,6 +23,24 @@ def quality_rows() -> list[dict]:
     rows = []
     for path in sorted(RESULTS.glob("quality_*.json")):
         result = json.loads(path.read_text())
+        if "runs" in result:  # bench_quality.py run: seeds summarized
+            for key, entry in summarize(result["runs"]).items():
+                se = entry["standard_error_over_seeds"]
+                rows.append(
+                    {
+                        "dataset": f"{result['dataset']} ({path.stem.removeprefix('quality_')})",
+                        "model": key.replace(":", " "),
+                        "file": path.name,
+                        "epochs": round(entry["epochs_run"], 1),
+                        "stop": f"{entry['n']} seeds",
+                        "train_minutes": round(entry["train_seconds"] / 60, 1),
+                        "HR@10": entry["mean"]["HR@10"],
+                        "NDCG@10": entry["mean"]["NDCG@10"],
+                        "HR@10 SE": se["HR@10"] or 0.0,
+                        "NDCG@10 SE": se["NDCG@10"] or 0.0,
+                    }
+                )
+            continue
         if result.get("mode") == "short":
             dataset = result["data"]["dataset"]
             runs = result["models"]
@@ -56,8 +77,16 @@ def plot(rows: list[dict], out) -> None:
     for ax, dataset in zip(axes[0], datasets, strict=True):
         mine = [r for r in rows if r["dataset"] == dataset]
         xs = range(len(mine))
-        ax.bar([x - 0.2 for x in xs], [r["HR@10"] for r in mine], 0.4, label="HR@10")
-        ax.bar([x + 0.2 for x in xs], [r["NDCG@10"] for r in mine], 0.4, label="NDCG@10")
+        for shift, metric in ((-0.2, "HR@10"), (0.2, "NDCG@10")):
+            errors = [r.get(f"{metric} SE", 0.0) for r in mine]  # standard error over seeds
+            ax.bar(
+                [x + shift for x in xs],
+                [r[metric] for r in mine],
+                0.4,
+                yerr=errors if any(errors) else None,
+                capsize=3,
+                label=metric,
+            )
         for metric, color in (("HR@10", "C0"), ("NDCG@10", "C1")):
             if dataset in PAPER_TEST:
                 ax.axhline(
