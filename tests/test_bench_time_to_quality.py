@@ -1,0 +1,118 @@
+"""benchmarks/bench_time_to_quality.py's pure functions against hand-made curves (no training,
+no server): curve extraction from curve.json and RecBole's JSON lines, best-so-far aggregation
+over seeds, time to reach a target, and the model:preset[:key=value+...] specs."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_time_to_quality.py"
+
+
+@pytest.fixture(scope="module")
+def bench() -> ModuleType:
+    # Loaded from its file: benchmarks/ is a folder of scripts, not a package.
+    spec = importlib.util.spec_from_file_location("bench_time_to_quality", BENCH)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_diffurec_curve_sums_training_seconds_up_to_each_validation(bench: ModuleType) -> None:
+    curve = {
+        "train": [
+            {"epoch": 1, "seconds": 10.0},
+            {"epoch": 2, "seconds": 12.0},
+            {"epoch": 3, "seconds": 5.5},  # cut short by the budget
+        ],
+        "valid": [
+            {"epoch": 1, "NDCG@10": 1.0},
+            {"epoch": 2, "NDCG@10": 3.0},
+            {"epoch": 3, "NDCG@10": 2.5},
+        ],
+    }
+    assert bench.diffurec_curve(curve) == [(10.0, 1.0), (22.0, 3.0), (27.5, 2.5)]
+    popularity = {"train": [], "valid": [{"epoch": 0, "NDCG@10": 0.9}]}
+    assert bench.diffurec_curve(popularity) == []
+
+
+def test_recbole_curve_reads_epoch_lines_only(bench: ModuleType) -> None:
+    lines = [
+        {"event": "data", "seconds": 4.0},
+        {"event": "epoch", "epoch": 1, "seconds": 30.0, "wall_seconds": 33.0, "NDCG@10": 4.0},
+        {"event": "epoch", "epoch": 2, "seconds": 61.0, "wall_seconds": 67.0, "NDCG@10": 5.0},
+        {"event": "final", "best_epoch": 2},
+    ]
+    assert bench.recbole_curve(lines) == [(30.0, 4.0), (61.0, 5.0)]
+
+
+def test_aggregate_holds_each_seeds_best_so_far_from_when_all_seeds_validated(bench: ModuleType) -> None:
+    seed_a = [(10.0, 2.0), (20.0, 4.0), (30.0, 3.0)]  # drops at 30: best so far stays 4
+    seed_b = [(15.0, 1.0), (25.0, 6.0)]
+    got = bench.aggregate([seed_a, seed_b])
+    assert got["seconds"] == [15.0, 20.0, 25.0, 30.0]  # 10 s: seed b has not validated yet
+    # by hand: at 15 (2, 1), at 20 (4, 1), at 25 (4, 6), at 30 (4, 6)
+    assert got["mean"] == [1.5, 2.5, 5.0, 5.0]
+    assert got["low"] == [1.0, 1.0, 4.0, 4.0]
+    assert got["high"] == [2.0, 4.0, 6.0, 6.0]
+    assert math.isnan(bench.best_so_far(seed_b, 14.9))
+
+
+def test_time_to_reach_is_the_first_time_at_or_above_the_target(bench: ModuleType) -> None:
+    seconds, values = [15.0, 20.0, 25.0, 30.0], [1.5, 2.5, 5.0, 5.0]
+    assert bench.time_to_reach(seconds, values, 2.5) == 20.0  # reaching counts, not only passing
+    assert bench.time_to_reach(seconds, values, 4.9) == 25.0
+    assert bench.time_to_reach(seconds, values, 5.1) is None
+
+
+def test_summary_measures_every_model_against_recboles_mean_best(bench: ModuleType) -> None:
+    runs = [
+        {
+            "model": "recbole:sasrec",
+            "seed": 1,
+            "curve": [(30.0, 4.0), (60.0, 5.0)],
+            "best_valid": {"NDCG@10": 5.0},
+        },
+        {
+            "model": "recbole:sasrec",
+            "seed": 2,
+            "curve": [(30.0, 6.0), (60.0, 5.0)],
+            "best_valid": {"NDCG@10": 6.0},
+        },
+        {
+            "model": "sasrec:default",
+            "seed": 1,
+            "curve": [(10.0, 5.0), (20.0, 6.0)],
+            "best_valid": {"NDCG@10": 6.0},
+        },
+        {
+            "model": "sasrec:default",
+            "seed": 2,
+            "curve": [(10.0, 5.5), (20.0, 5.0)],
+            "best_valid": {"NDCG@10": 5.5},
+        },
+    ]
+    summary = bench.summarise(runs, ["sasrec:default", "recbole:sasrec"])
+    assert summary["recbole_best_mean"] == 5.5  # (5 + 6) / 2
+    sasrec = summary["models"]["sasrec:default"]
+    assert sasrec["mean"] == [5.25, 5.75] and sasrec["time_to_recbole_best"] == 20.0
+    assert summary["models"]["recbole:sasrec"]["time_to_recbole_best"] == 60.0  # mean 5.0, then 5.5
+    assert sasrec["seeds"] == 2 and sasrec["final_mean"] == 5.75
+
+
+def test_model_specs(bench: ModuleType) -> None:
+    assert bench.parse_model("sasrec:default") == ("sasrec", "default", {})
+    assert bench.parse_model("sasrec:default:norm=post+embedding_norm=true+dropout=0.2") == (
+        "sasrec",
+        "default",
+        {"norm": "post", "embedding_norm": True, "dropout": 0.2},
+    )
+    for bad in ("sasrec", "sasrec::", "sasrec:default:norm"):
+        with pytest.raises(ValueError, match="--models"):
+            bench.parse_model(bad)
