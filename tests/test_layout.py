@@ -14,7 +14,14 @@ PYTHON_TREES = ("diffurec", "pipelines", "components", "benchmarks", "scripts", 
 
 
 def _python_files(*trees: str) -> list[Path]:
-    return sorted(path for tree in trees for path in (REPO / tree).rglob("*.py"))
+    """The project's Python files under `trees`; hidden folders (e.g. benchmarks/.recbole-venv,
+    a venv of another project) are not the project's."""
+    return sorted(
+        path
+        for tree in trees
+        for path in (REPO / tree).rglob("*.py")
+        if not any(part.startswith(".") for part in path.relative_to(REPO).parts)
+    )
 
 
 def _imported_modules(path: Path) -> set[str]:
