@@ -234,6 +234,7 @@ def main() -> None:
     parser.add_argument("--max-len", type=int, default=None, help="window (default: 20 ml-100k, 50 ml-1m)")
     parser.add_argument("--seeds", default="1997,1998,1999", help="comma-separated training seeds")
     parser.add_argument("--minutes", type=float, default=8.0, help="wall budget per run (default 8)")
+    parser.add_argument("--tag", default="", help="result name suffix (an ablation beside the main run)")
     parser.add_argument(
         "--models", default=DEFAULT_MODELS, help=f"comma-separated (default {DEFAULT_MODELS})"
     )
@@ -255,12 +256,16 @@ def main() -> None:
     args.max_len = args.max_len or MAX_LEN[args.dataset]
     seeds = [int(seed) for seed in args.seeds.split(",")]
     models = args.models.split(",")
-    for spec in models:
-        if spec != RECBOLE_MODEL:
-            parse_model(spec)  # refuses a malformed spec before anything runs
+    for spec in models:  # a malformed spec is refused (one line, exit 2) before anything runs
+        try:
+            parse_model(spec)
+        except ValueError as error:
+            parser.error(str(error))
     inter = SHARED_DATA / args.dataset / f"{args.dataset}.inter"
     splits = prepare_splits(args.dataset, args.max_len, CACHE, inter)
-    work = (args.work_dir or CACHE / "time_to_quality") / args.dataset
+    work = (args.work_dir or CACHE / "time_to_quality") / (
+        f"{args.dataset}_{args.tag}" if args.tag else args.dataset
+    )
     work.mkdir(parents=True, exist_ok=True)
     commit, dirty = git_commit(common.REPO)
     runs: list[dict[str, Any]] = []
@@ -285,7 +290,7 @@ def main() -> None:
                 flush=True,
             )
     summary = summarise(runs, models)
-    name = f"time_to_quality_{args.dataset}"
+    name = f"time_to_quality_{args.dataset}" + (f"_{args.tag}" if args.tag else "")
     result = {
         "dataset": args.dataset,
         "input": str(inter),
