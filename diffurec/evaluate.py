@@ -62,6 +62,21 @@ def ranking_metrics(ranks: torch.Tensor | np.ndarray, ks=KS) -> dict[str, float]
     return {key: 100.0 * value / max(len(ranks), 1) for key, value in totals.items()}
 
 
+def ranking_standard_errors(ranks: torch.Tensor | np.ndarray, ks=KS) -> dict[str, float]:
+    """Standard error (percent) of each per-user mean metric over the users: the sample standard
+    deviation of the users' hits or gains over sqrt(users). It is the noise of drawing these users
+    (one seed); seeds add their own."""
+    ranks = torch.as_tensor(ranks, dtype=torch.float64)
+    if len(ranks) < 2:
+        return {f"{name}@{k}": math.nan for name in ("HR", "NDCG") for k in ks}
+    hits = {k: (ranks <= k).double() for k in ks}
+    gains = 1.0 / torch.log2(ranks + 1.0)
+    values = {f"HR@{k}": hits[k] for k in ks}
+    values.update({f"NDCG@{k}": hits[k] * gains for k in ks})
+    root = math.sqrt(len(ranks))
+    return {key: 100.0 * float(v.std(correction=1)) / root for key, v in values.items()}
+
+
 def ranking_totals(ranks: torch.Tensor, ks=KS) -> dict[str, float]:
     """Sums over users of HR@K and NDCG@K (fractions), to be divided by the user count."""
     ranks = ranks.double()
@@ -178,6 +193,7 @@ def evaluate_ranks(
     )
     result = {
         "metrics": metrics,
+        "standard_error": ranking_standard_errors(user_ranks),
         "unit": "percent",
         "split": split,
         "users": int(num_users),

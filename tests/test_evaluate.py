@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from diffurec.evaluate import METRIC_KEYS, evaluate, ranking_metrics, target_ranks
+from diffurec.evaluate import (
+    METRIC_KEYS,
+    evaluate,
+    ranking_metrics,
+    ranking_standard_errors,
+    target_ranks,
+)
 from diffurec.models import build_model
 
 
@@ -86,6 +92,19 @@ def test_metrics_from_ranks_by_hand():
     )
 
 
+def test_standard_errors_by_hand():
+    # Users' HR@5 hits are 1, 1, 0, 0, 0 (mean 0.4): sample variance (2 * 0.36 + 3 * 0.16) / 4 = 0.3.
+    errors = ranking_standard_errors(torch.tensor([1, 2, 6, 11, 21]))
+    assert set(errors) == set(METRIC_KEYS)
+    assert errors["HR@5"] == pytest.approx(100 * math.sqrt(0.3 / 5))
+    gains = [1.0, 1 / math.log2(3), 0.0, 0.0, 0.0]
+    mean = sum(gains) / 5
+    variance = sum((g - mean) ** 2 for g in gains) / 4
+    assert errors["NDCG@5"] == pytest.approx(100 * math.sqrt(variance / 5))
+    assert errors["HR@20"] == pytest.approx(100 * math.sqrt(0.2 / 5))  # hits 1, 1, 1, 1, 0
+    assert all(math.isnan(v) for v in ranking_standard_errors(torch.tensor([3])).values())
+
+
 def numpy_popularity_metrics(splits, mask_history):
     """Pessimistic full-ranking metrics of item counts, computed independently with NumPy."""
     counts = np.bincount(np.asarray(splits.train_targets), minlength=splits.num_items + 1)[1:].astype(float)
@@ -115,6 +134,9 @@ def test_popularity_on_ml100k_matches_numpy(ml100k_splits, mask_history):
     for key in METRIC_KEYS:
         assert result["metrics"][key] == pytest.approx(expected[key], abs=1e-9), key
     assert result["users"] == splits.num_users == 943
+    for k in (5, 10, 20):  # a hit is Bernoulli(p): the sample SE is sqrt(p (1 - p) / (users - 1))
+        p = expected[f"HR@{k}"] / 100
+        assert result["standard_error"][f"HR@{k}"] == pytest.approx(100 * math.sqrt(p * (1 - p) / 942))
     assert result["settings"]["mask_history"] is mask_history
     assert result["settings"]["exclude_padding"] is True and result["settings"]["ties"] == "pessimistic"
     assert result["unit"] == "percent" and result["split"] == "test"
