@@ -125,6 +125,8 @@ def test_unknown_knob_value_is_refused():
         build_model("sasrec", 50, 8, norm="middle")
     with pytest.raises(ValueError, match="positions must be one of"):
         build_model("sasrec", 50, 8, positions="center")
+    with pytest.raises(ValueError, match="embedding_norm must be true or false"):
+        build_model("sasrec", 50, 8, embedding_norm="maybe")  # a string would be truthy
 
 
 def block_outputs(model) -> list[torch.Tensor]:

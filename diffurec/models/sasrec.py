@@ -105,6 +105,9 @@ class SASRec(nn.Module):
         for key, allowed in CHOICES.items():
             if cfg[key] not in allowed:
                 raise ValueError(f"SASRec {key} must be one of {allowed}, got {cfg[key]!r}")
+        for key in ("embedding_norm", "embedding_scale"):
+            if not isinstance(cfg[key], bool):
+                raise ValueError(f"SASRec {key} must be true or false, got {cfg[key]!r}")
         self.config: dict[str, Any] = dict(
             name="sasrec", preset=preset, num_items=num_items, max_len=max_len, **cfg
         )
