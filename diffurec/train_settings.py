@@ -135,8 +135,8 @@ class TrainSettings:
     model: str = setting("diffurec", "model to train", choices=MODEL_NAMES)
     preset: str | None = setting(
         None,
-        "preset of the model (diffurec: paper, fast, fast-init; "
-        "sasrec: default, dense); default: the model's default",
+        "preset of the model (diffurec: paper, fast, fast-init, fast-lite; "
+        "sasrec: default, dense, recbole); default: the model's default",
     )
     hyper: dict[str, Any] = setting(
         {},

@@ -130,6 +130,14 @@ def test_lambda_distribution_fresh_and_elementwise():
     assert not torch.equal(seen[0], seen[1]) and not torch.equal(seen[1], seen[2])
 
 
+def test_fast_lite_is_fast_init_with_two_blocks_on_the_last_ten_items():
+    model = build_model("diffurec", NUM_ITEMS, MAX_LEN, "fast-lite")
+    assert len(model.blocks) == 2 and model.config["window"] == 10
+    differences = {k for k in PRESETS["fast-lite"] if PRESETS["fast-lite"][k] != PRESETS["fast-init"][k]}
+    assert differences == {"num_blocks", "window"}
+    assert PRESETS["paper"]["window"] is None and PRESETS["paper"]["num_blocks"] == 4
+
+
 def test_paper_ignores_order_of_earlier_items_while_sasrec_does_not(ml100k_splits):
     inputs = real_inputs(ml100k_splits)
     inputs = inputs[(inputs > 0).sum(1) >= 10][:16]  # users with >= 10 items in the window
@@ -320,3 +328,28 @@ def test_flops_count():
     # The attention kernel does not change the arithmetic (the counter sizes SDPA differently).
     fast = build_model("diffurec", NUM_ITEMS, MAX_LEN, "fast")
     assert fast.flops(4, 10, training=True) == model.flops(4, 10, training=True)
+
+
+def test_window_reads_only_the_most_recent_items(ml100k_splits):
+    """window=W: items older than the last W columns change neither the scores nor the loss;
+    without a window they do (the attention is bidirectional)."""
+    inputs = real_inputs(ml100k_splits)
+    inputs = inputs[(inputs > 0).sum(1) >= 15][:16]
+    older = inputs.clone()
+    older[:, : MAX_LEN - 8] = torch.where(
+        older[:, : MAX_LEN - 8] > 0, (older[:, : MAX_LEN - 8] % 50) + 1, older[:, : MAX_LEN - 8]
+    )
+    assert not torch.equal(older, inputs) and torch.equal(older[:, -8:], inputs[:, -8:])
+    targets = torch.from_numpy(np.asarray(ml100k_splits.test_targets[: len(inputs)]).astype(np.int64))
+    for window, same in ((8, True), (None, False)):
+        torch.manual_seed(0)
+        model = build_model("diffurec", ml100k_splits.num_items, MAX_LEN, "fast-init", window=window).eval()
+        scores = []
+        losses = []
+        for batch in (inputs, older):
+            torch.manual_seed(5)
+            scores.append(model.score(batch))
+            torch.manual_seed(6)
+            losses.append(model.loss(batch, targets))
+        assert torch.equal(scores[0], scores[1]) is same, window
+        assert torch.equal(losses[0], losses[1]) is same, window
