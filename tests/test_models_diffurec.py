@@ -16,6 +16,7 @@ from diffurec.models.diffurec import (
     reverse_timesteps,
     trunc_lin_betas,
 )
+from trainer_data import adam_losses
 
 NUM_ITEMS, MAX_LEN, D = 300, 50, 128
 
@@ -259,14 +260,7 @@ def test_paper_loss_learns_on_real_prefixes(ml100k_splits):
     # 64 real samples, their last 20 positions: small enough for the CI budget on 2 cores.
     inputs = torch.from_numpy(np.asarray(ml100k_splits.train_inputs[-64:, -20:]).astype(np.int64))
     targets = torch.from_numpy(np.asarray(ml100k_splits.train_targets[-64:]).astype(np.int64))
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    losses = []
-    for _ in range(10):
-        loss = model.loss(inputs, targets)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = adam_losses(model, inputs, targets, steps=10)
     assert all(math.isfinite(x) for x in losses)
     assert np.mean(losses[-3:]) < 0.9 * np.mean(losses[:3])
     # The padding row is a class like any other: its gradient is not forced to zero.

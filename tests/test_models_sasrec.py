@@ -8,6 +8,8 @@ import torch
 
 from diffurec.models import build_model, model_from_config
 
+from trainer_data import adam_losses
+
 
 def test_causal_attention_last_position_sees_everything_earlier_positions_do_not():
     torch.manual_seed(0)
@@ -69,14 +71,7 @@ def three_adam_steps(preset: str) -> tuple[list[float], torch.Tensor]:
     inputs = torch.randint(1, 51, (16, 8))
     inputs[:5, :3] = 0  # some left padding
     targets = torch.randint(1, 51, (16,))
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    losses = []
-    for _ in range(3):
-        loss = model.loss(inputs, targets)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = adam_losses(model, inputs, targets, steps=3)
     return losses, model.eval().score(inputs)
 
 

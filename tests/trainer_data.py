@@ -18,6 +18,21 @@ TINY_DIFFUREC = {"hidden_size": 32, "num_blocks": 1, "ffn_size": 64}
 TINY_SASREC = {"hidden_size": 32}
 
 
+def adam_losses(model, inputs, targets, steps: int, lr: float = 1e-3) -> list[float]:
+    """The loss before each of `steps` Adam steps of `model` on one fixed batch."""
+    import torch
+
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    losses = []
+    for _ in range(steps):
+        loss = model.loss(inputs, targets)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses
+
+
 def write_ml100k_slice(shared_data: Path, out: Path, users: int, last: int, max_len: int = 20) -> Path:
     from diffurec.data.preprocess import preprocess_frame
     from diffurec.data.readers import read_interactions
