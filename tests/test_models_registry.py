@@ -60,7 +60,7 @@ def test_the_table_gives_names_defaults_and_presets() -> None:
     assert MODEL_NAMES == ("diffurec", "sasrec", "popularity")
     assert DEFAULT_PRESETS == {"diffurec": "paper", "sasrec": "default", "popularity": "default"}
     assert set(presets("diffurec")) == {"paper", "fast", "fast-init", "fast-lite"}
-    assert set(presets("sasrec")) == {"default", "dense", "recbole"}
+    assert set(presets("sasrec")) == {"default", "dense", "recbole", "d128"}
     assert presets("popularity") == {"default": {}}
     assert presets("sasrec")["dense"]["dropout"] == 0.2
     with pytest.raises(ValueError, match="unknown model 'nope'; choose from diffurec, sasrec, popularity"):

@@ -210,3 +210,9 @@ def test_left_positions_start_at_the_oldest_real_item():
         torch.testing.assert_close(model.score(short[:, -3:]), baseline)  # padding-free too
         model.position_embedding.weight[0].add_(1.0)  # the oldest item's row
         assert not torch.allclose(model.score(short), baseline)
+
+
+def test_d128_has_diffurecs_width():
+    model = build_model("sasrec", 50, 8, "d128")
+    assert model.item_embedding.weight.shape == (51, 128)
+    assert model.config["ffn_size"] == 512 and model.config["num_blocks"] == 2

@@ -58,6 +58,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     ),
 }
 PRESETS["dense"] = dict(PRESETS["default"], dropout=0.2)
+# DiffuRec's width (d = 128, FFN 512), for comparisons at equal width (benchmarks/bench_quality.py).
+PRESETS["d128"] = dict(PRESETS["default"], hidden_size=128, ffn_size=512)
 PRESETS["recbole"] = dict(
     PRESETS["default"],
     norm="post",
