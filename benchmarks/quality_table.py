@@ -194,7 +194,8 @@ def one_seed(results: Path) -> list[str]:
         "- These older files were not written by `bench_quality.py run` (no evaluate settings block,"
         " some commands typed by hand); their training settings differ (see each file): "
         + ", ".join(f"`{f}`" for f in files)
-        + ".",
+        + ". Their `relative_to_paper` field is every model's relative difference from the paper's"
+        " DiffuRec numbers, SASRec+'s and popularity's included.",
     ]
 
 
