@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-DEFAULT_MODELS = "sasrec:default,sasrec:recbole,diffurec:fast-init,recbole:sasrec"
+DEFAULT_MODELS = "sasrec:default,sasrec:recbole,diffurec:fast-lite,recbole:sasrec"
 RECBOLE_MODEL = "recbole:sasrec"
 MAX_LEN = {"ml-100k": 20, "ml-1m": 50}  # the windows
 Curve = list[tuple[float, float]]
