@@ -69,21 +69,24 @@ def ranking_standard_errors(ranks: torch.Tensor | np.ndarray, ks=KS) -> dict[str
     ranks = torch.as_tensor(ranks, dtype=torch.float64)
     if len(ranks) < 2:
         return {f"{name}@{k}": math.nan for name in ("HR", "NDCG") for k in ks}
-    hits = {k: (ranks <= k).double() for k in ks}
-    gains = 1.0 / torch.log2(ranks + 1.0)
-    values = {f"HR@{k}": hits[k] for k in ks}
-    values.update({f"NDCG@{k}": hits[k] * gains for k in ks})
     root = math.sqrt(len(ranks))
-    return {key: 100.0 * float(v.std(correction=1)) / root for key, v in values.items()}
+    return {
+        key: 100.0 * float(values.std(correction=1)) / root for key, values in user_values(ranks, ks).items()
+    }
+
+
+def user_values(ranks: torch.Tensor, ks=KS) -> dict[str, torch.Tensor]:
+    """Each user's HR@K hit (0/1) and NDCG@K gain, float64, from 1-based ranks."""
+    ranks = ranks.double()
+    gains = 1.0 / torch.log2(ranks + 1.0)
+    values = {f"HR@{k}": (ranks <= k).double() for k in ks}
+    values.update({f"NDCG@{k}": torch.where(ranks <= k, gains, 0.0) for k in ks})
+    return values
 
 
 def ranking_totals(ranks: torch.Tensor, ks=KS) -> dict[str, float]:
     """Sums over users of HR@K and NDCG@K (fractions), to be divided by the user count."""
-    ranks = ranks.double()
-    gains = 1.0 / torch.log2(ranks + 1.0)
-    totals = {f"HR@{k}": float((ranks <= k).sum()) for k in ks}
-    totals.update({f"NDCG@{k}": float(torch.where(ranks <= k, gains, 0.0).sum()) for k in ks})
-    return totals
+    return {key: float(values.sum()) for key, values in user_values(ranks, ks).items()}
 
 
 def model_device(model: torch.nn.Module) -> torch.device:

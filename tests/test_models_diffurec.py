@@ -272,6 +272,8 @@ def test_unknown_preset_and_hyperparameter_are_rejected():
         build_model("diffurec", NUM_ITEMS, MAX_LEN, "nope")
     with pytest.raises(ValueError, match="hyperparameter"):
         build_model("diffurec", NUM_ITEMS, MAX_LEN, "paper", hiden_size=3)
+    with pytest.raises(ValueError, match="window"):
+        build_model("diffurec", NUM_ITEMS, MAX_LEN, "fast", window=0)
     assert set(PRESETS) >= {"paper", "fast"}
 
 

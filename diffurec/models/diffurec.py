@@ -166,6 +166,9 @@ class DiffuRec(nn.Module):
         cfg = preset_config("DiffuRec", PRESETS, preset, overrides)
         if cfg["mask"] not in ("query", "key") or cfg["attention"] not in ("explicit", "sdpa"):
             raise ValueError(f"mask must be 'query' or 'key', attention 'explicit' or 'sdpa': {cfg}")
+        window = cfg["window"]
+        if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window < 1):
+            raise ValueError(f"window must be None or a number of items >= 1, got {window!r}")
         if cfg["schedule"] != "trunc_lin":
             raise ValueError(f"only the 'trunc_lin' schedule is implemented, got {cfg['schedule']!r}")
         self.config: dict[str, Any] = dict(

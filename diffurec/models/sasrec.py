@@ -9,6 +9,7 @@ embeddings; the last position's output is scored against every item.
 | `default` | 64     | 2 x 1          | 0.5     | sparse data (Amazon Beauty, Toys)   |
 | `dense`   | 64     | 2 x 1          | 0.2     | dense data (MovieLens)              |
 | `recbole` | 64     | 2 x 1          | 0.5     | RecBole 1.2.1's SASRec architecture  |
+| `d128`    | 128    | 2 x 1          | 0.5     | DiffuRec's width (FFN 512)           |
 
 Five hyperparameters choose between this project's SASRec+ (first value, `default` and `dense`)
 and RecBole's SASRec (second value, `recbole`), so each difference can be ablated alone:
