@@ -4,12 +4,14 @@ this project's models side by side with RecBole 1.2.1's SASRec.
     nice -n 10 .venv/bin/python benchmarks/bench_time_to_quality.py --dataset ml-100k --minutes 8 \
         --seeds 1997,1998,1999
 
-Every run trains alone with one thread, one after another, seed-major and alternating between the
-models (seed 1: A, B, C, D; seed 2: A, B, C, D; ...), so a slow spell of the shared machine hits
-every model alike. Models are `model:preset` for `diffurec train` (`--eval-every 1 --max-minutes M
---patience 1000 --threads 1`, batch 512, lr 1e-3), with optional hyperparameters after a second
-colon joined by `+` (`sasrec:default:norm=post+embedding_norm=true`, passed as `--set`; models are
-separated by commas), and `recbole:sasrec`
+Every run trains with one thread, seed-major and alternating between the models (seed 1: A, B, C,
+D; seed 2: A, B, C, D; ...), so a slow spell of the shared machine hits every model alike;
+`--jobs N` runs N of them at a time in that order (one per core; the JSON records N).
+
+Models are `model:preset` for `diffurec train` (`--eval-every 1 --max-minutes M --patience 1000
+--threads 1`, batch 512, lr 1e-3), with optional hyperparameters after a second colon joined by
+`+` (`sasrec:default:norm=post+embedding_norm=true`, passed as `--set`; models are separated by
+commas; `popularity:default` is fitted and drawn as a level line), and `recbole:sasrec`
 (benchmarks/recbole_sasrec.py in benchmarks/.recbole-venv, made by benchmarks/recbole_env.sh when
 missing). Both tools read the same atomic file, ../shared/data/<dataset>/<dataset>.inter.
 
@@ -35,6 +37,7 @@ import os
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -179,13 +182,20 @@ def summarise(runs: list[dict[str, Any]], models: list[str]) -> dict[str, Any]:
     summary: dict[str, Any] = {}
     for model in models:
         curves = [run["curve"] for run in runs if run["model"] == model and run["curve"]]
+        fitted = [run["best_valid"]["NDCG@10"] for run in runs if run["model"] == model and not run["curve"]]
         if curves:
             summary[model] = {"seeds": len(curves), **aggregate(curves)}
+        elif fitted:  # fitted without epochs (popularity): one value, a level line in the plot
+            summary[model] = {"seeds": len(fitted), "level": sum(fitted) / len(fitted)}
     target = None
     if RECBOLE_MODEL in summary:
         recbole_bests = [run["best_valid"]["NDCG@10"] for run in runs if run["model"] == RECBOLE_MODEL]
         target = sum(recbole_bests) / len(recbole_bests)
     for entry in summary.values():
+        if "level" in entry:
+            entry["final_mean"] = entry["level"]
+            entry["time_to_recbole_best"] = None if target is None or entry["level"] < target else 0.0
+            continue
         entry["final_mean"] = entry["mean"][-1]
         entry["time_to_recbole_best"] = (
             None if target is None else time_to_reach(entry["seconds"], entry["mean"], target)
@@ -201,6 +211,9 @@ def plot(summary: dict[str, Any], dataset: str, minutes: float, path: Path) -> N
 
     fig, ax = plt.subplots(figsize=(8, 5))
     for model, entry in summary["models"].items():
+        if "level" in entry:
+            ax.axhline(entry["level"], color="black", linestyle="--", linewidth=1, label=model)
+            continue
         (line,) = ax.step(
             entry["seconds"],
             entry["mean"],
@@ -236,6 +249,9 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=8.0, help="wall budget per run (default 8)")
     parser.add_argument("--tag", default="", help="result name suffix (an ablation beside the main run)")
     parser.add_argument(
+        "--jobs", type=int, default=1, help="runs at a time, one thread each (default 1: one after another)"
+    )
+    parser.add_argument(
         "--models", default=DEFAULT_MODELS, help=f"comma-separated (default {DEFAULT_MODELS})"
     )
     parser.add_argument(
@@ -268,27 +284,23 @@ def main() -> None:
     )
     work.mkdir(parents=True, exist_ok=True)
     commit, dirty = git_commit(common.REPO)
-    runs: list[dict[str, Any]] = []
-    for seed in seeds:  # seed-major, alternating between the models
-        for spec in models:
-            started = time.perf_counter()
-            if spec == RECBOLE_MODEL:
-                result = run_recbole(seed, args, inter, work)
-            else:
-                result = run_diffurec(spec, seed, args, splits, work)
-            runs.append(
-                {
-                    "model": spec,
-                    "seed": seed,
-                    "wall_seconds": round(time.perf_counter() - started, 1),
-                    **result,
-                }
-            )
-            best = result["best_valid"]["NDCG@10"]
-            print(
-                f"{spec} seed {seed}: best valid NDCG@10 {best:.2f} after {result['epochs']} epochs",
-                flush=True,
-            )
+    if args.jobs < 1:
+        parser.error(f"--jobs {args.jobs}: must be at least 1")
+
+    def one_run(seed: int, spec: str) -> dict[str, Any]:
+        started = time.perf_counter()
+        if spec == RECBOLE_MODEL:
+            result = run_recbole(seed, args, inter, work)
+        else:
+            result = run_diffurec(spec, seed, args, splits, work)
+        best, epochs = result["best_valid"]["NDCG@10"], result["epochs"]
+        print(f"{spec} seed {seed}: best valid NDCG@10 {best:.2f} after {epochs} epochs", flush=True)
+        wall = round(time.perf_counter() - started, 1)
+        return {"model": spec, "seed": seed, "wall_seconds": wall, **result}
+
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:  # seed-major, alternating between models
+        futures = [pool.submit(one_run, seed, spec) for seed in seeds for spec in models]
+        runs = [future.result() for future in futures]
     summary = summarise(runs, models)
     name = f"time_to_quality_{args.dataset}" + (f"_{args.tag}" if args.tag else "")
     result = {
@@ -298,6 +310,7 @@ def main() -> None:
         "minutes": args.minutes,
         "seeds": seeds,
         "models": models,
+        "jobs": args.jobs,
         "git_commit": commit,
         "git_dirty": dirty,
         "machine": machine(),

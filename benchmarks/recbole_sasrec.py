@@ -18,6 +18,11 @@ Prints (and writes to --out) JSON lines, metrics in percent as the project's:
 - `{"event": "final", "best_epoch", "best_valid", "test", "epochs", "stop_reason",
   "train_seconds", "samples_per_second"}`: test metrics of the best-validation epoch's weights.
 
+RecBole reads the timestamps as 32-bit floats, so on ML-1M near-ties collapse and 20 % of the test
+items differ from the project's. It is therefore given a copy of the file whose timestamps are the
+exact time ranks in the project's order (timestamp, then file row), so both tools split the same
+sequences.
+
 The budget (`--seconds`, wall time since training start, validations included, as the project's
 --max-minutes) is checked before every batch: the epoch in progress stops when it is spent, is
 validated, and training ends (the project's trainer does the same).
@@ -45,6 +50,20 @@ from recbole.trainer import Trainer
 from recbole.utils import init_seed
 
 METRICS = ("NDCG@10", "HR@10")
+
+
+def write_time_ranks(inter: Path, out: Path) -> None:
+    """`inter` with each timestamp replaced by its rank in (timestamp, file row) order: the
+    project's order, and integers below 2**24, which float32 holds exactly."""
+    header, *rows = inter.read_text().splitlines()
+    column = header.split("\t").index("timestamp:float")
+    cells = [row.split("\t") for row in rows]
+    order = sorted(range(len(cells)), key=lambda row: (float(cells[row][column]), row))
+    if len(order) >= 2**24:
+        raise SystemExit(f"{inter}: {len(order)} rows; time ranks above 2**24 are not exact in float32")
+    for rank, row in enumerate(order):
+        cells[row][column] = str(rank)
+    out.write_text("\n".join([header, *("\t".join(row) for row in cells)]) + "\n")
 
 
 def recbole_config(dataset: str, data_path: Path, max_len: int, seed: int, epochs: int) -> dict[str, Any]:
@@ -128,7 +147,7 @@ def run(args: argparse.Namespace, out: TextIO | None) -> None:
         work = Path(work_dir)
         dataset = inter.name.removesuffix(".inter")
         (work / dataset).mkdir()
-        (work / dataset / inter.name).symlink_to(inter)  # RecBole reads DATA_PATH/NAME/NAME.inter
+        write_time_ranks(inter, work / dataset / inter.name)  # RecBole reads DATA_PATH/NAME/NAME.inter
         os.chdir(work)  # RecBole's Trainer writes log_tensorboard/ into the working directory
         started = time.perf_counter()
         config = Config(

@@ -47,6 +47,10 @@ def configure(device: torch.device, threads: int | None = None) -> int:
     else:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+        # cuDNN's attention builds a plan for every new shape (about 160 ms on an H200, torch 2.11),
+        # and batches trimmed to their longest history change shape almost every batch: with it on,
+        # `fast` trained 13x slower (benchmarks/results/gpu_sdpa_shapes.json).
+        torch.backends.cuda.enable_cudnn_sdp(False)
     return threads
 
 
