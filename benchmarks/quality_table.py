@@ -4,6 +4,10 @@
   equal epochs (quality_ml100k_equal_epochs.json) and at an equal wall-clock budget
   (quality_ml100k_equal_time.json), with mean epochs and train seconds.
 - ML-1M (quality_ml1m_8min.json): each model:preset beside popularity (ratio of NDCG@10).
+- Time to quality (bench_time_to_quality.py's files): per model the best validation NDCG@10 so far
+  at half and at the whole budget (training seconds), when the mean curve reaches RecBole's best,
+  training samples/s and test NDCG@10; and the ablation of SASRec+'s five RecBole choices, each
+  variant's best validation NDCG@10 at one common training time.
 - Beauty and Toys: the older one-seed files (quality_beauty_*.json, quality_toys_*.json), with
   the binomial standard error over test users of HR@10 and the paper's numbers in their own
   column.
@@ -26,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from bench_quality import summarize
+from bench_time_to_quality import RECBOLE_MODEL, aggregate, best_so_far, time_to_reach
 from common import PAPER_TEST, RESULTS
 
 START = "<!-- quality-tables:start -->"
@@ -35,6 +40,8 @@ ML100K_FILES = (
     ("equal wall budget", "quality_ml100k_equal_time.json"),
 )
 ML1M_FILE = "quality_ml1m_8min.json"
+TIME_TO_QUALITY_FILES = ("time_to_quality_ml-100k.json", "time_to_quality_ml-1m.json")
+ABLATION_FILE = "time_to_quality_ml-100k_ablation.json"
 # Test users of the one-seed datasets (one per line of the paper's sequence files, each with >= 3
 # items); checked against every HR@K of every file: HR@K x users / 100 must be a whole number.
 TEST_USERS = {"beauty": 22363, "toys": 19412}
@@ -48,12 +55,29 @@ FAST_INIT = (
     "`fast-init`: key masking, 1 reverse step, N(0,1/d) init, bucketed batches, NDCG@10 early"
     " stopping — not the paper's model"
 )
-MODEL_LABELS = {"diffurec": "DiffuRec", "sasrec": "SASRec+", "popularity": "popularity"}
+MODEL_LABELS = {"diffurec": "DiffuRec", "sasrec": "SASRec+", "popularity": "popularity", "recbole": "RecBole"}
 
 
 def label(model_preset: str) -> str:
-    model, preset = model_preset.split(":")
-    return f"{MODEL_LABELS.get(model, model)} `{preset}`"
+    model, preset, *hyper = model_preset.split(":")
+    return f"{MODEL_LABELS.get(model, model)} `{preset}`" + "".join(f" `{h}`" for h in hyper)
+
+
+def mean_se(values: list[float]) -> str:
+    """ "mean ± standard error over seeds" (sample standard deviation / sqrt(n))."""
+    n = len(values)
+    if any(math.isnan(v) for v in values):
+        return "– (not validated yet)"
+    mean = sum(values) / n
+    if n == 1:
+        return f"{mean:.2f}"
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    return f"{mean:.2f} ± {sd / math.sqrt(n):.2f}"
+
+
+def best_at(run: dict[str, Any], seconds: float) -> float:
+    """A run's best validation NDCG@10 after `seconds` of training (a fitted model's at any time)."""
+    return best_so_far(run["curve"], seconds) if run["curve"] else run["best_valid"]["NDCG@10"]
 
 
 def epochs(mean_epochs: float) -> str:
@@ -148,6 +172,89 @@ def ml1m(results: Path) -> list[str]:
     return lines + ["", f"- {budget_note(ML1M_FILE, result)}"]
 
 
+def time_note(name: str, result: dict[str, Any]) -> str:
+    commit = (result.get("git_commit") or "unknown")[:10] + (" (dirty)" if result.get("git_dirty") else "")
+    seeds = ",".join(map(str, result["seeds"]))
+    return (
+        f"`{name}`: window {result['max_len']}, {result['minutes']:g} min per run (wall, validations"
+        f" included), seeds {seeds}, batch 512, lr 0.001, one thread per run, {result.get('jobs', 1)} run(s)"
+        f" at once on {result['machine'].get('cpu_model', '?')} ({result['machine']['cpu_count']} cores),"
+        f" commit {commit}"
+    )
+
+
+def time_to_quality(results: Path) -> list[str]:
+    lines = [
+        "**Time to quality**, validation NDCG@10 (%): each seed's best so far after the given training"
+        " seconds (validations excluded), mean ± standard error over seeds; RecBole 1.2.1's SASRec in"
+        " the same run (`benchmarks/bench_time_to_quality.py`, plots beside each file):",
+        "",
+    ]
+    for name in TIME_TO_QUALITY_FILES:
+        result = load(name, results)
+        if result is None:
+            lines += [f"- `{name}`: (not run)", ""]
+            continue
+        runs, half = result["runs"], result["minutes"] * 30
+        recbole = [run["best_valid"]["NDCG@10"] for run in runs if run["model"] == RECBOLE_MODEL]
+        target = sum(recbole) / len(recbole) if recbole else None
+        lines += [
+            f"{result['dataset']}:",
+            "",
+            f"| model | at {half:.0f} s | at the budget's end | reaches RecBole's best"
+            + ("" if target is None else f" ({target:.2f})")
+            + " (mean curve) | epochs | training samples/s | test NDCG@10 |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for model in result["models"]:
+            mine = [run for run in runs if run["model"] == model]
+            curves = [run["curve"] for run in mine if run["curve"]]
+            if target is None:
+                reach = "(no RecBole run)"
+            elif curves:
+                mean = aggregate(curves)
+                at = time_to_reach(mean["seconds"], mean["mean"], target)
+                reach = "never" if at is None else f"{at:.0f} s"
+            else:
+                reach = "at once" if mine[0]["best_valid"]["NDCG@10"] >= target else "never"
+            speed = [run["samples_per_second"] or 0 for run in mine]
+            lines.append(
+                f"| {label(model)} | {mean_se([best_at(r, half) for r in mine])} |"
+                f" {mean_se([best_at(r, math.inf) for r in mine])} | {reach} |"
+                f" {mean_se([float(r['epochs'] or 0) for r in mine])} |"
+                f" {sum(speed) / len(speed):,.0f} | {mean_se([r['test']['NDCG@10'] for r in mine])} |"
+            )
+        lines += ["", f"- {time_note(name, result)}", ""]
+    return lines + ablation(results)
+
+
+def ablation(results: Path) -> list[str]:
+    """Each of SASRec+'s five RecBole choices alone (the ablation file) beside `default`, all five
+    (`recbole`) and RecBole from the main ML-100K file, at one training time every run reached."""
+    variants, main = load(ABLATION_FILE, results), load(TIME_TO_QUALITY_FILES[0], results)
+    if variants is None or main is None:
+        return [f"- `{ABLATION_FILE}`: (not run)"]
+    # the last validation time every ablation run reached (their budget ends with a validation)
+    common = math.floor(min(run["curve"][-1][0] for run in variants["runs"] if run["curve"]))
+    rows = [(model, [r for r in variants["runs"] if r["model"] == model]) for model in variants["models"]]
+    beside = [m for m in main["models"] if m.split(":")[0] in ("sasrec", "recbole")]
+    rows = [(m, [r for r in main["runs"] if r["model"] == m]) for m in beside] + rows
+    base = [best_at(r, common) for r in main["runs"] if r["model"] == "sasrec:default"]
+    lines = [
+        f"SASRec+ ablation on ML-100K: validation NDCG@10 (%) after {common} training seconds (each"
+        " seed's best so far), mean ± standard error over seeds, and the difference from `default`:",
+        "",
+        "| variant | validation NDCG@10 | minus `default`'s | from |",
+        "| --- | --- | --- | --- |",
+    ]
+    for model, runs in rows:
+        values = [best_at(r, common) for r in runs]
+        delta = sum(values) / len(values) - sum(base) / len(base) if base else math.nan
+        source = ABLATION_FILE if model in variants["models"] else TIME_TO_QUALITY_FILES[0]
+        lines.append(f"| {label(model)} | {mean_se(values)} | {delta:+.2f} | `{source}` |")
+    return lines + ["", f"- {time_note(ABLATION_FILE, variants)}"]
+
+
 def binomial_se(hr: float, users: int) -> float:
     """Standard error over users of a hit rate in percent: sqrt(p (1 - p) / users)."""
     p = hr / 100
@@ -207,7 +314,7 @@ def render(results: Path = RESULTS) -> str:
         " commands FILE` prints the command that rebuilds each model folder).",
         "",
     ]
-    for part in (ml100k, ml1m, one_seed):
+    for part in (ml100k, ml1m, time_to_quality, one_seed):
         lines += part(results) + [""]
     return "\n".join(lines + [END])
 

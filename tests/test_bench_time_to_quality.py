@@ -116,3 +116,71 @@ def test_model_specs(bench: ModuleType) -> None:
     for bad in ("sasrec", "sasrec::", "sasrec:default:norm"):
         with pytest.raises(ValueError, match="--models"):
             bench.parse_model(bad)
+
+
+def fake_run(model: str, seed: int, curve: list[tuple[float, float]], test: float) -> dict:
+    best = max((value for _, value in curve), default=1.5)  # a fitted model's level: 1.5
+    return {
+        "model": model,
+        "seed": seed,
+        "curve": curve,
+        "best_valid": {"NDCG@10": best, "HR@10": 2 * best},
+        "test": {"NDCG@10": test, "HR@10": 2 * test},
+        "epochs": len(curve),
+        "samples_per_second": 1000.0 * seed,
+    }
+
+
+def fake_result(dataset: str, minutes: float, models: list[str], runs: list[dict]) -> dict:
+    machine = {"cpu_model": "CPU", "cpu_count": 2}
+    return {
+        **{"dataset": dataset, "max_len": 20, "minutes": minutes, "seeds": [1, 2], "models": models},
+        **{"jobs": 2, "git_commit": "abc", "git_dirty": False, "machine": machine, "runs": runs},
+    }
+
+
+def test_readme_time_to_quality_tables_are_the_hand_computation(tmp_path: Path) -> None:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    main = [
+        fake_run("sasrec:default", 1, [(60.0, 4.0), (200.0, 6.0)], 5.0),
+        fake_run("sasrec:default", 2, [(60.0, 5.0), (200.0, 5.0)], 4.0),
+        fake_run("recbole:sasrec", 1, [(100.0, 5.0), (300.0, 5.5)], 5.5),
+        fake_run("recbole:sasrec", 2, [(100.0, 4.5), (300.0, 5.5)], 5.5),
+        fake_run("popularity:default", 1, [], 2.0),
+        fake_run("popularity:default", 2, [], 2.0),
+    ]
+    models = ["sasrec:default", "recbole:sasrec", "popularity:default"]
+    ablation = [
+        fake_run("sasrec:default:norm=post", 1, [(50.0, 3.0), (150.0, 7.0)], 6.0),
+        fake_run("sasrec:default:norm=post", 2, [(50.0, 4.0), (130.7, 6.0)], 6.0),
+    ]
+    main_file = tmp_path / "time_to_quality_ml-100k.json"
+    main_file.write_text(json.dumps(fake_result("ml-100k", 8, models, main)))
+    (tmp_path / "time_to_quality_ml-100k_ablation.json").write_text(
+        json.dumps(fake_result("ml-100k", 4, ["sasrec:default:norm=post"], ablation))
+    )
+    env = dict(os.environ, DIFFUREC_BENCH_RESULTS=str(tmp_path))
+    table = BENCH.with_name("quality_table.py")
+    out = subprocess.run(
+        [sys.executable, str(table)], cwd=BENCH.parent, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    text = out.stdout
+    # RecBole's best: mean of 5.5 and 5.5. SASRec+ at 240 s: 6 and 5 -> 5.50 ± 0.50; its mean curve
+    # is 4.5 at 60 s and 5.5 at 200 s, so it reaches 5.5 at 200 s; RecBole's mean reaches it at 300 s.
+    assert "reaches RecBole's best (5.50)" in text
+    assert (
+        "| SASRec+ `default` | 5.50 ± 0.50 | 5.50 ± 0.50 | 200 s | 2.00 ± 0.00 | 1,500 | 4.50 ± 0.50 |"
+        in text
+    )
+    assert "| RecBole `sasrec` | 4.75 ± 0.25 | 5.50 ± 0.00 | 300 s |" in text
+    assert "| popularity `default` | 1.50 ± 0.00 | 1.50 ± 0.00 | never |" in text  # a level below the target
+    # Ablation at 130 s (the last validation both ablation runs reached, floored): norm=post 3 and 4
+    # -> 3.50 ± 0.50, default 4 and 5 -> 4.50: difference -1.00.
+    assert "after 130 training seconds" in text
+    assert "| SASRec+ `default` `norm=post` | 3.50 ± 0.50 | -1.00 |" in text
+    assert "| SASRec+ `default` | 4.50 ± 0.50 | +0.00 |" in text
