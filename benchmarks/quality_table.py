@@ -98,17 +98,21 @@ def load(name: str, results: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def machine_and_commit(result: dict[str, Any]) -> str:
+    commit = (result.get("git_commit") or "unknown")[:10] + (" (dirty)" if result.get("git_dirty") else "")
+    machine = result["machine"]
+    return f"{machine.get('cpu_model', '?')} ({machine['cpu_count']} cores), commit {commit}"
+
+
 def budget_note(name: str, result: dict[str, Any]) -> str:
     """How a result file was made: data, budget, parallelism, machine, commit."""
     b = result["budget"]
     users = {run["evaluate"]["users"] for run in result["runs"]}
     minutes = f", at most {b['max_minutes']:g} min" if b["max_minutes"] is not None else ""
-    commit = (result.get("git_commit") or "unknown")[:10] + (" (dirty)" if result.get("git_dirty") else "")
     return (
         f"`{name}`: {'/'.join(map(str, sorted(users)))} test users, window {result['max_len']}, "
         f"at most {b['epochs']} epochs{minutes}, batch {b['batch_size']}, lr {b['lr']:g}, "
-        f"{b['threads']} thread(s) per run, {b['jobs']} run(s) at once on "
-        f"{result['machine'].get('cpu_model', '?')} ({result['machine']['cpu_count']} cores), commit {commit}"
+        f"{b['threads']} thread(s) per run, {b['jobs']} run(s) at once on {machine_and_commit(result)}"
     )
 
 
@@ -173,13 +177,11 @@ def ml1m(results: Path) -> list[str]:
 
 
 def time_note(name: str, result: dict[str, Any]) -> str:
-    commit = (result.get("git_commit") or "unknown")[:10] + (" (dirty)" if result.get("git_dirty") else "")
     seeds = ",".join(map(str, result["seeds"]))
     return (
         f"`{name}`: window {result['max_len']}, {result['minutes']:g} min per run (wall, validations"
         f" included), seeds {seeds}, batch 512, lr 0.001, one thread per run, {result.get('jobs', 1)} run(s)"
-        f" at once on {result['machine'].get('cpu_model', '?')} ({result['machine']['cpu_count']} cores),"
-        f" commit {commit}"
+        f" at once on {machine_and_commit(result)}"
     )
 
 
