@@ -18,10 +18,12 @@ Prints (and writes to --out) JSON lines, metrics in percent as the project's:
 - `{"event": "final", "best_epoch", "best_valid", "test", "epochs", "stop_reason",
   "train_seconds", "samples_per_second"}`: test metrics of the best-validation epoch's weights.
 
-RecBole reads the timestamps as 32-bit floats, so on ML-1M near-ties collapse and 20 % of the test
-items differ from the project's. It is therefore given a copy of the file whose timestamps are the
-exact time ranks in the project's order (timestamp, then file row), so both tools split the same
-sequences.
+RecBole holds the timestamps as 32-bit floats (min-max normalised for ml-100k), so near-ties
+collapse and on ML-1M 20 % of the test items differ from the project's (4 of 943 on ML-100K). It is
+therefore given a copy of the file whose timestamps are the exact time ranks in the project's
+order (timestamp, then file row), under a name of its own (for "ml-100k" RecBole reads its bundled
+copy instead), so both tools split the same sequences: `--check-split` counts the users whose test
+item agrees, with the file as it is and with the ranks.
 
 The budget (`--seconds`, wall time since training start, validations included, as the project's
 --max-minutes) is checked before every batch: the epoch in progress stops when it is spent, is
@@ -52,6 +54,12 @@ from recbole.utils import init_seed
 METRICS = ("NDCG@10", "HR@10")
 
 
+def dataset_name(inter: Path) -> str:
+    """The name RecBole is given: not the file's own, since for "ml-100k" RecBole 1.2.1 ignores
+    data_path and reads the copy bundled with it (recbole/config/configurator.py)."""
+    return inter.name.removesuffix(".inter") + "-input"
+
+
 def write_time_ranks(inter: Path, out: Path) -> None:
     """`inter` with each timestamp replaced by its rank in (timestamp, file row) order: the
     project's order, and integers below 2**24, which float32 holds exactly."""
@@ -64,6 +72,60 @@ def write_time_ranks(inter: Path, out: Path) -> None:
     for rank, row in enumerate(order):
         cells[row][column] = str(rank)
     out.write_text("\n".join([header, *("\t".join(row) for row in cells)]) + "\n")
+
+
+def last_items(inter: Path) -> dict[str, str]:
+    """Each user's last item in the project's order (timestamp, then file row): the test item."""
+    header, *rows = inter.read_text().splitlines()
+    names = header.split("\t")
+    user, item, stamp = (names.index(n) for n in ("user_id:token", "item_id:token", "timestamp:float"))
+    last: dict[str, tuple[float, int, str]] = {}
+    for number, row in enumerate(rows):
+        cells = row.split("\t")
+        key = (float(cells[stamp]), number, cells[item])
+        if cells[user] not in last or key > last[cells[user]]:
+            last[cells[user]] = key
+    return {u: key[2] for u, key in last.items()}
+
+
+def recbole_test_items(config: Config) -> dict[str, str]:
+    """The item RecBole tests each user on (its full-sort test loader's targets), as tokens."""
+    _, _, test_data = data_preparation(config, create_dataset(config))
+    dataset = test_data._dataset
+    out: dict[str, str] = {}
+    for batch in test_data:
+        interaction = batch[0]
+        users = dataset.id2token(dataset.uid_field, interaction[dataset.uid_field].numpy())
+        items = dataset.id2token(dataset.iid_field, interaction[dataset.iid_field].numpy())
+        out.update(zip(users.tolist(), items.tolist(), strict=True))
+    return out
+
+
+def check_split(args: argparse.Namespace) -> dict[str, Any]:
+    """How many of RecBole's test items are the project's, reading the file as it is and reading
+    it with exact time ranks (what `run` gives RecBole)."""
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    inter = args.inter.resolve()
+    expected = last_items(inter)
+    result: dict[str, Any] = {"inter": str(inter), "users_in_file": len(expected)}
+    with tempfile.TemporaryDirectory(prefix="recbole-split-") as work_dir:
+        for variant in ("as_is", "time_ranks"):
+            work = Path(work_dir) / variant
+            dataset = dataset_name(inter)
+            (work / dataset).mkdir(parents=True)
+            if variant == "as_is":
+                (work / dataset / f"{dataset}.inter").symlink_to(inter)
+            else:
+                write_time_ranks(inter, work / dataset / f"{dataset}.inter")
+            config = Config(
+                model="SASRec",
+                dataset=dataset,
+                config_dict=recbole_config(dataset, work, args.max_len, args.seed, 1),
+            )
+            tested = recbole_test_items(config)
+            same = sum(expected.get(user) == item for user, item in tested.items())
+            result[variant] = {"test_users": len(tested), "same_test_item": same}
+    return result
 
 
 def recbole_config(dataset: str, data_path: Path, max_len: int, seed: int, epochs: int) -> dict[str, Any]:
@@ -145,9 +207,11 @@ def run(args: argparse.Namespace, out: TextIO | None) -> None:
     inter = args.inter.resolve()
     with tempfile.TemporaryDirectory(prefix="recbole-sasrec-") as work_dir:
         work = Path(work_dir)
-        dataset = inter.name.removesuffix(".inter")
+        dataset = dataset_name(inter)
         (work / dataset).mkdir()
-        write_time_ranks(inter, work / dataset / inter.name)  # RecBole reads DATA_PATH/NAME/NAME.inter
+        write_time_ranks(
+            inter, work / dataset / f"{dataset}.inter"
+        )  # RecBole reads DATA_PATH/NAME/NAME.inter
         os.chdir(work)  # RecBole's Trainer writes log_tensorboard/ into the working directory
         started = time.perf_counter()
         config = Config(
@@ -217,13 +281,27 @@ def main() -> None:
     )
     parser.add_argument("--inter", type=Path, required=True, help="atomic .inter file (RecBole's format)")
     parser.add_argument("--max-len", type=int, default=20, help="MAX_ITEM_LIST_LENGTH (the window)")
-    parser.add_argument("--seconds", type=float, required=True, help="wall budget of training, seconds")
+    parser.add_argument("--seconds", type=float, default=None, help="wall budget of training, seconds")
+    parser.add_argument(
+        "--check-split",
+        action="store_true",
+        help="train nothing: count the users whose RecBole test item is the project's (file as is,"
+        " and with exact time ranks), one JSON line",
+    )
     parser.add_argument("--seed", type=int, default=1997)
     parser.add_argument("--epochs", type=int, default=1000, help="at most this many epochs")
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON lines here")
     args = parser.parse_args()
     if not args.inter.is_file():
         sys.exit(f"--inter {args.inter}: no such file")
+    if args.check_split:
+        record = {"event": "split_check", "command": sys.argv, **check_split(args)}
+        if args.out is not None:
+            args.out.write_text(json.dumps(record, indent=2) + "\n")
+        emit(record, None)
+        return
+    if args.seconds is None:
+        parser.error("--seconds is required (unless --check-split)")
     if args.out is None:
         run(args, None)
         return
