@@ -43,9 +43,10 @@ from typing import Any
 from common import DATASETS, REPO, RESULTS, SHARED_DATA, machine, write_result
 
 from diffurec.errors import DiffuRecError
+from diffurec.models import RENAMED_PRESETS
 
 DIFFUREC = Path(sys.executable).parent / "diffurec"  # the CLI of this interpreter's environment
-DEFAULT_MODELS = "diffurec:paper,diffurec:fast,diffurec:fast-init,sasrec:default,popularity:default"
+DEFAULT_MODELS = "diffurec:paper,diffurec:fast,diffurec:fast-init,sasrec:recbole,popularity:default"
 # What of train_summary.json a result keeps (samples_trained only where the trainer writes it).
 TRAIN_KEYS = (
     "epochs_run",
@@ -381,6 +382,15 @@ def read_runs(name: str) -> tuple[Path, dict[str, Any]]:
     return path, result
 
 
+def current_names(argv: list[str]) -> list[str]:
+    """A recorded train argv with a preset renamed since (RENAMED_PRESETS) by today's name."""
+    out = list(argv)
+    if "--model" in out and "--preset" in out:
+        model, at = out[out.index("--model") + 1], out.index("--preset") + 1
+        out[at] = RENAMED_PRESETS.get((model, out[at]), out[at])
+    return out
+
+
 def print_commands(args: argparse.Namespace) -> None:
     path, result = read_runs(args.result)
     preprocess = result["preprocess"]
@@ -392,7 +402,7 @@ def print_commands(args: argparse.Namespace) -> None:
             f"# {run['model']}:{run['preset']} seed {run['seed']}: {run['model_folder']} "
             f"(manifest_sha256 {run['manifest_sha256']} of that training)"
         )
-        print(shlex.join(run["train_argv"]))
+        print(shlex.join(current_names(run["train_argv"])))
 
 
 def print_summary(args: argparse.Namespace) -> None:

@@ -10,7 +10,7 @@ D; seed 2: A, B, C, D; ...), so a slow spell of the shared machine hits every mo
 
 Models are `model:preset` for `diffurec train` (`--eval-every 1 --max-minutes M --patience 1000
 --threads 1`, batch 512, lr 1e-3), with optional hyperparameters after a second colon joined by
-`+` (`sasrec:default:norm=post+embedding_norm=true`, passed as `--set`; models are separated by
+`+` (`sasrec:pre-ln:norm=post+embedding_norm=true`, passed as `--set`; models are separated by
 commas; `popularity:default` is fitted and drawn as a level line), and `recbole:sasrec`
 (benchmarks/recbole_sasrec.py in benchmarks/.recbole-venv, made by benchmarks/recbole_env.sh when
 missing). Both tools read the same atomic file, ../shared/data/<dataset>/<dataset>.inter.
@@ -41,7 +41,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-DEFAULT_MODELS = "sasrec:default,sasrec:recbole,diffurec:fast-lite,recbole:sasrec"
+DEFAULT_MODELS = "sasrec:recbole,sasrec:pre-ln,diffurec:fast-lite,recbole:sasrec,popularity:default"
 RECBOLE_MODEL = "recbole:sasrec"
 MAX_LEN = {"ml-100k": 20, "ml-1m": 50}  # the windows
 Curve = list[tuple[float, float]]

@@ -46,7 +46,7 @@ def reproduce(
     rows = {}
     runs = (
         ("diffurec", "paper", budget_minutes, 20, "reference"),
-        ("sasrec", "default", sasrec_minutes, 5, "ndcg"),
+        ("sasrec", "recbole", sasrec_minutes, 5, "ndcg"),
         ("popularity", "default", None, 1, "ndcg"),
     )
     for name, preset, minutes, eval_every, rule in runs:

@@ -33,6 +33,8 @@ from bench_quality import summarize
 from bench_time_to_quality import RECBOLE_MODEL, aggregate, best_so_far, time_to_reach
 from common import PAPER_TEST, RESULTS
 
+from diffurec.models import RENAMED_PRESETS
+
 START = "<!-- quality-tables:start -->"
 END = "<!-- quality-tables:end -->"
 ML100K_FILES = (
@@ -42,13 +44,14 @@ ML100K_FILES = (
 ML1M_FILE = "quality_ml1m_8min.json"
 TIME_TO_QUALITY_FILES = ("time_to_quality_ml-100k.json", "time_to_quality_ml-1m.json")
 ABLATION_FILE = "time_to_quality_ml-100k_ablation.json"
+ABLATION_BASE = "sasrec:pre-ln"  # the ablation changes one of its hyperparameters at a time
 # Test users of the one-seed datasets (one per line of the paper's sequence files, each with >= 3
 # items); checked against every HR@K of every file: HR@K x users / 100 must be a whole number.
 TEST_USERS = {"beauty": 22363, "toys": 19412}
 ONE_SEED_DATASETS = {"beauty": "Amazon Beauty", "toys": "Amazon Toys"}
 ONE_SEED_FILES = (
     ("fast_init", "DiffuRec `fast-init`"),
-    ("sasrec_default", "SASRec+"),
+    ("sasrec_default", "SASRec+ `pre-ln`"),
     ("popularity_default", "popularity"),
 )
 FAST_INIT = (
@@ -58,8 +61,15 @@ FAST_INIT = (
 MODEL_LABELS = {"diffurec": "DiffuRec", "sasrec": "SASRec+", "popularity": "popularity", "recbole": "RecBole"}
 
 
+def canonical(spec: str) -> str:
+    """model:preset[:hyper] with a preset renamed since the file was written by today's name."""
+    model, preset, *hyper = spec.split(":")
+    return ":".join([model, RENAMED_PRESETS.get((model, preset), preset), *hyper])
+
+
 def label(model_preset: str) -> str:
-    model, preset, *hyper = model_preset.split(":")
+    """Markdown for a model spec: SASRec+ `pre-ln` `norm=post`."""
+    model, preset, *hyper = canonical(model_preset).split(":")
     return f"{MODEL_LABELS.get(model, model)} `{preset}`" + "".join(f" `{h}`" for h in hyper)
 
 
@@ -226,12 +236,19 @@ def time_to_quality(results: Path) -> list[str]:
                 f" {mean_se([float(r['epochs'] or 0) for r in mine])} |"
                 f" {sum(speed) / len(speed):,.0f} | {mean_se([r['test']['NDCG@10'] for r in mine])} |"
             )
-        lines += ["", f"- {time_note(name, result)}", ""]
+        plot = Path(name).with_suffix(".png").name
+        lines += [
+            "",
+            f"- {time_note(name, result)}",
+            "",
+            f"![validation NDCG@10 against seconds](benchmarks/results/{plot})",
+            "",
+        ]
     return lines + ablation(results)
 
 
 def ablation(results: Path) -> list[str]:
-    """Each of SASRec+'s five RecBole choices alone (the ablation file) beside `default`, all five
+    """Each of SASRec+'s five RecBole choices alone (the ablation file) beside `pre-ln`, all five
     (`recbole`) and RecBole from the main ML-100K file, at one training time every run reached."""
     variants, main = load(ABLATION_FILE, results), load(TIME_TO_QUALITY_FILES[0], results)
     if variants is None or main is None:
@@ -241,12 +258,13 @@ def ablation(results: Path) -> list[str]:
     rows = [(model, [r for r in variants["runs"] if r["model"] == model]) for model in variants["models"]]
     beside = [m for m in main["models"] if m.split(":")[0] in ("sasrec", "recbole")]
     rows = [(m, [r for r in main["runs"] if r["model"] == m]) for m in beside] + rows
-    base = [best_at(r, common) for r in main["runs"] if r["model"] == "sasrec:default"]
+    base = [best_at(r, common) for r in main["runs"] if canonical(r["model"]) == ABLATION_BASE]
     lines = [
         f"SASRec+ ablation on ML-100K: validation NDCG@10 (%) after {common} training seconds (each"
-        " seed's best so far), mean ± standard error over seeds, and the difference from `default`:",
+        " seed's best so far), mean ± standard error over seeds, and the difference from `pre-ln`'s"
+        " (each variant changes one of its hyperparameters to RecBole's choice):",
         "",
-        "| variant | validation NDCG@10 | minus `default`'s | from |",
+        "| variant | validation NDCG@10 | minus `pre-ln`'s | from |",
         "| --- | --- | --- | --- |",
     ]
     for model, runs in rows:

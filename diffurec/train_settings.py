@@ -136,7 +136,7 @@ class TrainSettings:
     preset: str | None = setting(
         None,
         "preset of the model (diffurec: paper, fast, fast-init, fast-lite; "
-        "sasrec: default, dense, recbole, d128); default: the model's default",
+        "sasrec: recbole, pre-ln, dense, d128); default: the model's default (paper, recbole)",
     )
     hyper: dict[str, Any] = setting(
         {},

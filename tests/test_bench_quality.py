@@ -129,7 +129,7 @@ def replaced(argv: list[str], flag: str, value: str) -> list[str]:
 def test_run_records_what_evaluate_wrote_and_commands_rebuild_the_folders(shared_data: Path, tmp_path: Path):
     inter = write_tiny_ml100k(shared_data, tmp_path / "ml-100k-tiny.inter")
     results, models, data = tmp_path / "results", tmp_path / "models", tmp_path / "data"
-    argv = ["run", "--input", str(inter), "--max-len", "20", "--models", "popularity:default,sasrec:default"]
+    argv = ["run", "--input", str(inter), "--max-len", "20", "--models", "popularity:default,sasrec:recbole"]
     argv += ["--seeds", "1,2", "--epochs", "1", "--name", "t", "--jobs", "1"]
     argv += ["--data-dir", str(data), "--models-dir", str(models)]
     ran = script(BENCH, *argv, results=results)
@@ -159,7 +159,7 @@ def test_run_records_what_evaluate_wrote_and_commands_rebuild_the_folders(shared
     sasrec = [r["evaluate"]["metrics"]["HR@10"] for r in result["runs"] if r["model"] == "sasrec"]
     mean = sum(sasrec) / 2
     se = math.sqrt(sum((v - mean) ** 2 for v in sasrec)) / math.sqrt(2)  # ddof 1 with n = 2
-    assert result["summary"]["sasrec:default"]["standard_error_over_seeds"]["HR@10"] == pytest.approx(se)
+    assert result["summary"]["sasrec:recbole"]["standard_error_over_seeds"]["HR@10"] == pytest.approx(se)
 
     # A second run without --force refuses with one line and leaves everything as it was.
     before = {p: p.read_bytes() for p in [result_file, *models.glob("t/*.json")]}

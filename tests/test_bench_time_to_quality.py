@@ -173,14 +173,14 @@ def test_readme_time_to_quality_tables_are_the_hand_computation(tmp_path: Path) 
     # RecBole's best: mean of 5.5 and 5.5. SASRec+ at 240 s: 6 and 5 -> 5.50 ± 0.50; its mean curve
     # is 4.5 at 60 s and 5.5 at 200 s, so it reaches 5.5 at 200 s; RecBole's mean reaches it at 300 s.
     assert "reaches RecBole's best (5.50)" in text
+    # `default` was SASRec+'s preset before it was renamed `pre-ln`: labelled by today's name
     assert (
-        "| SASRec+ `default` | 5.50 ± 0.50 | 5.50 ± 0.50 | 200 s | 2.00 ± 0.00 | 1,500 | 4.50 ± 0.50 |"
-        in text
+        "| SASRec+ `pre-ln` | 5.50 ± 0.50 | 5.50 ± 0.50 | 200 s | 2.00 ± 0.00 | 1,500 | 4.50 ± 0.50 |" in text
     )
     assert "| RecBole `sasrec` | 4.75 ± 0.25 | 5.50 ± 0.00 | 300 s |" in text
     assert "| popularity `default` | 1.50 ± 0.00 | 1.50 ± 0.00 | never |" in text  # a level below the target
     # Ablation at 130 s (the last validation both ablation runs reached, floored): norm=post 3 and 4
-    # -> 3.50 ± 0.50, default 4 and 5 -> 4.50: difference -1.00.
+    # -> 3.50 ± 0.50, pre-ln (`default` in this file) 4 and 5 -> 4.50: difference -1.00.
     assert "after 130 training seconds" in text
-    assert "| SASRec+ `default` `norm=post` | 3.50 ± 0.50 | -1.00 |" in text
-    assert "| SASRec+ `default` | 4.50 ± 0.50 | +0.00 |" in text
+    assert "| SASRec+ `pre-ln` `norm=post` | 3.50 ± 0.50 | -1.00 |" in text
+    assert "| SASRec+ `pre-ln` | 4.50 ± 0.50 | +0.00 |" in text

@@ -58,9 +58,9 @@ def test_import_does_not_load_torch() -> None:
 
 def test_the_table_gives_names_defaults_and_presets() -> None:
     assert MODEL_NAMES == ("diffurec", "sasrec", "popularity")
-    assert DEFAULT_PRESETS == {"diffurec": "paper", "sasrec": "default", "popularity": "default"}
+    assert DEFAULT_PRESETS == {"diffurec": "paper", "sasrec": "recbole", "popularity": "default"}
     assert set(presets("diffurec")) == {"paper", "fast", "fast-init", "fast-lite"}
-    assert set(presets("sasrec")) == {"default", "dense", "recbole", "d128"}
+    assert set(presets("sasrec")) == {"recbole", "pre-ln", "dense", "d128"}
     assert presets("popularity") == {"default": {}}
     assert presets("sasrec")["dense"]["dropout"] == 0.2
     with pytest.raises(ValueError, match="unknown model 'nope'; choose from diffurec, sasrec, popularity"):
@@ -108,7 +108,7 @@ def test_every_registered_model_implements_the_interface(name: str, preset: str)
 
 
 def test_build_model_uses_the_entrys_default_preset(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert build_model("sasrec", NUM_ITEMS, MAX_LEN).config["preset"] == "default"
+    assert build_model("sasrec", NUM_ITEMS, MAX_LEN).config["preset"] == "recbole"
     monkeypatch.setitem(models.MODELS, "sasrec", ModelEntry("diffurec.models.sasrec", "SASRec", "dense"))
     assert build_model("sasrec", NUM_ITEMS, MAX_LEN).config["dropout"] == 0.2
 

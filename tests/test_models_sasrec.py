@@ -37,7 +37,7 @@ def test_padded_keys_hidden_and_padding_row_zero():
 def test_positions_count_from_the_right():
     """An item's position embedding depends on its distance from the most recent item."""
     torch.manual_seed(1)
-    model = build_model("sasrec", 100, 10).eval()
+    model = build_model("sasrec", 100, 10, "pre-ln").eval()
     inputs = torch.tensor([[0, 0, 0, 0, 3, 4, 5]])
     with torch.no_grad():
         model.position_embedding.weight[6:].add_(100.0)  # rows only reachable 6+ from the right
@@ -64,10 +64,10 @@ def test_loss_learns_on_real_prefixes(ml100k_splits):
 # Issue 18's ablation knobs: each preset's behaviour, then each knob alone.
 
 
-def three_adam_steps(preset: str) -> tuple[list[float], torch.Tensor]:
+def three_adam_steps(preset: str, **hyper) -> tuple[list[float], torch.Tensor]:
     """Losses of 3 Adam steps on fixed random data, and the scores after them."""
     torch.manual_seed(7)
-    model = build_model("sasrec", 50, 8, preset)
+    model = build_model("sasrec", 50, 8, preset, **hyper)
     inputs = torch.randint(1, 51, (16, 8))
     inputs[:5, :3] = 0  # some left padding
     targets = torch.randint(1, 51, (16,))
@@ -78,9 +78,10 @@ def three_adam_steps(preset: str) -> tuple[list[float], torch.Tensor]:
 @pytest.mark.parametrize(
     ("preset", "losses", "score_sum", "first_scores"),
     [
-        # Recorded from the code before the knobs existed (commit 4bdc760); equal bit for bit here.
+        # Recorded from the code before the knobs existed (commit 4bdc760), when `pre-ln` was called
+        # `default`; equal bit for bit here.
         (
-            "default",
+            "pre-ln",
             [4.649407386779785, 4.41398811340332, 4.461642742156982],
             45.404747009277344,
             [-0.10195283591747284, 0.7479689121246338, -0.21050848066806793],
@@ -93,7 +94,7 @@ def three_adam_steps(preset: str) -> tuple[list[float], torch.Tensor]:
         ),
     ],
 )
-def test_default_and_dense_train_as_before_the_knobs(preset, losses, score_sum, first_scores):
+def test_pre_ln_and_dense_train_as_before_the_knobs(preset, losses, score_sum, first_scores):
     got_losses, scores = three_adam_steps(preset)
     # rel 1e-6: the same arithmetic on another CPU may round differently; any knob is far larger.
     assert got_losses == pytest.approx(losses, rel=1e-6)
@@ -112,7 +113,16 @@ def test_recbole_preset_sets_all_five_recbole_choices():
         "left",
     )
     assert model_from_config(cfg).config == cfg
-    assert three_adam_steps("recbole")[0] != pytest.approx(three_adam_steps("default")[0], rel=1e-3)
+    assert three_adam_steps("recbole")[0] != pytest.approx(three_adam_steps("pre-ln")[0], rel=1e-3)
+
+
+def test_recbole_is_the_default_and_old_default_folders_load_as_pre_ln():
+    assert build_model("sasrec", 50, 8).config["preset"] == "recbole"
+    old = build_model("sasrec", 50, 8, "pre-ln", dropout=0.3).config
+    loaded = model_from_config(dict(old, preset="default"))  # a folder saved before the rename
+    assert loaded.config == old
+    with pytest.raises(ValueError, match="unknown SASRec preset 'default'"):
+        build_model("sasrec", 50, 8, "default")  # new runs name what they train
 
 
 def test_unknown_knob_value_is_refused():
@@ -136,7 +146,7 @@ def test_post_norm_blocks_end_normalised_and_pre_norm_blocks_do_not():
     inputs = torch.randint(1, 51, (6, 8))
     for norm, normalised in (("post", True), ("pre", False)):
         torch.manual_seed(3)
-        model = build_model("sasrec", 50, 8, norm=norm).eval()
+        model = build_model("sasrec", 50, 8, "pre-ln", norm=norm).eval()
         with torch.no_grad():  # non-trivial LayerNorm affine parameters would hide nothing
             outputs = block_outputs(model)
             representation = model.represent(inputs)
@@ -153,7 +163,7 @@ def test_embedding_norm_standardises_the_block_input():
     inputs = torch.randint(1, 51, (4, 8))
     for embedding_norm in (True, False):
         torch.manual_seed(3)
-        model = build_model("sasrec", 50, 8, embedding_norm=embedding_norm).eval()
+        model = build_model("sasrec", 50, 8, "pre-ln", embedding_norm=embedding_norm).eval()
         seen: list[torch.Tensor] = []
         model.blocks[0].register_forward_pre_hook(lambda _m, args, seen=seen: seen.append(args[0]))
         with torch.no_grad():
@@ -167,7 +177,7 @@ def test_embedding_scale_multiplies_item_embeddings_by_sqrt_d():
     inputs_seen = {}
     for scale in (True, False):
         torch.manual_seed(3)
-        model = build_model("sasrec", 50, 8, hidden_size=16, embedding_scale=scale).eval()
+        model = build_model("sasrec", 50, 8, "pre-ln", hidden_size=16, embedding_scale=scale).eval()
         with torch.no_grad():
             model.position_embedding.weight.zero_()
         model.blocks[0].register_forward_pre_hook(lambda _m, args, s=scale: inputs_seen.update({s: args[0]}))
@@ -178,7 +188,7 @@ def test_embedding_scale_multiplies_item_embeddings_by_sqrt_d():
 
 def test_init_normal_002_draws_every_weight_with_std_002():
     torch.manual_seed(5)
-    model = build_model("sasrec", 2000, 50, init="normal-0.02")
+    model = build_model("sasrec", 2000, 50, "pre-ln", init="normal-0.02")
     assert model.item_embedding.weight[1:].std().item() == pytest.approx(0.02, rel=0.05)
     assert torch.count_nonzero(model.item_embedding.weight[0]) == 0  # padding stays zero
     assert model.position_embedding.weight.std().item() == pytest.approx(0.02, rel=0.2)
@@ -187,21 +197,21 @@ def test_init_normal_002_draws_every_weight_with_std_002():
             assert linear.weight.std().item() == pytest.approx(0.02, rel=0.1)
             assert torch.count_nonzero(linear.bias) == 0
         assert torch.equal(block.norm_ffn.weight, torch.ones(64))
-    default = build_model("sasrec", 2000, 50)
+    default = build_model("sasrec", 2000, 50, "pre-ln")
     assert default.item_embedding.weight[1:].std().item() == pytest.approx(64**-0.5, rel=0.05)
     assert default.blocks[0].attention.out.weight.std().item() == pytest.approx((2 / 128) ** 0.5, rel=0.1)
 
 
 def test_left_positions_start_at_the_oldest_real_item():
     torch.manual_seed(1)
-    model = build_model("sasrec", 100, 10, positions="left").eval()
+    model = build_model("sasrec", 100, 10, "pre-ln", positions="left").eval()
     short = torch.tensor([[0, 0, 0, 0, 0, 0, 0, 3, 4, 5]])
     ids = model.position_ids(short)
     assert ids[0, -3:].tolist() == [0, 1, 2]  # the oldest item uses row 0
     # A longer history moves the most recent item's position; right anchoring keeps it at 0.
     longer = torch.tensor([[0, 0, 0, 0, 0, 9, 8, 3, 4, 5]])
     assert model.position_ids(longer)[0, -1] == 4
-    right = build_model("sasrec", 100, 10).eval()
+    right = build_model("sasrec", 100, 10, "pre-ln").eval()
     assert right.position_ids(short)[-1] == right.position_ids(longer)[-1] == 0
     with torch.no_grad():
         baseline = model.score(short)

@@ -52,7 +52,7 @@ class ModelEntry:
 
 MODELS: dict[str, ModelEntry] = {
     "diffurec": ModelEntry("diffurec.models.diffurec", "DiffuRec", default_preset="paper"),
-    "sasrec": ModelEntry("diffurec.models.sasrec", "SASRec", default_preset="default"),
+    "sasrec": ModelEntry("diffurec.models.sasrec", "SASRec", default_preset="recbole"),
     "popularity": ModelEntry("diffurec.models.popularity", "Popularity", default_preset="default"),
 }
 MODEL_NAMES = tuple(MODELS)
@@ -82,8 +82,15 @@ def build_model(
     return entry.model_class()(num_items, max_len, preset=preset or entry.default_preset, **overrides)
 
 
+# Presets renamed since folders were saved under the old name. A folder's config holds every
+# hyperparameter, so the old name loads as the new one (SASRec+'s `default` became `pre-ln` when
+# RecBole's architecture became the default).
+RENAMED_PRESETS = {("sasrec", "default"): "pre-ln"}
+
+
 def model_from_config(config: dict[str, Any]) -> SequentialRecommender:
     """The model a `config` dict (as in model.config / config.json) describes, freshly initialised."""
-    known = presets(config["name"]).get(config["preset"], {})  # an unknown preset fails in build_model
+    preset = RENAMED_PRESETS.get((config["name"], config["preset"]), config["preset"])
+    known = presets(config["name"]).get(preset, {})  # an unknown preset fails in build_model
     hyper = {k: v for k, v in config.items() if k not in CONFIG_KEYS and k in known}
-    return build_model(config["name"], config["num_items"], config["max_len"], config["preset"], **hyper)
+    return build_model(config["name"], config["num_items"], config["max_len"], preset, **hyper)

@@ -4,15 +4,19 @@ Vasilev, RecSys 2023): the strong baseline every DiffuRec number is compared aga
 Causal self-attention over the history with learned position embeddings and tied item
 embeddings; the last position's output is scored against every item.
 
-| preset    | hidden | blocks x heads | dropout | for                                 |
-| --------- | ------ | -------------- | ------- | ----------------------------------- |
-| `default` | 64     | 2 x 1          | 0.5     | sparse data (Amazon Beauty, Toys)   |
-| `dense`   | 64     | 2 x 1          | 0.2     | dense data (MovieLens)              |
-| `recbole` | 64     | 2 x 1          | 0.5     | RecBole 1.2.1's SASRec architecture  |
-| `d128`    | 128    | 2 x 1          | 0.5     | DiffuRec's width (FFN 512)           |
+| preset    | hidden | blocks x heads | dropout | architecture                 | for                          |
+| --------- | ------ | -------------- | ------- | ---------------------------- | ---------------------------- |
+| `recbole` | 64     | 2 x 1          | 0.5     | RecBole 1.2.1's SASRec's     | the default                  |
+| `pre-ln`  | 64     | 2 x 1          | 0.5     | this project's first SASRec+ | the default until issue 18   |
+| `dense`   | 64     | 2 x 1          | 0.2     | `pre-ln`'s                   | dense data (MovieLens)       |
+| `d128`    | 128    | 2 x 1          | 0.5     | `pre-ln`'s (FFN 512)         | DiffuRec's width             |
 
-Five hyperparameters choose between this project's SASRec+ (first value, `default` and `dense`)
-and RecBole's SASRec (second value, `recbole`), so each difference can be ablated alone:
+`recbole` is the default (models/__init__.py) because it learns faster per epoch: the ablation on
+ML-100K in docs/model-evidence.md, "Time to quality". `pre-ln` was called `default` before; model
+folders saved under that name load as `pre-ln`.
+
+Five hyperparameters choose between the first SASRec+ (first value: `pre-ln`, `dense`, `d128`)
+and RecBole's SASRec (second value: `recbole`), so each difference can be ablated alone:
 - `norm`: "pre" (x + Dropout(sublayer(LN(x))), a final LayerNorm) | "post" (x = LN(x +
   Dropout(sublayer(x))), the original SASRec; the last block's LayerNorm is the output);
 - `embedding_norm`: False | True (LayerNorm on item + position embeddings before the dropout);
@@ -44,7 +48,7 @@ from diffurec.models.layers import (
 )
 
 PRESETS: dict[str, dict[str, Any]] = {
-    "default": dict(
+    "pre-ln": dict(
         hidden_size=64,
         num_blocks=2,
         num_heads=1,
@@ -58,11 +62,11 @@ PRESETS: dict[str, dict[str, Any]] = {
         positions="right",
     ),
 }
-PRESETS["dense"] = dict(PRESETS["default"], dropout=0.2)
+PRESETS["dense"] = dict(PRESETS["pre-ln"], dropout=0.2)
 # DiffuRec's width (d = 128, FFN 512), for comparisons at equal width (benchmarks/bench_quality.py).
-PRESETS["d128"] = dict(PRESETS["default"], hidden_size=128, ffn_size=512)
+PRESETS["d128"] = dict(PRESETS["pre-ln"], hidden_size=128, ffn_size=512)
 PRESETS["recbole"] = dict(
-    PRESETS["default"],
+    PRESETS["pre-ln"],
     norm="post",
     embedding_norm=True,
     embedding_scale=False,
@@ -102,7 +106,7 @@ class SASRec(nn.Module):
     requires_training = True
     trims_padding = True
 
-    def __init__(self, num_items: int, max_len: int, preset: str = "default", **overrides: Any) -> None:
+    def __init__(self, num_items: int, max_len: int, preset: str = "recbole", **overrides: Any) -> None:
         super().__init__()
         cfg = preset_config("SASRec", PRESETS, preset, overrides)
         for key, allowed in CHOICES.items():
