@@ -108,6 +108,14 @@ def parse_model(spec: str) -> tuple[str, str, dict[str, Any]]:
     return parts[0], parts[1], hyper
 
 
+def canonical(spec: str) -> str:
+    """model:preset[:hyper] with a preset renamed since a file was written by today's name."""
+    from diffurec.models import RENAMED_PRESETS
+
+    model, preset, *hyper = spec.split(":")
+    return ":".join([model, RENAMED_PRESETS.get((model, preset), preset), *hyper])
+
+
 # Running the models.
 
 
@@ -210,7 +218,8 @@ def plot(summary: dict[str, Any], dataset: str, minutes: float, path: Path) -> N
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 5))
-    for model, entry in summary["models"].items():
+    for spec, entry in summary["models"].items():
+        model = canonical(spec)
         if "level" in entry:
             ax.axhline(entry["level"], color="black", linestyle="--", linewidth=1, label=model)
             continue
@@ -260,7 +269,14 @@ def main() -> None:
     parser.add_argument(
         "--work-dir", type=Path, default=None, help="model folders and logs (default: the cache)"
     )
+    parser.add_argument(
+        "--replot", type=Path, default=None, metavar="JSON", help="only redraw this result file's plot"
+    )
     args = parser.parse_args()
+    if args.replot is not None:
+        result = json.loads(args.replot.read_text())
+        plot(result["summary"], result["dataset"], result["minutes"], args.replot.with_suffix(".png"))
+        return
     if args.results_dir is not None:  # common.RESULTS reads it (smoke runs stay out of git)
         os.environ["DIFFUREC_BENCH_RESULTS"] = str(args.results_dir.resolve())
     import common

@@ -30,10 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from bench_quality import summarize
-from bench_time_to_quality import RECBOLE_MODEL, aggregate, best_so_far, time_to_reach
+from bench_time_to_quality import RECBOLE_MODEL, aggregate, best_so_far, canonical, time_to_reach
 from common import PAPER_TEST, RESULTS
-
-from diffurec.models import RENAMED_PRESETS
 
 START = "<!-- quality-tables:start -->"
 END = "<!-- quality-tables:end -->"
@@ -59,12 +57,6 @@ FAST_INIT = (
     " stopping — not the paper's model"
 )
 MODEL_LABELS = {"diffurec": "DiffuRec", "sasrec": "SASRec+", "popularity": "popularity", "recbole": "RecBole"}
-
-
-def canonical(spec: str) -> str:
-    """model:preset[:hyper] with a preset renamed since the file was written by today's name."""
-    model, preset, *hyper = spec.split(":")
-    return ":".join([model, RENAMED_PRESETS.get((model, preset), preset), *hyper])
 
 
 def label(model_preset: str) -> str:
