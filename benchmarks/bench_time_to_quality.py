@@ -270,12 +270,20 @@ def main() -> None:
         "--work-dir", type=Path, default=None, help="model folders and logs (default: the cache)"
     )
     parser.add_argument(
-        "--replot", type=Path, default=None, metavar="JSON", help="only redraw this result file's plot"
+        "--replot",
+        type=Path,
+        nargs="+",
+        default=None,
+        metavar="JSON",
+        help="only redraw the first result file's plot, with the models of later files (same settings) added",
     )
     args = parser.parse_args()
     if args.replot is not None:
-        result = json.loads(args.replot.read_text())
-        plot(result["summary"], result["dataset"], result["minutes"], args.replot.with_suffix(".png"))
+        first, *later = (json.loads(path.read_text()) for path in args.replot)
+        summary = dict(first["summary"], models=dict(first["summary"]["models"]))
+        for result in later:
+            summary["models"].update(result["summary"]["models"])
+        plot(summary, first["dataset"], first["minutes"], args.replot[0].with_suffix(".png"))
         return
     if args.results_dir is not None:  # common.RESULTS reads it (smoke runs stay out of git)
         os.environ["DIFFUREC_BENCH_RESULTS"] = str(args.results_dir.resolve())

@@ -40,7 +40,12 @@ ML100K_FILES = (
     ("equal wall budget", "quality_ml100k_equal_time.json"),
 )
 ML1M_FILE = "quality_ml1m_8min.json"
-TIME_TO_QUALITY_FILES = ("time_to_quality_ml-100k.json", "time_to_quality_ml-1m.json")
+# main file -> later files of more models under the same settings, shown in its table
+TIME_TO_QUALITY_FILES = {
+    "time_to_quality_ml-100k.json": ("time_to_quality_ml-100k_init.json",),
+    "time_to_quality_ml-1m.json": (),
+}
+ML100K_TIME_FILE = "time_to_quality_ml-100k.json"
 ABLATION_FILE = "time_to_quality_ml-100k_ablation.json"
 ABLATION_BASE = "sasrec:pre-ln"  # the ablation changes one of its hyperparameters at a time
 # Test users of the one-seed datasets (one per line of the paper's sequence files, each with >= 3
@@ -187,6 +192,29 @@ def time_note(name: str, result: dict[str, Any]) -> str:
     )
 
 
+def time_row(
+    model: str, runs: list[dict[str, Any]], half: float, target: float | None, mark: str = ""
+) -> str:
+    """One model's row: best validation so far at half and at the end, when its mean curve
+    reaches `target`, epochs, training samples/s and test NDCG@10."""
+    curves = [run["curve"] for run in runs if run["curve"]]
+    if target is None:
+        reach = "(no RecBole run)"
+    elif curves:
+        mean = aggregate(curves)
+        at = time_to_reach(mean["seconds"], mean["mean"], target)
+        reach = "never" if at is None else f"{at:.0f} s"
+    else:
+        reach = "at once" if runs[0]["best_valid"]["NDCG@10"] >= target else "never"
+    speed = [run["samples_per_second"] or 0 for run in runs]
+    return (
+        f"| {label(model)}{mark} | {mean_se([best_at(r, half) for r in runs])} |"
+        f" {mean_se([best_at(r, math.inf) for r in runs])} | {reach} |"
+        f" {mean_se([float(r['epochs'] or 0) for r in runs])} |"
+        f" {sum(speed) / len(speed):,.0f} | {mean_se([r['test']['NDCG@10'] for r in runs])} |"
+    )
+
+
 def time_to_quality(results: Path) -> list[str]:
     lines = [
         "**Time to quality**, validation NDCG@10 (%): each seed's best so far after the given training"
@@ -194,13 +222,13 @@ def time_to_quality(results: Path) -> list[str]:
         " the same run (`benchmarks/bench_time_to_quality.py`, plots beside each file):",
         "",
     ]
-    for name in TIME_TO_QUALITY_FILES:
+    for name, extra_names in TIME_TO_QUALITY_FILES.items():
         result = load(name, results)
         if result is None:
             lines += [f"- `{name}`: (not run)", ""]
             continue
-        runs, half = result["runs"], result["minutes"] * 30
-        recbole = [run["best_valid"]["NDCG@10"] for run in runs if run["model"] == RECBOLE_MODEL]
+        half = result["minutes"] * 30
+        recbole = [run["best_valid"]["NDCG@10"] for run in result["runs"] if run["model"] == RECBOLE_MODEL]
         target = sum(recbole) / len(recbole) if recbole else None
         lines += [
             f"{result['dataset']}:",
@@ -210,39 +238,26 @@ def time_to_quality(results: Path) -> list[str]:
             + " (mean curve) | epochs | training samples/s | test NDCG@10 |",
             "| --- | --- | --- | --- | --- | --- | --- |",
         ]
-        for model in result["models"]:
-            mine = [run for run in runs if run["model"] == model]
-            curves = [run["curve"] for run in mine if run["curve"]]
-            if target is None:
-                reach = "(no RecBole run)"
-            elif curves:
-                mean = aggregate(curves)
-                at = time_to_reach(mean["seconds"], mean["mean"], target)
-                reach = "never" if at is None else f"{at:.0f} s"
-            else:
-                reach = "at once" if mine[0]["best_valid"]["NDCG@10"] >= target else "never"
-            speed = [run["samples_per_second"] or 0 for run in mine]
-            lines.append(
-                f"| {label(model)} | {mean_se([best_at(r, half) for r in mine])} |"
-                f" {mean_se([best_at(r, math.inf) for r in mine])} | {reach} |"
-                f" {mean_se([float(r['epochs'] or 0) for r in mine])} |"
-                f" {sum(speed) / len(speed):,.0f} | {mean_se([r['test']['NDCG@10'] for r in mine])} |"
-            )
+        # a later run of more models under the same settings, marked † and noted below
+        extras = [(extra, r) for extra in extra_names if (r := load(extra, results)) is not None]
+        tables = [(result, "")] + [(r, " †") for _, r in extras]
+        for table, mark in tables:
+            for model in table["models"]:
+                mine = [run for run in table["runs"] if run["model"] == model]
+                lines.append(time_row(model, mine, half, target, mark))
         plot = Path(name).with_suffix(".png").name
+        lines += ["", f"- {time_note(name, result)}"]
         lines += [
-            "",
-            f"- {time_note(name, result)}",
-            "",
-            f"![validation NDCG@10 against seconds](benchmarks/results/{plot})",
-            "",
+            f"- † `{extra}`, a later run: {time_note(extra, r).split(': ', 1)[1]}" for extra, r in extras
         ]
+        lines += ["", f"![validation NDCG@10 against seconds](benchmarks/results/{plot})", ""]
     return lines + ablation(results)
 
 
 def ablation(results: Path) -> list[str]:
     """Each of SASRec+'s five RecBole choices alone (the ablation file) beside `pre-ln`, all five
     (`recbole`) and RecBole from the main ML-100K file, at one training time every run reached."""
-    variants, main = load(ABLATION_FILE, results), load(TIME_TO_QUALITY_FILES[0], results)
+    variants, main = load(ABLATION_FILE, results), load(ML100K_TIME_FILE, results)
     if variants is None or main is None:
         return [f"- `{ABLATION_FILE}`: (not run)"]
     # the last validation time every ablation run reached (their budget ends with a validation)
@@ -262,7 +277,7 @@ def ablation(results: Path) -> list[str]:
     for model, runs in rows:
         values = [best_at(r, common) for r in runs]
         delta = sum(values) / len(values) - sum(base) / len(base) if base else math.nan
-        source = ABLATION_FILE if model in variants["models"] else TIME_TO_QUALITY_FILES[0]
+        source = ABLATION_FILE if model in variants["models"] else ML100K_TIME_FILE
         lines.append(f"| {label(model)} | {mean_se(values)} | {delta:+.2f} | `{source}` |")
     return lines + ["", f"- {time_note(ABLATION_FILE, variants)}"]
 
