@@ -215,6 +215,25 @@ def time_row(
     )
 
 
+def diffurec_against_sasrec(result: dict[str, Any]) -> list[str]:
+    """When each DiffuRec model's mean curve reaches each SASRec+ model's mean best of the run."""
+
+    def runs(model: str) -> list[dict[str, Any]]:
+        return [run for run in result["runs"] if run["model"] == model]
+
+    lines = []
+    for diffurec in (m for m in result["models"] if m.startswith("diffurec:")):
+        mean = aggregate([run["curve"] for run in runs(diffurec) if run["curve"]])
+        reached = []
+        for sasrec in (m for m in result["models"] if m.startswith("sasrec:")):
+            bests = [run["best_valid"]["NDCG@10"] for run in runs(sasrec)]
+            target = sum(bests) / len(bests)
+            at = time_to_reach(mean["seconds"], mean["mean"], target)
+            reached.append(f"{label(sasrec)}'s ({target:.2f}) {'never' if at is None else f'at {at:.0f} s'}")
+        lines.append(f"- {label(diffurec)}'s mean curve reaches the best of " + ", ".join(reached))
+    return lines
+
+
 def time_to_quality(results: Path) -> list[str]:
     lines = [
         "**Time to quality**, validation NDCG@10 (%): each seed's best so far after the given training"
@@ -246,7 +265,7 @@ def time_to_quality(results: Path) -> list[str]:
                 mine = [run for run in table["runs"] if run["model"] == model]
                 lines.append(time_row(model, mine, half, target, mark))
         plot = Path(name).with_suffix(".png").name
-        lines += ["", f"- {time_note(name, result)}"]
+        lines += ["", *diffurec_against_sasrec(result), f"- {time_note(name, result)}"]
         lines += [
             f"- † `{extra}`, a later run: {time_note(extra, r).split(': ', 1)[1]}" for extra, r in extras
         ]

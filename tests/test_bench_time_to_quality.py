@@ -150,10 +150,12 @@ def test_readme_time_to_quality_tables_are_the_hand_computation(tmp_path: Path) 
         fake_run("sasrec:default", 2, [(60.0, 5.0), (200.0, 5.0)], 4.0),
         fake_run("recbole:sasrec", 1, [(100.0, 5.0), (300.0, 5.5)], 5.5),
         fake_run("recbole:sasrec", 2, [(100.0, 4.5), (300.0, 5.5)], 5.5),
+        fake_run("diffurec:fast-lite", 1, [(100.0, 5.0), (300.0, 5.6)], 4.0),
+        fake_run("diffurec:fast-lite", 2, [(100.0, 5.0), (300.0, 5.4)], 4.0),
         fake_run("popularity:default", 1, [], 2.0),
         fake_run("popularity:default", 2, [], 2.0),
     ]
-    models = ["sasrec:default", "recbole:sasrec", "popularity:default"]
+    models = ["sasrec:default", "recbole:sasrec", "diffurec:fast-lite", "popularity:default"]
     ablation = [
         fake_run("sasrec:default:norm=post", 1, [(50.0, 3.0), (150.0, 7.0)], 6.0),
         fake_run("sasrec:default:norm=post", 2, [(50.0, 4.0), (130.7, 6.0)], 6.0),
@@ -184,6 +186,10 @@ def test_readme_time_to_quality_tables_are_the_hand_computation(tmp_path: Path) 
     )
     assert "| RecBole `sasrec` | 4.75 ± 0.25 | 5.50 ± 0.00 | 300 s |" in text
     assert "| popularity `default` | 1.50 ± 0.00 | 1.50 ± 0.00 | never |" in text  # a level below the target
+    # DiffuRec's mean curve (5.0, then 5.5 at 300 s) reaches SASRec+'s mean best (6 and 5: 5.5) at 300 s
+    assert (
+        "- DiffuRec `fast-lite`'s mean curve reaches the best of SASRec+ `pre-ln`'s (5.50) at 300 s" in text
+    )
     # the later file's model joins the table, marked, and reaches RecBole's 5.5 at its 230 s validation
     assert "| SASRec+ `pre-ln` `init=normal-0.02` † | 7.00 ± 0.00 | 7.00 ± 0.00 | 230 s |" in text
     assert "- † `time_to_quality_ml-100k_init.json`, a later run: window 20, 8 min per run" in text
