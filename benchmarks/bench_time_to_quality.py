@@ -238,6 +238,7 @@ def plot(summary: dict[str, Any], dataset: str, minutes: float, path: Path) -> N
         ax.axhline(
             summary["recbole_best_mean"], color="grey", linestyle=":", label="RecBole SASRec best (mean)"
         )
+    ax.set_xlim(left=0)  # where the budget started, also when every run validated only once
     ax.set_xlabel("training seconds (one thread; validations excluded)")
     ax.set_ylabel("validation NDCG@10 (%), best so far")
     ax.set_title(f"Time to quality, {dataset}, {minutes:g} min budget: mean over seeds, band min..max")
