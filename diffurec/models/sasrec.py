@@ -4,12 +4,12 @@ Vasilev, RecSys 2023): the strong baseline every DiffuRec number is compared aga
 Causal self-attention over the history with learned position embeddings and tied item
 embeddings; the last position's output is scored against every item.
 
-| preset    | hidden | blocks x heads | dropout | architecture                 | for                          |
-| --------- | ------ | -------------- | ------- | ---------------------------- | ---------------------------- |
-| `recbole` | 64     | 2 x 1          | 0.5     | RecBole 1.2.1's SASRec's     | the default                  |
-| `pre-ln`  | 64     | 2 x 1          | 0.5     | this project's first SASRec+ | the default until issue 18   |
-| `dense`   | 64     | 2 x 1          | 0.2     | `pre-ln`'s                   | dense data (MovieLens)       |
-| `d128`    | 128    | 2 x 1          | 0.5     | `pre-ln`'s (FFN 512)         | DiffuRec's width             |
+| preset    | hidden | blocks x heads | dropout | architecture                  | for              |
+| --------- | ------ | -------------- | ------- | ----------------------------- | ---------------- |
+| `recbole` | 64     | 2 x 1          | 0.5     | RecBole 1.2.1's SASRec's      | the default      |
+| `pre-ln`  | 64     | 2 x 1          | 0.5     | the first SASRec+'s           | until issue 18   |
+| `dense`   | 64     | 2 x 1          | 0.2     | `pre-ln`'s                    | dense data       |
+| `d128`    | 128    | 2 x 1          | 0.5     | `pre-ln`'s (FFN 512)          | DiffuRec's width |
 
 `recbole` is the default (models/__init__.py) because it learns faster per epoch: the ablation on
 ML-100K in docs/model-evidence.md, "Time to quality". `pre-ln` was called `default` before; model
