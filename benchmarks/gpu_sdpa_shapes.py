@@ -14,10 +14,8 @@ results/gpu_sdpa_shapes.json was written by it when configure still left cuDNN's
 
 import json
 import os
-import sys
 import time
 
-sys.path.insert(0, "benchmarks")
 import torch
 from common import dataset_splits
 from diffurec import device as devices

@@ -144,8 +144,8 @@ def test_run_records_what_evaluate_wrote_and_commands_rebuild_the_folders(shared
     ]
     splits_md5 = result["preprocess"]["splits_md5"]
     for run in result["runs"]:
-        folder = models / "t" / f"{run['model']}-default-seed{run['seed']}"
-        metrics_file = models / "t" / f"{run['model']}-default-seed{run['seed']}.test.json"
+        folder = models / "t" / f"{run['model']}-{run['preset']}-seed{run['seed']}"
+        metrics_file = models / "t" / f"{run['model']}-{run['preset']}-seed{run['seed']}.test.json"
         assert run["evaluate"] == json.loads(metrics_file.read_text())
         assert run["evaluate"]["settings"]["ties"] == "pessimistic"  # the settings block, verbatim
         assert run["manifest_sha256"] == hashlib.sha256((folder / "manifest.json").read_bytes()).hexdigest()

@@ -158,7 +158,7 @@ def test_paper_ignores_order_of_earlier_items_while_sasrec_does_not(ml100k_split
         )
     torch.testing.assert_close(out_permuted, out, atol=2e-5, rtol=1e-5)
 
-    sasrec = build_model("sasrec", ml100k_splits.num_items, MAX_LEN).eval()
+    sasrec = build_model("sasrec", ml100k_splits.num_items, MAX_LEN, "pre-ln").eval()
     changed = (sasrec.score(inputs) - sasrec.score(inputs[:, permutation])).abs().amax(dim=1)
     assert (changed > 1e-3).all()
 
