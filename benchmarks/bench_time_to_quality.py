@@ -108,6 +108,18 @@ def parse_model(spec: str) -> tuple[str, str, dict[str, Any]]:
     return parts[0], parts[1], hyper
 
 
+# The issue's training settings for every model; a spec may change them (`diffurec:fast-lite:lr=0.002`).
+TRAIN_SETTINGS = {"batch_size": 512, "lr": 0.001, "warmup_steps": 0}
+
+
+def train_arguments(hyper: dict[str, Any]) -> list[str]:
+    """`diffurec train` flags for a spec's key=value pairs: training settings (TRAIN_SETTINGS'
+    keys) as their flags, model hyperparameters as --set."""
+    settings = dict(TRAIN_SETTINGS, **{k: v for k, v in hyper.items() if k in TRAIN_SETTINGS})
+    argv = [f"--{key.replace('_', '-')}={value}" for key, value in settings.items()]
+    return argv + [f"--set={key}={json.dumps(value)}" for key, value in hyper.items() if key not in settings]
+
+
 def canonical(spec: str) -> str:
     """model:preset[:hyper] with a preset renamed since a file was written by today's name."""
     from diffurec.models import RENAMED_PRESETS
@@ -139,9 +151,8 @@ def run_diffurec(spec: str, seed: int, args: argparse.Namespace, splits: Path, w
     cli = str(Path(sys.executable).parent / "diffurec")
     train = [cli, "train", "--splits", str(splits), "--out", str(folder), "--force", "--model", model]
     train += ["--preset", preset, "--seed", str(seed), "--epochs", "100000", "--eval-every", "1"]
-    train += ["--max-minutes", str(args.minutes), "--patience", "1000", "--threads", "1"]
-    train += ["--batch-size", "512", "--lr", "0.001", "--no-progress"]
-    train += [f"--set={key}={json.dumps(value)}" for key, value in hyper.items()]
+    train += ["--max-minutes", str(args.minutes), "--patience", "1000", "--threads", "1", "--no-progress"]
+    train += train_arguments(hyper)
     metrics_path = work / f"{folder.name}.test.json"
     evaluate = [cli, "evaluate", "--model", str(folder), "--splits", str(splits), "--out", str(metrics_path)]
     evaluate += ["--threads", "1", "--force"]

@@ -133,8 +133,10 @@ def train_batches(
     desc: str = "train",
     progress: bool | None = None,
     deadline: float | None = None,
+    warmup: torch.optim.lr_scheduler.LRScheduler | None = None,
 ) -> tuple[float, int, float, bool]:
-    """One pass of optimizer steps over `batches` (sample index arrays of `splits`).
+    """One pass of optimizer steps over `batches` (sample index arrays of `splits`); `warmup`
+    is stepped after every optimizer step.
 
     `deadline` (time.perf_counter() value): stop when it has passed, checked after every step
     on one process and every 20 steps under DDP (where all ranks must agree, an all-reduce).
@@ -161,6 +163,8 @@ def train_batches(
         optimizer.zero_grad(set_to_none=True)
         (loss * weight).backward()
         optimizer.step()
+        if warmup is not None and warmup.last_epoch < warmup.total_iters:  # type: ignore[attr-defined]
+            warmup.step()
         count = len(index) if weight > 0 else 0
         loss_sum += loss.detach().double() * count
         seen += count
@@ -264,7 +268,8 @@ def _folder_md5(path: str, inode: int, mtime_ns: int) -> str:
 
 def _result_settings(settings: TrainSettings) -> dict[str, Any]:
     values = asdict(settings)
-    return {key: values[key] for key in RESULT_SETTINGS}
+    # No warm-up is how runs trained before the setting existed: their checkpoints still resume.
+    return {key: values[key] for key in RESULT_SETTINGS if key != "warmup_steps" or values[key]}
 
 
 # ---- distributed --------------------------------------------------------------------------
@@ -393,8 +398,11 @@ class Training:
 
     loss_module: nn.Module
     optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scheduler: torch.optim.lr_scheduler.LRScheduler  # StepLR, stepped after every epoch
     lengths: np.ndarray | None
+    # LinearLR from lr / warmup_steps to lr, stepped after every optimizer step; None without
+    # warm-up. Both schedulers scale the lr they find, so their factors multiply.
+    warmup: torch.optim.lr_scheduler.LRScheduler | None = None
 
     @classmethod
     def for_run(cls, run: Run) -> Training:
@@ -411,10 +419,15 @@ class Training:
         scheduler = torch.optim.lr_scheduler.StepLR(
             optimizer, step_size=settings.lr_step, gamma=settings.lr_gamma
         )
+        warmup = None
+        if settings.warmup_steps:
+            warmup = torch.optim.lr_scheduler.LinearLR(
+                optimizer, start_factor=1 / settings.warmup_steps, total_iters=settings.warmup_steps - 1
+            )
         if run.splits.num_train_samples == 0:
             raise DiffuRecError(f"{run.splits.path}: no training samples (every user has exactly 3 items?)")
         lengths = run.splits.train_lengths() if run.model.trims_padding else None
-        return cls(loss_module, optimizer, scheduler, lengths)
+        return cls(loss_module, optimizer, scheduler, lengths, warmup)
 
 
 @dataclass
@@ -440,6 +453,7 @@ class TrainState:
             "model": _cpu_state(run.module),
             "optimizer": training.optimizer.state_dict(),
             "scheduler": training.scheduler.state_dict(),
+            **({"warmup": training.warmup.state_dict()} if training.warmup else {}),
             **self._run_identity(run),
         }
 
@@ -460,6 +474,8 @@ class TrainState:
         run.module.load_state_dict(checkpoint["model"])
         training.optimizer.load_state_dict(checkpoint["optimizer"])
         training.scheduler.load_state_dict(checkpoint["scheduler"])
+        if training.warmup:
+            training.warmup.load_state_dict(checkpoint["warmup"])
         return cls(**{name: checkpoint[name] for name in cls._keys()})
 
     @classmethod
@@ -688,6 +704,7 @@ def _train_epoch(run: Run, training: Training, state: TrainState, epoch: int, st
         desc=f"epoch {epoch}",
         progress=settings.progress,
         deadline=deadline,
+        warmup=training.warmup,
     )
     training.scheduler.step()
     devices.synchronize(run.device)

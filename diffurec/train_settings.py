@@ -40,6 +40,7 @@ RESULT_SETTINGS = (
     "weight_decay",
     "lr_step",
     "lr_gamma",
+    "warmup_steps",
     "eval_every",
     "patience",
     "stop_rule",
@@ -149,6 +150,11 @@ class TrainSettings:
     weight_decay: float = setting(0.0, "Adam weight decay", allowed=NOT_NEGATIVE)
     lr_step: int = setting(100, "StepLR: multiply the lr by lr_gamma every N epochs", allowed=AT_LEAST_ONE)
     lr_gamma: float = setting(0.1, "StepLR factor", allowed=POSITIVE)
+    warmup_steps: int = setting(
+        0,
+        "raise the lr linearly from lr/N to lr over the first N optimizer steps (0: no warm-up)",
+        allowed=NOT_NEGATIVE,
+    )
     eval_every: int = setting(20, "validate every N epochs (and after the last)", allowed=AT_LEAST_ONE)
     patience: int = setting(5, "stop after N validations without improvement", allowed=AT_LEAST_ONE)
     stop_rule: str = setting(

@@ -77,7 +77,8 @@ class SelfAttention(nn.Module):
 class Block(nn.Module):
     """Pre-LN Transformer block; `output_dropout` is the reference's extra dropout on its output.
 
-    `cfg` needs hidden_size, num_heads, ffn_size, dropout and layer_norm_eps.
+    `cfg` needs hidden_size, num_heads, ffn_size, dropout and layer_norm_eps; `ffn_dropout` (the
+    reference's, default True) also drops the FFN's inner activations, which RecBole's FFN does not.
     """
 
     def __init__(self, cfg: dict[str, Any], use_sdpa: bool, output_dropout: bool = True) -> None:
@@ -91,6 +92,7 @@ class Block(nn.Module):
         nn.init.xavier_normal_(self.ffn_in.weight)
         nn.init.xavier_normal_(self.ffn_out.weight)
         self.dropout = nn.Dropout(cfg["dropout"])
+        self.inner_dropout = self.dropout if cfg.get("ffn_dropout", True) else nn.Identity()
         self.output_dropout = output_dropout
 
     def forward(self, h: torch.Tensor, mask: torch.Tensor, last_only: bool = False) -> torch.Tensor:
@@ -98,7 +100,7 @@ class Block(nn.Module):
         models read only the last position, so their final block skips the other queries."""
         attention = self.attention(self.norm_attention(h), mask, last_only)
         h = (h[:, -1:] if last_only else h) + self.dropout(attention)
-        ffn = self.ffn_out(self.dropout(F.gelu(self.ffn_in(self.norm_ffn(h)), approximate="tanh")))
+        ffn = self.ffn_out(self.inner_dropout(F.gelu(self.ffn_in(self.norm_ffn(h)), approximate="tanh")))
         h = h + self.dropout(ffn)
         return self.dropout(h) if self.output_dropout else h
 

@@ -60,6 +60,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         embedding_scale=True,
         init="default",
         positions="right",
+        ffn_dropout=True,
     ),
 }
 PRESETS["dense"] = dict(PRESETS["pre-ln"], dropout=0.2)
@@ -74,6 +75,7 @@ PRESETS["recbole"] = dict(
     positions="left",
 )
 # The allowed values of the string hyperparameters (the trainer range-checks the numeric ones).
+BOOLEANS = ("embedding_norm", "embedding_scale", "ffn_dropout")
 CHOICES = {"norm": ("pre", "post"), "init": ("default", "normal-0.02"), "positions": ("right", "left")}
 
 
@@ -84,7 +86,7 @@ class PostNormBlock(Block):
     def forward(self, h: torch.Tensor, mask: torch.Tensor, last_only: bool = False) -> torch.Tensor:
         attention = self.attention(h, mask, last_only)
         h = self.norm_attention((h[:, -1:] if last_only else h) + self.dropout(attention))
-        ffn = self.ffn_out(self.dropout(F.gelu(self.ffn_in(h), approximate="tanh")))
+        ffn = self.ffn_out(self.inner_dropout(F.gelu(self.ffn_in(h), approximate="tanh")))
         return self.norm_ffn(h + self.dropout(ffn))
 
 
@@ -112,7 +114,7 @@ class SASRec(nn.Module):
         for key, allowed in CHOICES.items():
             if cfg[key] not in allowed:
                 raise ValueError(f"SASRec {key} must be one of {allowed}, got {cfg[key]!r}")
-        for key in ("embedding_norm", "embedding_scale"):
+        for key in BOOLEANS:
             if not isinstance(cfg[key], bool):
                 raise ValueError(f"SASRec {key} must be true or false, got {cfg[key]!r}")
         self.config: dict[str, Any] = dict(
