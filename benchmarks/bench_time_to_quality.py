@@ -120,12 +120,37 @@ def train_arguments(hyper: dict[str, Any]) -> list[str]:
     return argv + [f"--set={key}={json.dumps(value)}" for key, value in hyper.items() if key not in settings]
 
 
+# Specs of result files written before a preset changed, by file name: the spec that trains the
+# same today. (SASRec+ `recbole` took RecBole's FFN, without dropout inside, after these files.)
+SPECS_AS_TRAINED = {
+    name: {"sasrec:recbole": "sasrec:recbole:ffn_dropout=true"}
+    for name in (
+        "time_to_quality_ml-100k.json",
+        "time_to_quality_ml-1m.json",
+        "time_to_quality_ml-100k_screen.json",
+    )
+}
+
+
 def canonical(spec: str) -> str:
     """model:preset[:hyper] with a preset renamed since a file was written by today's name."""
     from diffurec.models import RENAMED_PRESETS
 
     model, preset, *hyper = spec.split(":")
     return ":".join([model, RENAMED_PRESETS.get((model, preset), preset), *hyper])
+
+
+def as_trained(result: dict[str, Any], name: str) -> dict[str, Any]:
+    """A result file's contents with every spec as today's spec of what it trained (canonical,
+    SPECS_AS_TRAINED); `name`: the file's name."""
+    meant = SPECS_AS_TRAINED.get(name, {})
+
+    def today(spec: str) -> str:
+        return canonical(meant.get(spec, spec))
+
+    summary = dict(result["summary"], models={today(m): v for m, v in result["summary"]["models"].items()})
+    runs = [dict(run, model=today(run["model"])) for run in result["runs"]]
+    return dict(result, models=[today(m) for m in result["models"]], runs=runs, summary=summary)
 
 
 # Running the models.
@@ -229,8 +254,7 @@ def plot(summary: dict[str, Any], dataset: str, minutes: float, path: Path) -> N
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 5))
-    for spec, entry in summary["models"].items():
-        model = canonical(spec)
+    for model, entry in summary["models"].items():
         if "level" in entry:
             ax.axhline(entry["level"], color="black", linestyle="--", linewidth=1, label=model)
             continue
@@ -291,7 +315,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     if args.replot is not None:
-        first, *later = (json.loads(path.read_text()) for path in args.replot)
+        first, *later = (as_trained(json.loads(path.read_text()), path.name) for path in args.replot)
         summary = dict(first["summary"], models=dict(first["summary"]["models"]))
         for result in later:
             summary["models"].update(result["summary"]["models"])

@@ -30,7 +30,14 @@ from pathlib import Path
 from typing import Any
 
 from bench_quality import summarize
-from bench_time_to_quality import RECBOLE_MODEL, aggregate, best_so_far, canonical, time_to_reach
+from bench_time_to_quality import (
+    RECBOLE_MODEL,
+    aggregate,
+    as_trained,
+    best_so_far,
+    canonical,
+    time_to_reach,
+)
 from common import PAPER_TEST, RESULTS
 
 START = "<!-- quality-tables:start -->"
@@ -42,6 +49,7 @@ ML100K_FILES = (
 ML1M_FILE = "quality_ml1m_8min.json"
 # main file -> later files of more models under the same settings, shown in its table
 TIME_TO_QUALITY_FILES = {
+    "time_to_quality_ml-100k_tuned.json": (),
     "time_to_quality_ml-100k.json": ("time_to_quality_ml-100k_init.json",),
     "time_to_quality_ml-1m.json": (),
 }
@@ -101,8 +109,12 @@ def mean_cell(entry: dict[str, Any], metric: str) -> str:
 
 
 def load(name: str, results: Path) -> dict[str, Any] | None:
+    """A result file; a time-to-quality file's specs as today's (bench_time_to_quality.as_trained)."""
     path = results / name
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    result = json.loads(path.read_text())
+    return as_trained(result, name) if name.startswith("time_to_quality_") else result
 
 
 def machine_and_commit(result: dict[str, Any]) -> str:
@@ -249,8 +261,9 @@ def time_to_quality(results: Path) -> list[str]:
         half = result["minutes"] * 30
         recbole = [run["best_valid"]["NDCG@10"] for run in result["runs"] if run["model"] == RECBOLE_MODEL]
         target = sum(recbole) / len(recbole) if recbole else None
+        tag = Path(name).stem.removeprefix(f"time_to_quality_{result['dataset']}").lstrip("_")
         lines += [
-            f"{result['dataset']}:",
+            f"{result['dataset']}" + (f" ({tag})" if tag else "") + ":",
             "",
             f"| model | at {half:.0f} s | at the budget's end | reaches RecBole's best"
             + ("" if target is None else f" ({target:.2f})")
@@ -284,7 +297,7 @@ def ablation(results: Path) -> list[str]:
     rows = [(model, [r for r in variants["runs"] if r["model"] == model]) for model in variants["models"]]
     beside = [m for m in main["models"] if m.split(":")[0] in ("sasrec", "recbole")]
     rows = [(m, [r for r in main["runs"] if r["model"] == m]) for m in beside] + rows
-    base = [best_at(r, common) for r in main["runs"] if canonical(r["model"]) == ABLATION_BASE]
+    base = [best_at(r, common) for r in main["runs"] if r["model"] == ABLATION_BASE]
     lines = [
         f"SASRec+ ablation on ML-100K: validation NDCG@10 (%) after {common} training seconds (each"
         " seed's best so far), mean ± standard error over seeds, and the difference from `pre-ln`'s"

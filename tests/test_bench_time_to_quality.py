@@ -116,6 +116,14 @@ def test_model_specs(bench: ModuleType) -> None:
     for bad in ("sasrec", "sasrec::", "sasrec:default:norm"):
         with pytest.raises(ValueError, match="--models"):
             bench.parse_model(bad)
+    # training settings go to their flags (the batch 512, lr 1e-3 otherwise), the rest to --set
+    assert bench.train_arguments({"lr": 0.004, "warmup_steps": 200, "norm": "post"}) == [
+        "--batch-size=512",
+        "--lr=0.004",
+        "--warmup-steps=200",
+        '--set=norm="post"',
+    ]
+    assert bench.train_arguments({})[:2] == ["--batch-size=512", "--lr=0.001"]
 
 
 def fake_run(model: str, seed: int, curve: list[tuple[float, float]], test: float) -> dict:

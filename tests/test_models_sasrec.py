@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from diffurec.models import build_model, model_from_config
 
@@ -102,16 +103,19 @@ def test_pre_ln_and_dense_train_as_before_the_knobs(preset, losses, score_sum, f
     assert scores[0, :3].tolist() == pytest.approx(first_scores, rel=1e-5)
 
 
-def test_recbole_preset_sets_all_five_recbole_choices():
+def test_recbole_preset_sets_all_six_recbole_choices():
     model = build_model("sasrec", 50, 8, "recbole")
     cfg = model.config
-    assert (cfg["norm"], cfg["embedding_norm"], cfg["embedding_scale"], cfg["init"], cfg["positions"]) == (
-        "post",
-        True,
+    knobs = ("norm", "embedding_norm", "embedding_scale", "init", "positions", "ffn_dropout")
+    assert [cfg[knob] for knob in knobs] == ["post", True, False, "normal-0.02", "left", False]
+    assert [build_model("sasrec", 50, 8, "pre-ln").config[knob] for knob in knobs] == [
+        "pre",
         False,
-        "normal-0.02",
-        "left",
-    )
+        True,
+        "default",
+        "right",
+        True,
+    ]
     assert model_from_config(cfg).config == cfg
     assert three_adam_steps("recbole")[0] != pytest.approx(three_adam_steps("pre-ln")[0], rel=1e-3)
 
@@ -226,3 +230,29 @@ def test_d128_has_diffurecs_width():
     model = build_model("sasrec", 50, 8, "d128")
     assert model.item_embedding.weight.shape == (51, 128)
     assert model.config["ffn_size"] == 512 and model.config["num_blocks"] == 2
+
+
+def test_ffn_dropout_false_leaves_the_ffn_activations_whole():
+    torch.manual_seed(0)
+    inputs = torch.randint(1, 50, (16, 8))
+    for ffn_dropout in (True, False):
+        model = build_model("sasrec", 50, 8, "recbole", ffn_dropout=ffn_dropout).train()
+        block = model.blocks[0]
+        seen: dict[str, torch.Tensor] = {}
+        block.ffn_in.register_forward_hook(lambda m, i, out, seen=seen: seen.__setitem__("in", out))
+        block.ffn_out.register_forward_hook(lambda m, i, out, seen=seen: seen.__setitem__("out", i[0]))
+        model.loss(inputs, torch.randint(1, 50, (16,)))
+        activations = F.gelu(seen["in"], approximate="tanh")
+        if ffn_dropout:  # about half dropped, the rest scaled by 1 / (1 - 0.5)
+            dropped = (seen["out"] == 0) & (activations != 0)
+            assert 0.4 < dropped.float().mean() < 0.6
+            kept = ~dropped
+            assert torch.allclose(seen["out"][kept], 2 * activations[kept], atol=1e-6)
+        else:
+            assert torch.equal(seen["out"], activations)
+
+
+def test_folders_saved_before_ffn_dropout_existed_load_with_it_on():
+    config = build_model("sasrec", 50, 8, "recbole", ffn_dropout=True).config
+    del config["ffn_dropout"]  # what a folder written before the knob holds
+    assert model_from_config(config).config["ffn_dropout"] is True

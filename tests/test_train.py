@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from trainer_data import TINY_DIFFUREC, TINY_SASREC, hyper_args, tiny_settings, write_ml100k_slice
 
@@ -303,3 +304,42 @@ def test_popularity_summary_has_no_training_settings(tiny_splits, tmp_path):
     curve = json.loads((tmp_path / "pop" / "curve.json").read_text())
     assert curve["train"] == [] and curve["valid"] == [{"epoch": 0, **summary["best_valid"]}]
     assert json.loads((tmp_path / "pop" / "train_summary.json").read_text()) == summary
+
+
+# ---- learning-rate warm-up -----------------------------------------------------------------
+
+
+def test_warmup_raises_the_lr_linearly_across_epochs_then_steplr_takes_over(tiny_splits, tmp_path):
+    lrs: list[float] = []
+    hook = register_optimizer_step_pre_hook(
+        lambda optimizer, args, kwargs: lrs.append(optimizer.param_groups[0]["lr"])
+    )
+    try:
+        train(tiny_splits, tmp_path / "w", tiny_settings(epochs=3, warmup_steps=20, lr_step=2, lr_gamma=0.5))
+    finally:
+        hook.remove()
+    per_epoch = -(-len(tiny_splits.train_targets) // 128)  # 1,700 samples, batch 128: 14 steps
+    assert len(lrs) == 3 * per_epoch
+    # by hand: step k (from 0) of epoch e runs at 0.01 * min(1, (k + 1) / 20) * 0.5 ** (e // 2)
+    expected = [0.01 * min(1.0, (k + 1) / 20) * 0.5 ** ((k // per_epoch) // 2) for k in range(len(lrs))]
+    assert lrs == pytest.approx(expected, rel=1e-9)
+    assert lrs[0] == pytest.approx(0.0005) and lrs[19] == pytest.approx(0.01)
+
+
+def test_a_run_resumed_inside_its_warmup_trains_like_one_straight_run(tiny_splits, tmp_path):
+    settings = tiny_settings(epochs=1, warmup_steps=20, checkpoint_dir=str(tmp_path / "ck"))
+    train(tiny_splits, tmp_path / "first", settings)
+    assert "warmup" in load_checkpoint(tmp_path / "ck" / "checkpoint.pt")
+    train(tiny_splits, tmp_path / "resumed", dataclasses.replace(settings, epochs=2, resume=True))
+    train(tiny_splits, tmp_path / "straight", tiny_settings(epochs=2, warmup_steps=20))
+    losses = [
+        [row["loss"] for row in json.loads((tmp_path / name / "curve.json").read_text())["train"]]
+        for name in ("resumed", "straight", "first")
+    ]
+    assert losses[0] == losses[1]
+    # and warm-up changed the training: the same run without it has other losses
+    no_warmup = train(tiny_splits, tmp_path / "plain", tiny_settings(epochs=1))
+    assert (
+        no_warmup["best_valid"]
+        != json.loads((tmp_path / "first" / "train_summary.json").read_text())["best_valid"]
+    )

@@ -86,11 +86,14 @@ def build_model(
 # hyperparameter, so the old name loads as the new one (SASRec+'s `default` became `pre-ln` when
 # RecBole's architecture became the default).
 RENAMED_PRESETS = {("sasrec", "default"): "pre-ln"}
+# Hyperparameters added since folders were saved, with the value those folders trained with.
+ADDED_HYPERPARAMETERS = {"sasrec": {"ffn_dropout": True}}
 
 
 def model_from_config(config: dict[str, Any]) -> SequentialRecommender:
     """The model a `config` dict (as in model.config / config.json) describes, freshly initialised."""
     preset = RENAMED_PRESETS.get((config["name"], config["preset"]), config["preset"])
     known = presets(config["name"]).get(preset, {})  # an unknown preset fails in build_model
-    hyper = {k: v for k, v in config.items() if k not in CONFIG_KEYS and k in known}
+    saved = dict(ADDED_HYPERPARAMETERS.get(config["name"], {}), **config)
+    hyper = {k: v for k, v in saved.items() if k not in CONFIG_KEYS and k in known}
     return build_model(config["name"], config["num_items"], config["max_len"], preset, **hyper)

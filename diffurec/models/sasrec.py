@@ -15,7 +15,7 @@ embeddings; the last position's output is scored against every item.
 ML-100K in docs/model-evidence.md, "Time to quality". `pre-ln` was called `default` before; model
 folders saved under that name load as `pre-ln`.
 
-Five hyperparameters choose between the first SASRec+ (first value: `pre-ln`, `dense`, `d128`)
+Six hyperparameters choose between the first SASRec+ (first value: `pre-ln`, `dense`, `d128`)
 and RecBole's SASRec (second value: `recbole`), so each difference can be ablated alone:
 - `norm`: "pre" (x + Dropout(sublayer(LN(x))), a final LayerNorm) | "post" (x = LN(x +
   Dropout(sublayer(x))), the original SASRec; the last block's LayerNorm is the output);
@@ -24,7 +24,9 @@ and RecBole's SASRec (second value: `recbole`), so each difference can be ablate
 - `init`: "default" (items N(0, 1/d), xavier-normal projections, PyTorch's defaults elsewhere)
   | "normal-0.02" (every Linear and Embedding weight N(0, 0.02), biases 0, LayerNorm 1 and 0);
 - `positions`: "right" (the most recent item has position 0) | "left" (the oldest item of the
-  window has position 0, as RecBole's left-aligned sequences).
+  window has position 0, as RecBole's left-aligned sequences);
+- `ffn_dropout`: True (dropout on the FFN's inner activations too, as DiffuRec's reference
+  block) | False (RecBole's FFN: dropout only on its output).
 
 Padded keys are masked and both position anchors count real items only, so cutting left padding
 leaves the output exactly unchanged (`trims_padding`).
@@ -73,6 +75,7 @@ PRESETS["recbole"] = dict(
     embedding_scale=False,
     init="normal-0.02",
     positions="left",
+    ffn_dropout=False,
 )
 # The allowed values of the string hyperparameters (the trainer range-checks the numeric ones).
 BOOLEANS = ("embedding_norm", "embedding_scale", "ffn_dropout")
