@@ -148,9 +148,12 @@ def as_trained(result: dict[str, Any], name: str) -> dict[str, Any]:
     def today(spec: str) -> str:
         return canonical(meant.get(spec, spec))
 
-    summary = dict(result["summary"], models={today(m): v for m, v in result["summary"]["models"].items()})
     runs = [dict(run, model=today(run["model"])) for run in result["runs"]]
-    return dict(result, models=[today(m) for m in result["models"]], runs=runs, summary=summary)
+    renamed = dict(result, models=[today(m) for m in result["models"]], runs=runs)
+    if "summary" in result:
+        models = {today(m): v for m, v in result["summary"]["models"].items()}
+        renamed["summary"] = dict(result["summary"], models=models)
+    return renamed
 
 
 # Running the models.

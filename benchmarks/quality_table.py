@@ -51,11 +51,15 @@ ML1M_FILE = "quality_ml1m_8min.json"
 TIME_TO_QUALITY_FILES = {
     "time_to_quality_ml-100k_tuned.json": (),
     "time_to_quality_ml-100k.json": ("time_to_quality_ml-100k_init.json",),
+    "time_to_quality_ml-1m_tuned.json": (),
     "time_to_quality_ml-1m.json": (),
 }
 ML100K_TIME_FILE = "time_to_quality_ml-100k.json"
 ABLATION_FILE = "time_to_quality_ml-100k_ablation.json"
 ABLATION_BASE = "sasrec:pre-ln"  # the ablation changes one of its hyperparameters at a time
+# DiffuRec's tuning (issue 18): variants of training settings, against `fast-lite` as it was
+SCREEN_FILES = ("time_to_quality_ml-100k_screen.json", "time_to_quality_ml-100k_screen2.json")
+SCREEN_BASE = "diffurec:fast-lite"
 # Test users of the one-seed datasets (one per line of the paper's sequence files, each with >= 3
 # items); checked against every HR@K of every file: HR@K x users / 100 must be a whole number.
 TEST_USERS = {"beauty": 22363, "toys": 19412}
@@ -199,7 +203,8 @@ def time_note(name: str, result: dict[str, Any]) -> str:
     seeds = ",".join(map(str, result["seeds"]))
     return (
         f"`{name}`: window {result['max_len']}, {result['minutes']:g} min per run (wall, validations"
-        f" included), seeds {seeds}, batch 512, lr 0.001, one thread per run, {result.get('jobs', 1)} run(s)"
+        f" included), seeds {seeds}, batch 512 and lr 0.001 where a model does not set them, one thread"
+        f" per run, {result.get('jobs', 1)} run(s)"
         f" at once on {machine_and_commit(result)}"
     )
 
@@ -242,7 +247,8 @@ def diffurec_against_sasrec(result: dict[str, Any]) -> list[str]:
             target = sum(bests) / len(bests)
             at = time_to_reach(mean["seconds"], mean["mean"], target)
             reached.append(f"{label(sasrec)}'s ({target:.2f}) {'never' if at is None else f'at {at:.0f} s'}")
-        lines.append(f"- {label(diffurec)}'s mean curve reaches the best of " + ", ".join(reached))
+        if reached:  # a run without SASRec+ has nothing to say here
+            lines.append(f"- {label(diffurec)}'s mean curve reaches the best of " + ", ".join(reached))
     return lines
 
 
@@ -283,20 +289,24 @@ def time_to_quality(results: Path) -> list[str]:
             f"- † `{extra}`, a later run: {time_note(extra, r).split(': ', 1)[1]}" for extra, r in extras
         ]
         lines += ["", f"![validation NDCG@10 against seconds](benchmarks/results/{plot})", ""]
-    return lines + ablation(results)
+    return lines + ablation(results) + [""] + screening(results)
 
 
 def ablation(results: Path) -> list[str]:
-    """Each of SASRec+'s five RecBole choices alone (the ablation file) beside `pre-ln`, all five
-    (`recbole`) and RecBole from the main ML-100K file, at one training time every run reached."""
+    """Each of SASRec+'s RecBole choices alone (the ablation file) beside `pre-ln`, `recbole` and
+    RecBole from the main ML-100K file, and `recbole` with and without the FFN's inner dropout in
+    one run (the first screening file), at one training time every ablation run reached."""
     variants, main = load(ABLATION_FILE, results), load(ML100K_TIME_FILE, results)
     if variants is None or main is None:
         return [f"- `{ABLATION_FILE}`: (not run)"]
     # the last validation time every ablation run reached (their budget ends with a validation)
     common = math.floor(min(run["curve"][-1][0] for run in variants["runs"] if run["curve"]))
-    rows = [(model, [r for r in variants["runs"] if r["model"] == model]) for model in variants["models"]]
-    beside = [m for m in main["models"] if m.split(":")[0] in ("sasrec", "recbole")]
-    rows = [(m, [r for r in main["runs"] if r["model"] == m]) for m in beside] + rows
+    screen = load(SCREEN_FILES[0], results) or {"models": [], "runs": []}
+    sources = [
+        (ML100K_TIME_FILE, main, [m for m in main["models"] if m.split(":")[0] in ("sasrec", "recbole")]),
+        (ABLATION_FILE, variants, variants["models"]),
+        (SCREEN_FILES[0], screen, [m for m in screen["models"] if m.startswith("sasrec:")]),
+    ]
     base = [best_at(r, common) for r in main["runs"] if r["model"] == ABLATION_BASE]
     lines = [
         f"SASRec+ ablation on ML-100K: validation NDCG@10 (%) after {common} training seconds (each"
@@ -306,12 +316,39 @@ def ablation(results: Path) -> list[str]:
         "| variant | validation NDCG@10 | minus `pre-ln`'s | from |",
         "| --- | --- | --- | --- |",
     ]
-    for model, runs in rows:
-        values = [best_at(r, common) for r in runs]
-        delta = sum(values) / len(values) - sum(base) / len(base) if base else math.nan
-        source = ABLATION_FILE if model in variants["models"] else ML100K_TIME_FILE
-        lines.append(f"| {label(model)} | {mean_se(values)} | {delta:+.2f} | `{source}` |")
+    for source, result, models in sources:
+        for model in models:
+            values = [best_at(r, common) for r in result["runs"] if r["model"] == model]
+            delta = sum(values) / len(values) - sum(base) / len(base) if base else math.nan
+            lines.append(f"| {label(model)} | {mean_se(values)} | {delta:+.2f} | `{source}` |")
     return lines + ["", f"- {time_note(ABLATION_FILE, variants)}"]
+
+
+def screening(results: Path) -> list[str]:
+    """The DiffuRec tuning runs (SCREEN_FILES): each variant's best validation NDCG@10 at one
+    training time every run reached, beside `fast-lite` at the issue's settings (SCREEN_BASE)."""
+    files = [(name, r) for name in SCREEN_FILES if (r := load(name, results)) is not None]
+    if not files:
+        return [f"- `{SCREEN_FILES[0]}`: (not run)"]
+    runs = [run for _, result in files for run in result["runs"] if run["model"].startswith("diffurec:")]
+    common = math.floor(min(run["curve"][-1][0] for run in runs))
+    base = [best_at(run, common) for run in runs if run["model"] == SCREEN_BASE]
+    lines = [
+        f"DiffuRec tuning on ML-100K (`fast-lite`; batch size, learning rate, warm-up): validation"
+        f" NDCG@10 (%) after {common} training seconds (each seed's best so far), mean ± standard"
+        f" error over seeds, and the difference from {label(SCREEN_BASE)}'s at batch 512, lr 0.001:",
+        "",
+        "| variant | validation NDCG@10 | minus the base's | training samples/s | from |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for name, result in files:
+        for model in (m for m in result["models"] if m.startswith("diffurec:")):
+            mine = [run for run in result["runs"] if run["model"] == model]
+            values = [best_at(run, common) for run in mine]
+            delta = sum(values) / len(values) - sum(base) / len(base) if base else math.nan
+            speed = sum(run["samples_per_second"] or 0 for run in mine) / len(mine)
+            lines.append(f"| {label(model)} | {mean_se(values)} | {delta:+.2f} | {speed:,.0f} | `{name}` |")
+    return lines + [""] + [f"- {time_note(name, result)}" for name, result in files]
 
 
 def binomial_se(hr: float, users: int) -> float:

@@ -163,7 +163,7 @@ def train_batches(
         optimizer.zero_grad(set_to_none=True)
         (loss * weight).backward()
         optimizer.step()
-        if warmup is not None and warmup.last_epoch < warmup.total_iters:  # type: ignore[attr-defined]
+        if warmup is not None and warmup.last_epoch < warmup.total_iters:
             warmup.step()
         count = len(index) if weight > 0 else 0
         loss_sum += loss.detach().double() * count

@@ -162,8 +162,17 @@ def test_readme_time_to_quality_tables_are_the_hand_computation(tmp_path: Path) 
         fake_run("diffurec:fast-lite", 2, [(100.0, 5.0), (300.0, 5.4)], 4.0),
         fake_run("popularity:default", 1, [], 2.0),
         fake_run("popularity:default", 2, [], 2.0),
+        # `recbole` before it took RecBole's FFN: as_trained reads it as ffn_dropout=true
+        fake_run("sasrec:recbole", 1, [(60.0, 6.0), (200.0, 7.0)], 6.0),
+        fake_run("sasrec:recbole", 2, [(60.0, 6.0), (200.0, 7.0)], 6.0),
     ]
-    models = ["sasrec:default", "recbole:sasrec", "diffurec:fast-lite", "popularity:default"]
+    models = [
+        "sasrec:default",
+        "recbole:sasrec",
+        "diffurec:fast-lite",
+        "popularity:default",
+        "sasrec:recbole",
+    ]
     ablation = [
         fake_run("sasrec:default:norm=post", 1, [(50.0, 3.0), (150.0, 7.0)], 6.0),
         fake_run("sasrec:default:norm=post", 2, [(50.0, 4.0), (130.7, 6.0)], 6.0),
@@ -178,6 +187,17 @@ def test_readme_time_to_quality_tables_are_the_hand_computation(tmp_path: Path) 
     ]
     later_file = tmp_path / "time_to_quality_ml-100k_init.json"
     later_file.write_text(json.dumps(fake_result("ml-100k", 8, ["sasrec:pre-ln:init=normal-0.02"], later)))
+    screen = [
+        fake_run("diffurec:fast-lite", 1, [(100.0, 5.0), (250.0, 6.0)], 4.0),
+        fake_run("diffurec:fast-lite", 2, [(100.0, 4.0), (240.9, 5.0)], 4.0),
+        fake_run("diffurec:fast-lite:batch_size=64", 1, [(100.0, 6.0), (245.0, 7.0)], 5.0),
+        fake_run("diffurec:fast-lite:batch_size=64", 2, [(100.0, 6.0), (245.0, 7.0)], 5.0),
+        fake_run("sasrec:recbole", 1, [(60.0, 5.0), (200.0, 8.0)], 6.0),
+    ]
+    screen_models = ["diffurec:fast-lite", "diffurec:fast-lite:batch_size=64", "sasrec:recbole"]
+    (tmp_path / "time_to_quality_ml-100k_screen.json").write_text(
+        json.dumps(fake_result("ml-100k", 4, screen_models, screen))
+    )
     env = dict(os.environ, DIFFUREC_BENCH_RESULTS=str(tmp_path))
     table = BENCH.with_name("quality_table.py")
     out = subprocess.run(
@@ -206,3 +226,17 @@ def test_readme_time_to_quality_tables_are_the_hand_computation(tmp_path: Path) 
     assert "after 130 training seconds" in text
     assert "| SASRec+ `pre-ln` `norm=post` | 3.50 ± 0.50 | -1.00 |" in text
     assert "| SASRec+ `pre-ln` | 4.50 ± 0.50 | +0.00 |" in text
+    # older files' `recbole` is today's `recbole` with the FFN's inner dropout: 6 at 130 s, +1.50
+    row = "| SASRec+ `recbole` `ffn_dropout=true` | 6.00 ± 0.00 | +1.50 | `time_to_quality_ml-100k.json` |"
+    assert row in text
+    screen_row = (
+        "| SASRec+ `recbole` `ffn_dropout=true` | 5.00 | +0.50 | `time_to_quality_ml-100k_screen.json` |"
+    )
+    assert screen_row in text  # one seed: no standard error
+    # DiffuRec tuning at 240 s (the last validation every DiffuRec screening run reached, floored):
+    # fast-lite 5 and 4 (seed 1's 6 comes at 250 s, seed 2's 5 at 240.9 s), batch 64: 6 and 6, +1.50;
+    # samples/s 1000 x seed
+    assert "after 240 training seconds" in text
+    cells = "| 6.00 ± 0.00 | +1.50 | 1,500 | `time_to_quality_ml-100k_screen.json` |"
+    assert "| DiffuRec `fast-lite` `batch_size=64` " + cells in text
+    assert "| DiffuRec `fast-lite` | 4.50 ± 0.50 | +0.00 |" in text
