@@ -292,6 +292,11 @@ def time_to_quality(results: Path) -> list[str]:
     return lines + ablation(results) + [""] + screening(results)
 
 
+def common_time(runs: list[dict[str, Any]]) -> int:
+    """The last validation time every trained run reached, floored (a run's budget ends with one)."""
+    return math.floor(min(run["curve"][-1][0] for run in runs if run["curve"]))
+
+
 def ablation(results: Path) -> list[str]:
     """Each of SASRec+'s RecBole choices alone (the ablation file) beside `pre-ln`, `recbole` and
     RecBole from the main ML-100K file, and `recbole` with and without the FFN's inner dropout in
@@ -299,8 +304,7 @@ def ablation(results: Path) -> list[str]:
     variants, main = load(ABLATION_FILE, results), load(ML100K_TIME_FILE, results)
     if variants is None or main is None:
         return [f"- `{ABLATION_FILE}`: (not run)"]
-    # the last validation time every ablation run reached (their budget ends with a validation)
-    common = math.floor(min(run["curve"][-1][0] for run in variants["runs"] if run["curve"]))
+    common = common_time(variants["runs"])
     screen = load(SCREEN_FILES[0], results) or {"models": [], "runs": []}
     sources = [
         (ML100K_TIME_FILE, main, [m for m in main["models"] if m.split(":")[0] in ("sasrec", "recbole")]),
@@ -331,7 +335,7 @@ def screening(results: Path) -> list[str]:
     if not files:
         return [f"- `{SCREEN_FILES[0]}`: (not run)"]
     runs = [run for _, result in files for run in result["runs"] if run["model"].startswith("diffurec:")]
-    common = math.floor(min(run["curve"][-1][0] for run in runs))
+    common = common_time(runs)
     base = [best_at(run, common) for run in runs if run["model"] == SCREEN_BASE]
     lines = [
         f"DiffuRec tuning on ML-100K (`fast-lite`; batch size, learning rate, warm-up): validation"

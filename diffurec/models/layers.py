@@ -75,13 +75,15 @@ class SelfAttention(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-LN Transformer block; `output_dropout` is the reference's extra dropout on its output.
+    """Pre-LN Transformer block; `output_dropout` is the reference's extra dropout on its output,
+    `ffn_dropout` its dropout of the FFN's inner activations (RecBole's FFN has none).
 
-    `cfg` needs hidden_size, num_heads, ffn_size, dropout and layer_norm_eps; `ffn_dropout` (the
-    reference's, default True) also drops the FFN's inner activations, which RecBole's FFN does not.
+    `cfg` needs hidden_size, num_heads, ffn_size, dropout and layer_norm_eps.
     """
 
-    def __init__(self, cfg: dict[str, Any], use_sdpa: bool, output_dropout: bool = True) -> None:
+    def __init__(
+        self, cfg: dict[str, Any], use_sdpa: bool, output_dropout: bool = True, ffn_dropout: bool = True
+    ) -> None:
         super().__init__()
         d = cfg["hidden_size"]
         self.norm_attention = nn.LayerNorm(d, eps=cfg["layer_norm_eps"])
@@ -92,7 +94,7 @@ class Block(nn.Module):
         nn.init.xavier_normal_(self.ffn_in.weight)
         nn.init.xavier_normal_(self.ffn_out.weight)
         self.dropout = nn.Dropout(cfg["dropout"])
-        self.inner_dropout = self.dropout if cfg.get("ffn_dropout", True) else nn.Identity()
+        self.inner_dropout = self.dropout if ffn_dropout else nn.Identity()
         self.output_dropout = output_dropout
 
     def forward(self, h: torch.Tensor, mask: torch.Tensor, last_only: bool = False) -> torch.Tensor:

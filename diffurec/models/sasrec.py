@@ -136,7 +136,8 @@ class SASRec(nn.Module):
         self.input_dropout = nn.Dropout(cfg["dropout"])
         block = PostNormBlock if cfg["norm"] == "post" else Block
         self.blocks = nn.ModuleList(
-            block(cfg, use_sdpa=True, output_dropout=False) for _ in range(cfg["num_blocks"])
+            block(cfg, use_sdpa=True, output_dropout=False, ffn_dropout=cfg["ffn_dropout"])
+            for _ in range(cfg["num_blocks"])
         )
         # Post-LN blocks end in a LayerNorm already.
         self.output_norm = (
