@@ -56,11 +56,7 @@ class Listener:
 
     def _talk(self, connection: socket.socket) -> None:
         with connection:
-            connection.settimeout(0.5)
-            try:
-                request = connection.recv(65536)
-            except OSError:
-                request = b""
+            request = self._read_request(connection)
             self.requests.append(request)
             try:
                 if self.answer_get is not None and request.startswith(b"GET "):
@@ -76,6 +72,38 @@ class Listener:
                     time.sleep(self.pause)
             except OSError:
                 return
+
+    @staticmethod
+    def _read_request(connection: socket.socket) -> bytes:
+        """The whole request: headers, then Content-Length bytes of body. Answering after a
+        partial read would close a socket with unread bytes, which sends the client a reset
+        instead of the answer (a CI run on a loaded machine once read "Connection reset")."""
+        connection.settimeout(5.0)
+        request = b""
+        try:
+            while b"\r\n\r\n" not in request:
+                chunk = connection.recv(65536)
+                if not chunk:
+                    return request
+                request += chunk
+            head, _, body = request.partition(b"\r\n\r\n")
+            length = next(
+                (
+                    int(line.split(b":", 1)[1])
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length:")
+                ),
+                0,
+            )
+            while len(body) < length:
+                chunk = connection.recv(65536)
+                if not chunk:
+                    break
+                body += chunk
+                request += chunk
+        except OSError:
+            pass
+        return request
 
     def close(self) -> None:
         self.stop.set()
