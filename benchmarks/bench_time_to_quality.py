@@ -31,6 +31,7 @@ time_to_quality_<dataset>.png; --results-dir sets DIFFUREC_BENCH_RESULTS (smoke 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -113,9 +114,12 @@ TRAIN_SETTINGS = {"batch_size": 512, "lr": 0.001, "warmup_steps": 0}
 
 
 def train_arguments(hyper: dict[str, Any]) -> list[str]:
-    """`diffurec train` flags for a spec's key=value pairs: training settings (TRAIN_SETTINGS'
-    keys) as their flags, model hyperparameters as --set."""
-    settings = dict(TRAIN_SETTINGS, **{k: v for k, v in hyper.items() if k in TRAIN_SETTINGS})
+    """`diffurec train` flags for a spec's key=value pairs: training settings (TrainSettings'
+    fields, e.g. lr_step) as their flags after TRAIN_SETTINGS', model hyperparameters as --set."""
+    from diffurec.train_settings import TrainSettings
+
+    flags = {field.name for field in dataclasses.fields(TrainSettings)} - {"model", "preset", "hyper"}
+    settings = dict(TRAIN_SETTINGS, **{k: v for k, v in hyper.items() if k in flags})
     argv = [f"--{key.replace('_', '-')}={value}" for key, value in settings.items()]
     return argv + [f"--set={key}={json.dumps(value)}" for key, value in hyper.items() if key not in settings]
 

@@ -123,6 +123,13 @@ def test_model_specs(bench: ModuleType) -> None:
         "--warmup-steps=200",
         '--set=norm="post"',
     ]
+    assert bench.train_arguments({"lr_step": 3, "dropout": 0.3}) == [
+        "--batch-size=512",
+        "--lr=0.001",
+        "--warmup-steps=0",
+        "--lr-step=3",
+        "--set=dropout=0.3",
+    ]
     assert bench.train_arguments({})[:2] == ["--batch-size=512", "--lr=0.001"]
 
 
