@@ -161,12 +161,23 @@ def test_paper_ignores_order_of_earlier_items_while_sasrec_does_not(ml100k_split
     sasrec = build_model("sasrec", ml100k_splits.num_items, MAX_LEN, "pre-ln").eval()
     changed = (sasrec.score(inputs) - sasrec.score(inputs[:, permutation])).abs().amax(dim=1)
     assert (changed > 1e-3).all()
+    # positions=true (not the reference's) gives DiffuRec the order too
+    positioned = build_model("diffurec", ml100k_splits.num_items, MAX_LEN, "fast-init", positions=True).eval()
+    with torch.no_grad():
+        out, out_permuted = (
+            positioned.approximate(positioned.history(x), positioned.attention_mask(x), x_t, t, lam)
+            for x in (inputs, permuted)
+        )
+    assert ((out - out_permuted).abs().amax(dim=1) > 1e-3).all()
+    assert "position_embedding.weight" not in paper.state_dict()
 
 
-def test_fast_output_ignores_left_padding(ml100k_splits):
+@pytest.mark.parametrize("positions", [False, True])
+def test_fast_output_ignores_left_padding(ml100k_splits, positions):
     """With the noise fixed (x_t, and lambda at the real positions), extra left padding changes
-    nothing in `fast`; padded positions' lambda is drawn but cannot reach the output."""
-    model = build_model("diffurec", ml100k_splits.num_items, MAX_LEN, "fast").eval()
+    nothing in `fast`; padded positions' lambda is drawn but cannot reach the output. Positions,
+    where used, are anchored at the most recent item, so padding does not move them."""
+    model = build_model("diffurec", ml100k_splits.num_items, MAX_LEN, "fast", positions=positions).eval()
     assert model.trims_padding
     inputs = real_inputs(ml100k_splits)
     inputs = inputs[(inputs > 0).sum(1) <= 30][:32]

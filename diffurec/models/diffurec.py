@@ -66,6 +66,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         attention="explicit",
         item_init_std=1.0,
         window=None,
+        positions=False,
     ),
 }
 PRESETS["fast"] = dict(PRESETS["paper"], reverse_steps=1, mask="key", attention="sdpa")
@@ -181,6 +182,12 @@ class DiffuRec(nn.Module):
         d = cfg["hidden_size"]
         self.item_embedding = nn.Embedding(num_items + 1, d)  # row 0 is learned padding
         nn.init.normal_(self.item_embedding.weight, std=cfg["item_init_std"])  # paper: N(0, 1)
+        if not isinstance(cfg["positions"], bool):
+            raise ValueError(f"positions must be true or false, got {cfg['positions']!r}")
+        # Not in the reference: learned positions, anchored at the most recent item (id 0).
+        self.position_embedding = nn.Embedding(max_len, d) if cfg["positions"] else None
+        if self.position_embedding is not None:
+            nn.init.normal_(self.position_embedding.weight, std=cfg["item_init_std"])
         self.history_dropout = nn.Dropout(cfg["emb_dropout"])
         self.history_norm = nn.LayerNorm(d, eps=cfg["layer_norm_eps"])
         self.time_mlp = nn.Sequential(nn.Linear(d, 4 * d), nn.SiLU(), nn.Linear(4 * d, d))
@@ -203,8 +210,12 @@ class DiffuRec(nn.Module):
         return inputs if window is None or inputs.size(1) <= window else inputs[:, -window:]
 
     def history(self, inputs: torch.Tensor) -> torch.Tensor:
-        """H = LayerNorm(Dropout(E[inputs])) (the reference's order), [B, L, d]."""
-        return self.history_norm(self.history_dropout(self.item_embedding(inputs)))
+        """H = LayerNorm(Dropout(E[inputs] (+ P, with positions))) (the reference's order), [B, L, d]."""
+        h = self.item_embedding(inputs)
+        if self.position_embedding is not None:
+            length = inputs.size(1)
+            h = h + self.position_embedding(torch.arange(length - 1, -1, -1, device=inputs.device))
+        return self.history_norm(self.history_dropout(h))
 
     def attention_mask(self, inputs: torch.Tensor) -> torch.Tensor:
         """Bool [B, 1, L, L] or [B, 1, 1, L], True where a query may attend to a key."""
