@@ -26,6 +26,7 @@ import difflib
 import json
 import math
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,7 @@ ML1M_FILE = "quality_ml1m_8min.json"
 # main file -> later files of more models under the same settings, shown in its table
 TIME_TO_QUALITY_FILES = {
     "time_to_quality_ml-100k_tuned.json": (),
+    "time_to_quality_ml-100k_decay.json": ("time_to_quality_ml-100k_positions.json",),
     "time_to_quality_ml-100k.json": ("time_to_quality_ml-100k_init.json",),
     "time_to_quality_ml-1m_tuned.json": (),
     "time_to_quality_ml-1m.json": (),
@@ -58,7 +60,11 @@ ML100K_TIME_FILE = "time_to_quality_ml-100k.json"
 ABLATION_FILE = "time_to_quality_ml-100k_ablation.json"
 ABLATION_BASE = "sasrec:pre-ln"  # the ablation changes one of its hyperparameters at a time
 # DiffuRec's tuning (issue 18): variants of training settings, against `fast-lite` as it was
-SCREEN_FILES = ("time_to_quality_ml-100k_screen.json", "time_to_quality_ml-100k_screen2.json")
+SCREEN_FILES = (
+    "time_to_quality_ml-100k_screen.json",
+    "time_to_quality_ml-100k_screen2.json",
+    "time_to_quality_ml-100k_screen3.json",
+)
 SCREEN_BASE = "diffurec:fast-lite"
 # Test users of the one-seed datasets (one per line of the paper's sequence files, each with >= 3
 # items); checked against every HR@K of every file: HR@K x users / 100 must be a whole number.
@@ -232,23 +238,26 @@ def time_row(
     )
 
 
-def diffurec_against_sasrec(result: dict[str, Any]) -> list[str]:
-    """When each DiffuRec model's mean curve reaches each SASRec+ model's mean best of the run."""
-
-    def runs(model: str) -> list[dict[str, Any]]:
-        return [run for run in result["runs"] if run["model"] == model]
-
+def diffurec_against_sasrec(result: dict[str, Any], later: Sequence[dict[str, Any]] = ()) -> list[str]:
+    """When each DiffuRec model's mean curve (of the run, then of `later` runs, marked †)
+    reaches each SASRec+ model's mean best of the run."""
     lines = []
-    for diffurec in (m for m in result["models"] if m.startswith("diffurec:")):
-        mean = aggregate([run["curve"] for run in runs(diffurec) if run["curve"]])
-        reached = []
-        for sasrec in (m for m in result["models"] if m.startswith("sasrec:")):
-            bests = [run["best_valid"]["NDCG@10"] for run in runs(sasrec)]
-            target = sum(bests) / len(bests)
-            at = time_to_reach(mean["seconds"], mean["mean"], target)
-            reached.append(f"{label(sasrec)}'s ({target:.2f}) {'never' if at is None else f'at {at:.0f} s'}")
-        if reached:  # a run without SASRec+ has nothing to say here
-            lines.append(f"- {label(diffurec)}'s mean curve reaches the best of " + ", ".join(reached))
+    for table, mark in [(result, "")] + [(r, " †") for r in later]:
+        for diffurec in (m for m in table["models"] if m.startswith("diffurec:")):
+            curves = [run["curve"] for run in table["runs"] if run["model"] == diffurec and run["curve"]]
+            mean = aggregate(curves)
+            reached = []
+            for sasrec in (m for m in result["models"] if m.startswith("sasrec:")):
+                bests = [run["best_valid"]["NDCG@10"] for run in result["runs"] if run["model"] == sasrec]
+                target = sum(bests) / len(bests)
+                at = time_to_reach(mean["seconds"], mean["mean"], target)
+                reached.append(
+                    f"{label(sasrec)}'s ({target:.2f}) {'never' if at is None else f'at {at:.0f} s'}"
+                )
+            if reached:  # a run without SASRec+ has nothing to say here
+                lines.append(
+                    f"- {label(diffurec)}{mark}'s mean curve reaches the best of " + ", ".join(reached)
+                )
     return lines
 
 
@@ -284,7 +293,11 @@ def time_to_quality(results: Path) -> list[str]:
                 mine = [run for run in table["runs"] if run["model"] == model]
                 lines.append(time_row(model, mine, half, target, mark))
         plot = Path(name).with_suffix(".png").name
-        lines += ["", *diffurec_against_sasrec(result), f"- {time_note(name, result)}"]
+        lines += [
+            "",
+            *diffurec_against_sasrec(result, [r for _, r in extras]),
+            f"- {time_note(name, result)}",
+        ]
         lines += [
             f"- † `{extra}`, a later run: {time_note(extra, r).split(': ', 1)[1]}" for extra, r in extras
         ]
@@ -338,7 +351,7 @@ def screening(results: Path) -> list[str]:
     common = common_time(runs)
     base = [best_at(run, common) for run in runs if run["model"] == SCREEN_BASE]
     lines = [
-        f"DiffuRec tuning on ML-100K (`fast-lite`; batch size, learning rate, warm-up): validation"
+        f"DiffuRec tuning on ML-100K (`fast-lite`; batch size, learning rate, warm-up, dropout): validation"
         f" NDCG@10 (%) after {common} training seconds (each seed's best so far), mean ± standard"
         f" error over seeds, and the difference from {label(SCREEN_BASE)}'s at batch 512, lr 0.001:",
         "",

@@ -136,7 +136,7 @@ class TrainSettings:
     model: str = setting("diffurec", "model to train", choices=MODEL_NAMES)
     preset: str | None = setting(
         None,
-        "preset of the model (diffurec: paper, fast, fast-init, fast-lite; "
+        "preset of the model (diffurec: paper, fast, fast-init, fast-lite, fast-lite-pos; "
         "sasrec: recbole, pre-ln, dense, d128); default: the model's default (paper, recbole)",
     )
     hyper: dict[str, Any] = setting(

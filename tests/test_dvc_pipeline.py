@@ -106,7 +106,7 @@ def test_repro_runs_every_stage_and_records_lineage(clone):
     summary = json.loads((repo / "runs" / "model" / "train_summary.json").read_text())
     lineage = summary["lineage"]
     assert lineage["raw_data_md5"] == raw_md5 and lineage["splits_md5"] == splits_md5
-    assert lineage["preset"] == "fast-lite" and lineage["params"]["train"]["epochs"] == 1
+    assert lineage["preset"] == "fast-lite-pos" and lineage["params"]["train"]["epochs"] == 1
     head = (repo / ".git" / "HEAD").exists()
     assert head and re.fullmatch(r"[0-9a-f]{40}", lineage["git_commit"])
 

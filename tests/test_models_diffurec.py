@@ -137,6 +137,8 @@ def test_fast_lite_is_fast_init_with_two_blocks_on_the_last_ten_items():
     differences = {k for k in PRESETS["fast-lite"] if PRESETS["fast-lite"][k] != PRESETS["fast-init"][k]}
     assert differences == {"num_blocks", "window"}
     assert PRESETS["paper"]["window"] is None and PRESETS["paper"]["num_blocks"] == 4
+    lite_pos = {k for k in PRESETS["fast-lite-pos"] if PRESETS["fast-lite-pos"][k] != PRESETS["fast-lite"][k]}
+    assert lite_pos == {"positions"} and not any(PRESETS[p]["positions"] for p in ("paper", "fast-lite"))
 
 
 def test_paper_ignores_order_of_earlier_items_while_sasrec_does_not(ml100k_splits):

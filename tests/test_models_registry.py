@@ -59,7 +59,7 @@ def test_import_does_not_load_torch() -> None:
 def test_the_table_gives_names_defaults_and_presets() -> None:
     assert MODEL_NAMES == ("diffurec", "sasrec", "popularity")
     assert DEFAULT_PRESETS == {"diffurec": "paper", "sasrec": "recbole", "popularity": "default"}
-    assert set(presets("diffurec")) == {"paper", "fast", "fast-init", "fast-lite"}
+    assert set(presets("diffurec")) == {"paper", "fast", "fast-init", "fast-lite", "fast-lite-pos"}
     assert set(presets("sasrec")) == {"recbole", "pre-ln", "dense", "d128"}
     assert presets("popularity") == {"default": {}}
     assert presets("sasrec")["dense"]["dropout"] == 0.2
