@@ -191,9 +191,10 @@ def test_readme_time_to_quality_tables_are_the_hand_computation(tmp_path: Path) 
     )
     later = [
         fake_run("sasrec:pre-ln:init=normal-0.02", seed, [(100.0, 5.0), (230.0, 7.0)], 6.5) for seed in (1, 2)
-    ]
+    ] + [fake_run("diffurec:fast-lite-pos", seed, [(100.0, 5.0), (250.0, 6.0)], 5.0) for seed in (1, 2)]
+    later_models = ["sasrec:pre-ln:init=normal-0.02", "diffurec:fast-lite-pos"]
     later_file = tmp_path / "time_to_quality_ml-100k_init.json"
-    later_file.write_text(json.dumps(fake_result("ml-100k", 8, ["sasrec:pre-ln:init=normal-0.02"], later)))
+    later_file.write_text(json.dumps(fake_result("ml-100k", 8, later_models, later)))
     screen = [
         fake_run("diffurec:fast-lite", 1, [(100.0, 5.0), (250.0, 6.0)], 4.0),
         fake_run("diffurec:fast-lite", 2, [(100.0, 4.0), (240.9, 5.0)], 4.0),
@@ -228,6 +229,11 @@ def test_readme_time_to_quality_tables_are_the_hand_computation(tmp_path: Path) 
     # the later file's model joins the table, marked, and reaches RecBole's 5.5 at its 230 s validation
     assert "| SASRec+ `pre-ln` `init=normal-0.02` † | 7.00 ± 0.00 | 7.00 ± 0.00 | 230 s |" in text
     assert "- † `time_to_quality_ml-100k_init.json`, a later run: window 20, 8 min per run" in text
+    # a later run's DiffuRec (mean curve 5 at 100 s, 6 at 250 s) against the main run's SASRec+ bests
+    assert (
+        "- DiffuRec `fast-lite-pos` †'s mean curve reaches the best of SASRec+ `pre-ln`'s (5.50) at 250 s,"
+        " SASRec+ `recbole` `ffn_dropout=true`'s (7.00) never" in text
+    )
     # Ablation at 130 s (the last validation both ablation runs reached, floored): norm=post 3 and 4
     # -> 3.50 ± 0.50, pre-ln (`default` in this file) 4 and 5 -> 4.50: difference -1.00.
     assert "after 130 training seconds" in text
