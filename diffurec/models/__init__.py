@@ -87,7 +87,7 @@ def build_model(
 # RecBole's architecture became the default).
 RENAMED_PRESETS = {("sasrec", "default"): "pre-ln"}
 # Hyperparameters added since folders were saved, with the value those folders trained with.
-ADDED_HYPERPARAMETERS = {"sasrec": {"ffn_dropout": True}, "diffurec": {"positions": False}}
+ADDED_HYPERPARAMETERS = {"sasrec": {"ffn_dropout": True}}
 
 
 def model_from_config(config: dict[str, Any]) -> SequentialRecommender:
