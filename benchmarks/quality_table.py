@@ -53,6 +53,7 @@ TIME_TO_QUALITY_FILES = {
     "time_to_quality_ml-100k_tuned.json": (),
     "time_to_quality_ml-100k_decay.json": ("time_to_quality_ml-100k_positions.json",),
     "time_to_quality_ml-100k.json": ("time_to_quality_ml-100k_init.json",),
+    "time_to_quality_ml-1m_positions.json": (),
     "time_to_quality_ml-1m_tuned.json": (),
     "time_to_quality_ml-1m.json": (),
 }
