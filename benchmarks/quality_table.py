@@ -28,6 +28,7 @@ import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from statistics import fmean
 from typing import Any
 
 from bench_quality import summarize
@@ -242,23 +243,25 @@ def time_row(
 def diffurec_against_sasrec(result: dict[str, Any], later: Sequence[dict[str, Any]] = ()) -> list[str]:
     """When each DiffuRec model's mean curve (of the run, then of `later` runs, marked †)
     reaches each SASRec+ model's mean best of the run."""
+    targets = {
+        sasrec: fmean(run["best_valid"]["NDCG@10"] for run in result["runs"] if run["model"] == sasrec)
+        for sasrec in result["models"]
+        if sasrec.startswith("sasrec:")
+    }
+    if not targets:  # a run without SASRec+ has nothing to say here
+        return []
     lines = []
     for table, mark in [(result, "")] + [(r, " †") for r in later]:
         for diffurec in (m for m in table["models"] if m.startswith("diffurec:")):
             curves = [run["curve"] for run in table["runs"] if run["model"] == diffurec and run["curve"]]
-            mean = aggregate(curves)
+            curve = aggregate(curves)
             reached = []
-            for sasrec in (m for m in result["models"] if m.startswith("sasrec:")):
-                bests = [run["best_valid"]["NDCG@10"] for run in result["runs"] if run["model"] == sasrec]
-                target = sum(bests) / len(bests)
-                at = time_to_reach(mean["seconds"], mean["mean"], target)
+            for sasrec, target in targets.items():
+                at = time_to_reach(curve["seconds"], curve["mean"], target)
                 reached.append(
                     f"{label(sasrec)}'s ({target:.2f}) {'never' if at is None else f'at {at:.0f} s'}"
                 )
-            if reached:  # a run without SASRec+ has nothing to say here
-                lines.append(
-                    f"- {label(diffurec)}{mark}'s mean curve reaches the best of " + ", ".join(reached)
-                )
+            lines.append(f"- {label(diffurec)}{mark}'s mean curve reaches the best of " + ", ".join(reached))
     return lines
 
 
@@ -337,7 +340,7 @@ def ablation(results: Path) -> list[str]:
     for source, result, models in sources:
         for model in models:
             values = [best_at(r, common) for r in result["runs"] if r["model"] == model]
-            delta = sum(values) / len(values) - sum(base) / len(base) if base else math.nan
+            delta = fmean(values) - fmean(base) if base else math.nan
             lines.append(f"| {label(model)} | {mean_se(values)} | {delta:+.2f} | `{source}` |")
     return lines + ["", f"- {time_note(ABLATION_FILE, variants)}"]
 
@@ -363,8 +366,8 @@ def screening(results: Path) -> list[str]:
         for model in (m for m in result["models"] if m.startswith("diffurec:")):
             mine = [run for run in result["runs"] if run["model"] == model]
             values = [best_at(run, common) for run in mine]
-            delta = sum(values) / len(values) - sum(base) / len(base) if base else math.nan
-            speed = sum(run["samples_per_second"] or 0 for run in mine) / len(mine)
+            delta = fmean(values) - fmean(base) if base else math.nan
+            speed = fmean(run["samples_per_second"] or 0 for run in mine)
             lines.append(f"| {label(model)} | {mean_se(values)} | {delta:+.2f} | {speed:,.0f} | `{name}` |")
     return lines + [""] + [f"- {time_note(name, result)}" for name, result in files]
 

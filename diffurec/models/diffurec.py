@@ -47,6 +47,7 @@ from diffurec.models.layers import (
     dot_scores,
     last_position,
     preset_config,
+    recent_first_ids,
     transformer_flops,
 )
 
@@ -217,8 +218,7 @@ class DiffuRec(nn.Module):
         """H = LayerNorm(Dropout(E[inputs] (+ P, with positions))) (the reference's order), [B, L, d]."""
         h = self.item_embedding(inputs)
         if self.position_embedding is not None:
-            length = inputs.size(1)
-            h = h + self.position_embedding(torch.arange(length - 1, -1, -1, device=inputs.device))
+            h = h + self.position_embedding(recent_first_ids(inputs.size(1), inputs.device))
         return self.history_norm(self.history_dropout(h))
 
     def attention_mask(self, inputs: torch.Tensor) -> torch.Tensor:

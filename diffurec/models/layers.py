@@ -32,6 +32,12 @@ def check_length(length: int, max_len: int) -> None:
         raise ValueError(f"inputs have {length} positions, more than max_len={max_len}")
 
 
+def recent_first_ids(length: int, device: torch.device | str) -> torch.Tensor:
+    """Position ids of a left-padded window, [L]: the most recent (last) column is 0, so left
+    padding never changes a real item's id."""
+    return torch.arange(length - 1, -1, -1, device=device)
+
+
 def dot_scores(representation: torch.Tensor, item_weight: torch.Tensor) -> torch.Tensor:
     """representation @ item_weight^T in fp32 even under autocast: bf16 scores would tie many
     items, and the evaluator counts ties against the target."""

@@ -45,6 +45,7 @@ from diffurec.models.layers import (
     check_length,
     dot_scores,
     last_position,
+    recent_first_ids,
     preset_config,
     transformer_flops,
 )
@@ -161,7 +162,7 @@ class SASRec(nn.Module):
         real item is 0, padding 0 too); left padding never changes a real item's id."""
         length = inputs.size(1)
         if self.config["positions"] == "right":
-            return torch.arange(length - 1, -1, -1, device=inputs.device)
+            return recent_first_ids(length, inputs.device)
         return ((inputs > 0).long().cumsum(dim=1) - 1).clamp(min=0)
 
     def represent(self, inputs: torch.Tensor) -> torch.Tensor:
